@@ -1,0 +1,337 @@
+"""A study's search space: validated value objects with a JSON round trip.
+
+``SearchSpace.parse(search_space, fixed)`` takes the two JSON objects of a study
+submission, checks every name, range and value against the documented parameters
+(``params.PARAMS``) and returns the resolved space: every documented parameter is either
+searched (a ``FloatRange``, ``IntRange`` or ``Choices``) or fixed (``Fixed``). Anything
+wrong raises ``SpaceError`` listing every problem with its field path, the offending
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from search_space.params import PARAMS, PARAMS_BY_NAME, SEARCH, ParamDef
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where, what was given, and what is allowed."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    input: Any
+
+    @property
+    def field(self) -> str:
+        return ".".join(str(part) for part in self.loc)
+
+    def __str__(self) -> str:
+        return f"{self.field} {self.msg}, got {_show(self.input)}"
+
+
+class SpaceError(ValueError):
+    """A search space or fixed value is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "log": self.log, "step": self.step}
+
+
+@dataclass(frozen=True)
+class Choices:
+    choices: tuple[Any, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any
+
+
+Dimension = FloatRange | IntRange | Choices | Fixed
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_element(p: ParamDef, value: Any) -> str | None:
+    """Why ``value`` is not a valid value of ``p``, or None."""
+    if p.kind == "float":
+        if not _is_number(value) or not math.isfinite(value):
+            return "must be a finite number"
+        assert p.bounds is not None
+        return p.bounds.check(float(value))
+    if p.kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be an integer"
+        assert p.bounds is not None
+        return p.bounds.check(value)
+    # categorical
+    if p.element == "str" or p.element == "bool":
+        assert p.allowed is not None
+        if value not in p.allowed or type(value) is not type(p.allowed[0]):
+            return "must be one of " + ", ".join(_show(a) for a in p.allowed)
+        return None
+    if p.element == "float_or_none" and value is None:
+        return None
+    if p.element == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        return "must be an integer"
+    if p.element == "float_or_none" and (not _is_number(value) or not math.isfinite(value)):
+        return "must be null or a finite number"
+    assert p.bounds is not None
+    return p.bounds.check(float(value))
+
+
+def _invalid(p: ParamDef, value: Any) -> str | None:
+    """``_check_element``'s reason, completed with what is allowed."""
+    why = _check_element(p, value)
+    if why is None or p.allowed is not None:
+        return why
+    return f"{why} ({_allowed_text(p)})"
+
+
+def _allowed_text(p: ParamDef) -> str:
+    if p.allowed is not None:
+        return "one of " + ", ".join(_show(a) for a in p.allowed)
+    assert p.bounds is not None
+    if p.element == "float_or_none":
+        return f"null or a number in {p.bounds.describe()}"
+    kind = "an integer" if p.kind == "int" or p.element == "int" else "a number"
+    return f"{kind} in {p.bounds.describe()}"
+
+
+def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[Dimension | None,
+                                                                          list[Problem]]:
+    problems: list[Problem] = []
+    if not isinstance(raw, Mapping):
+        return None, [Problem(loc, 'must be an object like {"low": .., "high": ..}', raw)]
+    extra = sorted(set(raw) - {"low", "high", "log", "step"})
+    for key in extra:
+        problems.append(Problem((*loc, key), "is not a range field (allowed: low, high, log, "
+                                             "step)", raw[key]))
+    d_low, d_high, _ = p.default_range
+    low = raw.get("low", d_low)
+    high = raw.get("high", d_high)
+    log = raw.get("log", False)
+    step = raw.get("step")
+    for key, value in (("low", low), ("high", high)):
+        why = _invalid(p, value)
+        if why is not None:
+            problems.append(Problem((*loc, key), why, value))
+    if not isinstance(log, bool):
+        problems.append(Problem((*loc, "log"), "must be true or false", log))
+    if step is not None:
+        want_int = p.kind == "int"
+        if not _is_number(step) or (want_int and not isinstance(step, int)) or step <= 0:
+            kind = "a positive integer" if want_int else "a positive number"
+            problems.append(Problem((*loc, "step"), f"must be {kind}", step))
+    if problems:
+        return None, problems
+    if low > high:
+        problems.append(Problem((*loc, "low"), f"must be <= high ({_show(high)})", low))
+    if log is True and low <= 0:
+        problems.append(Problem((*loc, "low"), "must be > 0 when log is true", low))
+    if log is True and step is not None:
+        problems.append(Problem((*loc, "step"), "cannot be combined with log: true", step))
+    if problems:
+        return None, problems
+    if p.kind == "int":
+        return IntRange(int(low), int(high), log, int(step) if step is not None else 1), []
+    return FloatRange(float(low), float(high), log, float(step) if step is not None else None), []
+
+
+def _parse_choices(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[Dimension | None,
+                                                                          list[Problem]]:
+    if not isinstance(raw, Mapping):
+        return None, [Problem(loc, 'must be an object like {"choices": [...]}', raw)]
+    problems = [
+        Problem((*loc, key), "is not a field of a categorical parameter (allowed: choices)",
+                raw[key])
+        for key in sorted(set(raw) - {"choices"})
+    ]
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        problems.append(Problem((*loc, "choices"),
+                                f"must be a non-empty list of {_allowed_text(p)}", choices))
+        return None, problems
+    for i, value in enumerate(choices):
+        why = _invalid(p, value)
+        if why is not None:
+            problems.append(Problem((*loc, "choices", i), why, value))
+    if not problems and len(set(map(repr, choices))) != len(choices):
+        problems.append(Problem((*loc, "choices"), "must not repeat a value", choices))
+    return (None if problems else Choices(tuple(choices))), problems
+
+
+def _default_dimension(p: ParamDef) -> Dimension:
+    if p.default is not SEARCH:
+        return Fixed(p.default)
+    if p.kind == "categorical":
+        return Choices(tuple(p.default_range))
+    low, high, log = p.default_range
+    if p.kind == "int":
+        return IntRange(int(low), int(high), bool(log))
+    return FloatRange(float(low), float(high), bool(log))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Every documented parameter, searched or fixed, in dependency order."""
+
+    dimensions: tuple[tuple[str, Dimension], ...]
+
+    @classmethod
+    def parse(
+        cls, search_space: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None
+    ) -> SearchSpace:
+        """Validate a study's ``search_space`` and ``fixed`` objects.
+
+        Raises:
+            SpaceError: with one ``Problem`` per invalid name, field or value.
+        """
+        search_space = search_space or {}
+        fixed = fixed or {}
+        problems: list[Problem] = []
+        names = ", ".join(PARAMS_BY_NAME)
+        for section, given in (("search_space", search_space), ("fixed", fixed)):
+            if not isinstance(given, Mapping):
+                problems.append(Problem((section,), "must be an object", given))
+                continue
+            for name in given:
+                if name not in PARAMS_BY_NAME:
+                    problems.append(Problem((section, name),
+                                            f"is not a known parameter (known: {names})",
+                                            name))
+        if problems:
+            raise SpaceError(problems)
+        for name in search_space:
+            if name in fixed:
+                problems.append(Problem(("fixed", name),
+                                        "is also in search_space; a parameter is either "
+                                        "searched or fixed", fixed[name]))
+        dims: list[tuple[str, Dimension]] = []
+        for p in PARAMS:
+            dim: Dimension | None
+            if p.name in fixed:
+                value = fixed[p.name]
+                why = _invalid(p, value)
+                if why is not None:
+                    problems.append(Problem(("fixed", p.name), why, value))
+                    continue
+                dim = Fixed(value)
+            elif p.name in search_space:
+                loc = ("search_space", p.name)
+                raw = search_space[p.name]
+                if p.kind == "categorical":
+                    dim, found = _parse_choices(p, raw, loc)
+                else:
+                    dim, found = _parse_numeric(p, raw, loc)
+                problems.extend(found)
+                if dim is None:
+                    continue
+            else:
+                dim = _default_dimension(p)
+            dims.append((p.name, dim))
+        if problems:
+            raise SpaceError(problems)
+        space = cls(tuple(dims))
+        space._check_conditions(search_space)
+        return space
+
+    def _check_conditions(self, searched: Mapping[str, Any]) -> None:
+        """A searched parameter whose condition can never hold is a mistake in the spec."""
+        problems = []
+        for name in searched:
+            cond = PARAMS_BY_NAME[name].condition
+            if cond is not None and not self.can_be_active(name):
+                possible = self._possible_values(cond.param)
+                problems.append(Problem(
+                    ("search_space", name),
+                    f"is only used when {cond.param} is {_show(cond.value)}, which the spec "
+                    f"excludes ({cond.param}: {_show(list(possible))})",
+                    searched[name]))
+        if problems:
+            raise SpaceError(problems)
+
+    def _possible_values(self, name: str) -> tuple[Any, ...]:
+        dim = self[name]
+        if isinstance(dim, Choices):
+            return dim.choices
+        if isinstance(dim, Fixed):
+            return (dim.value,)
+        return ()
+
+    def can_be_active(self, name: str) -> bool:
+        """Whether some choice of the other parameters makes ``name`` active."""
+        cond = PARAMS_BY_NAME[name].condition
+        return cond is None or cond.value in self._possible_values(cond.param)
+
+    def __getitem__(self, name: str) -> Dimension:
+        for key, dim in self.dimensions:
+            if key == name:
+                return dim
+        raise KeyError(name)
+
+    @staticmethod
+    def is_active(name: str, params: Mapping[str, Any], family: str = "mlp") -> bool:
+        """Whether ``name`` applies given the values already chosen in ``params``."""
+        p = PARAMS_BY_NAME[name]
+        if p.families is not None and family not in p.families:
+            return False
+        return p.condition is None or params.get(p.condition.param) == p.condition.value
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """The resolved space as ``{"search_space": ..., "fixed": ...}``; ``parse`` reads it."""
+        searched: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        for name, dim in self.dimensions:
+            if not self.can_be_active(name):
+                continue
+            if isinstance(dim, Fixed):
+                fixed[name] = dim.value
+            else:
+                searched[name] = dim.to_json()
+        return {"search_space": searched, "fixed": fixed}

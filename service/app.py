@@ -1,0 +1,96 @@
+"""The FastAPI application: routes, error mapping, and the lease reaper."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from search_space import SpaceError
+from service.config import Settings, get_settings
+from service.errors import Invalid, ServiceError
+from service.leases import reap_expired
+from service.routes import health, studies, trials
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _problem(loc: tuple[Any, ...] | list[Any], msg: str, value: Any) -> dict[str, Any]:
+    return {"loc": list(loc), "field": ".".join(str(p) for p in loc), "msg": msg, "input": value}
+
+
+def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
+    message = "; ".join(f"{p['field']}: {p['msg']} (got {p['input']!r})" for p in problems)
+    return JSONResponse(status_code=422, content={"message": message, "detail": problems})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if p != "body"]
+            msg = err["msg"]
+            if err.get("type") == "extra_forbidden":
+                msg = "is not an allowed field"
+            problems.append(_problem(loc, msg, err.get("input")))
+        return _unprocessable(problems)
+
+    @app.exception_handler(SpaceError)
+    async def _space(_req: Request, exc: SpaceError) -> JSONResponse:
+        return _unprocessable([_problem(p.loc, p.msg, p.input) for p in exc.problems])
+
+    @app.exception_handler(Invalid)
+    async def _invalid(_req: Request, exc: Invalid) -> JSONResponse:
+        return _unprocessable([_problem(exc.loc, exc.msg, exc.value)])
+
+    @app.exception_handler(ServiceError)
+    async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"message": str(exc)})
+
+
+def _reaper(rt: Runtime, stop: threading.Event) -> None:
+    while not stop.wait(rt.settings.reap_interval_s):
+        try:
+            reap_expired(rt)
+        except Exception:  # keep reaping; the next round retries
+            log.exception("reaping expired leases failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API. Opening the database (and refusing an unmigrated one) happens at start-up."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime.open(settings)
+        app.state.runtime = rt
+        stop = threading.Event()
+        reaper = threading.Thread(target=_reaper, args=(rt, stop), name="reaper", daemon=True)
+        reaper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            reaper.join(timeout=10)
+            rt.close()
+
+    app = FastAPI(
+        title="hpo-service",
+        summary="Hyperparameter search for Keras models: studies over HTTP, trials leased "
+        "to workers, Optuna underneath.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(studies.router)
+    app.include_router(trials.router)
+    return app

@@ -1,0 +1,112 @@
+"""The ``hpo`` command: migrate, api, worker, up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from service.config import get_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per HTTP request is the access log's job, not the client's.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.migrate import migrate
+
+    url = args.database_url or get_settings().database_url
+    migrate(url, busy_timeout_s=get_settings().sqlite_busy_timeout_s)
+    print(f"database at {url} is migrated")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.errors import NotMigrated
+    from service.runtime import Runtime
+
+    settings = get_settings()
+    try:  # refuse before uvicorn starts, with the fix in the message
+        Runtime.open(settings).close()
+    except NotMigrated as exc:
+        print(f"hpo api: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=settings.log_level.lower())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.config import WorkerSettings
+    from workers.loop import Worker
+
+    settings = WorkerSettings()
+    if args.api_url:
+        settings = settings.model_copy(update={"api_url": args.api_url})
+    if args.tf_threads is not None:
+        settings = settings.model_copy(update={"tf_threads": args.tf_threads})
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    worker.run(max_trials=args.max_trials, exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from service.up import up
+
+    return up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.add_argument("--database-url", help="default: HPO_DATABASE_URL")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="lease and train trials until stopped")
+    p.add_argument("--api-url", help="default: HPO_API_URL")
+    p.add_argument("--tf-threads", type=int, help="default: HPO_TF_THREADS (0: TF decides)")
+    p.add_argument("--max-trials", type=int, help="exit after this many trials")
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="exit when the service has no work instead of polling")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("up", help="the embedded default: migrate, API, local workers, demo")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2, help="local worker processes")
+    p.add_argument("--trials", type=int, default=20, help="trials of the demo study")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of each demo trial")
+    p.add_argument("--no-demo", action="store_true", help="start without the demo study")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="stop everything once the demo study finishes")
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(get_settings().log_level)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The service's settings: one typed class, read from ``HPO_*`` environment variables.
+
+Precedence (pydantic-settings): explicit arguments > environment > ``.env`` > defaults.
+Nothing else in the service reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the API process and the ``hpo`` CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="HPO_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./hpo.db",
+        description="SQLAlchemy URL of the database holding the service's and Optuna's tables.",
+    )
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where workers and the CLI reach the service.",
+    )
+    sqlite_busy_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a SQLite connection waits for a lock."
+    )
+    lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A lease not renewed (by a report or heartbeat) for this long is lost.",
+    )
+    reap_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the service looks for expired leases."
+    )
+    max_trials_per_study: int = Field(default=10_000, ge=1)
+    max_epochs: int = Field(default=1_000, ge=1)
+    log_level: str = Field(default="INFO")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

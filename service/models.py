@@ -1,0 +1,92 @@
+"""The service's own tables, as ORM classes. The schema itself comes from ``migrations/``
+(Alembic is its only source); a test checks these classes and the migrations agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them without a zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime}  # noqa: RUF012
+
+
+class StudyRow(Base):
+    """A submitted study. ``slots_used`` counts the trials charged to the budget: active
+    leases plus counted results (complete, pruned, failed); a lost or released trial gives
+    its slot back. Leasing increments it only while it is below ``n_trials``."""
+
+    __tablename__ = "hpo_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    optuna_study_id: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    dataset: Mapped[str] = mapped_column(String(128))
+    n_trials: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[str] = mapped_column(String(8))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    slots_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class LeaseRow(Base):
+    """One trial handed to a worker. ``state``: pending (slot reserved, trial being
+    created), active, complete, pruned, fail, lost (deadline passed), released."""
+
+    __tablename__ = "hpo_leases"
+    __table_args__ = (
+        Index("ix_hpo_leases_state_deadline", "state", "deadline"),
+        Index("ix_hpo_leases_study_state", "study_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"))
+    trial_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    epochs_run: Mapped[int] = mapped_column(Integer, default=0)
+    deadline: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+COUNTED_STATES = ("complete", "pruned", "fail")
+"""Finished states that count toward a study's ``n_trials``."""
+LIVE_STATES = ("pending", "active")

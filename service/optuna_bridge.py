@@ -1,0 +1,129 @@
+"""Everything the service asks of Optuna: its storage, the sampler and pruner of a study,
+and the ask / report / tell of a trial. Only this module touches Optuna's API."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, get_args
+
+import optuna
+from optuna.trial import TrialState
+
+from search_space import SearchSpace
+from search_space.optuna_space import suggest
+from service.db import engine_kwargs
+from service.models import StudyRow
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SamplerName = Literal["tpe", "random"]
+PrunerName = Literal["median", "none"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+PRUNERS: tuple[str, ...] = get_args(PrunerName)
+
+_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Optuna 5: multivariate TPE with the constant liar, right for parallel workers.
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    # Judge no trial on its first quarter of epochs, and only once 5 trials have finished.
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4)
+
+
+class OptunaBridge:
+    """Optuna's storage in the service's database, and the studies the service drives."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float) -> None:
+        self.storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs(url, busy_timeout_s=busy_timeout_s),
+            skip_table_creation=True,  # `hpo migrate` owns the schema
+        )
+
+    def close(self) -> None:
+        self.storage.engine.dispose()
+
+    def create_study(self, name: str, direction: str, note: dict[str, Any]) -> int:
+        """Create the Optuna study named ``name``; returns its Optuna study id."""
+        study = optuna.create_study(study_name=name, storage=self.storage, direction=direction)
+        for key, value in note.items():
+            study.set_user_attr(key, value)
+        return int(self.storage.get_study_id_from_name(name))
+
+    def has_study(self, name: str) -> bool:
+        try:
+            self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return False
+        return True
+
+    def delete_study(self, name: str) -> None:
+        optuna.delete_study(study_name=name, storage=self.storage)
+
+    def _study(self, row: StudyRow) -> optuna.Study:
+        spec = row.spec
+        return optuna.load_study(
+            study_name=row.name,
+            storage=self.storage,
+            pruner=make_pruner(spec["pruner"], row.epochs),
+        )
+
+    def ask(self, row: StudyRow) -> tuple[int, int, dict[str, Any]]:
+        """Create a trial and sample its parameters: (trial id, number, params).
+
+        With a study ``seed`` the sampler is seeded from it and the number of trials so
+        far, so sampling is deterministic whichever API process serves the lease.
+        """
+        study = self._study(row)
+        seed = row.spec.get("seed")
+        if seed is not None:
+            n = self.storage.get_n_trials(row.optuna_study_id)
+            seed = (seed * 1_000_003 + n) % (2**32)
+        study.sampler = make_sampler(row.spec["sampler"], seed)
+        trial = study.ask()
+        space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"])
+        params = suggest(trial, space, family=row.spec["model"]["family"])
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            row.optuna_study_id, trial.number
+        )
+        return int(trial_id), trial.number, params
+
+    def report(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool:
+        """Store an epoch's value; True when the pruner says the trial should stop."""
+        self.storage.set_trial_intermediate_value(trial_id, step, value)
+        study = self._study(row)
+        return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
+
+    def finish(
+        self,
+        row: StudyRow,
+        trial_id: int,
+        state: str,
+        *,
+        value: float | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """End a running trial as complete, pruned or fail; a finished one is left alone."""
+        if self.storage.get_trial(trial_id).state.is_finished():
+            return
+        for key, attr in (attrs or {}).items():
+            self.storage.set_trial_user_attr(trial_id, key, attr)
+        study = self._study(row)
+        number = self.storage.get_trial_number_from_id(trial_id)
+        if state == "complete":
+            study.tell(number, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        else:
+            study.tell(number, state=_STATES[state], skip_if_finished=True)
+
+    def enqueue(self, row: StudyRow, params: dict[str, Any], *, replaces: int) -> None:
+        """Queue ``params`` again, so a lost or released trial runs once more."""
+        self._study(row).enqueue_trial(params, user_attrs={"hpo_reruns_trial": replaces})

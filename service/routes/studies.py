@@ -1,0 +1,90 @@
+"""Studies: submit, list, read, stop, and their trials."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from service import studies
+from service.models import LeaseRow, StudyRow
+from service.routes.deps import RuntimeDep
+from service.runtime import Runtime
+from service.schemas import BestTrial, StudyCreate, StudyOut, TrialCounts, TrialOut
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+
+def _study_out(rt: Runtime, row: StudyRow) -> StudyOut:
+    best = studies.best(rt, row)
+    spec = row.spec
+    return StudyOut(
+        id=row.id,
+        name=row.name,
+        status=row.status,  # type: ignore[arg-type]
+        dataset=row.dataset,
+        n_trials=row.n_trials,
+        epochs=row.epochs,
+        metric=row.metric,
+        direction=row.direction,
+        sampler=spec["sampler"],
+        pruner=spec["pruner"],
+        seed=spec["seed"],
+        model=spec["model"],
+        search_space=spec["search_space"],
+        fixed=spec["fixed"],
+        trials=TrialCounts(**studies.trial_counts(rt, row.id)),
+        best=None if best is None or best.value is None else BestTrial(
+            trial_id=best.trial_id or 0, number=best.trial_number or 0, value=best.value,
+            params=best.params or {}),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _trial_out(row: LeaseRow) -> TrialOut:
+    duration = None
+    if row.finished_at is not None:
+        duration = (row.finished_at - row.created_at).total_seconds()
+    return TrialOut(
+        trial_id=row.trial_id or 0,
+        number=row.trial_number or 0,
+        state="running" if row.state == "active" else row.state,
+        params=row.params or {},
+        value=row.value,
+        reason=row.reason,
+        epochs_run=row.epochs_run,
+        worker_id=row.worker_id,
+        started_at=row.created_at,
+        finished_at=row.finished_at,
+        duration_s=duration,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyOut)
+def create_study(body: StudyCreate, rt: RuntimeDep) -> StudyOut:
+    """Submit a study. 409 if the name is taken; 422 naming the field if the spec is invalid."""
+    return _study_out(rt, studies.create(rt, body))
+
+
+@router.get("", response_model=list[StudyOut])
+def list_studies(rt: RuntimeDep) -> list[StudyOut]:
+    """All studies, oldest first."""
+    return [_study_out(rt, row) for row in studies.list_all(rt)]
+
+
+@router.get("/{study_id}", response_model=StudyOut)
+def get_study(study_id: int, rt: RuntimeDep) -> StudyOut:
+    """A study's status, trial counts per state, and best trial so far."""
+    return _study_out(rt, studies.get(rt, study_id))
+
+
+@router.get("/{study_id}/trials", response_model=list[TrialOut])
+def list_trials(study_id: int, rt: RuntimeDep) -> list[TrialOut]:
+    """Every trial handed out: state, parameters, value, failure reason, epochs, duration."""
+    return [_trial_out(row) for row in studies.trials(rt, study_id)]
+
+
+@router.post("/{study_id}/stop", response_model=StudyOut)
+def stop_study(study_id: int, rt: RuntimeDep) -> StudyOut:
+    """Hand out no more trials; running trials are told to stop at their next report."""
+    return _study_out(rt, studies.stop(rt, study_id))

@@ -1,0 +1,87 @@
+"""The worker protocol: lease a trial, report epochs, complete, fail or release it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from service import leases
+from service.models import LeaseRow
+from service.routes.deps import RuntimeDep
+from service.schemas import (
+    ActionOut,
+    CompleteIn,
+    FailIn,
+    LeaseOut,
+    LeaseRequest,
+    ReleaseIn,
+    ReportIn,
+    TrialResult,
+    WorkerCall,
+)
+
+router = APIRouter(prefix="/trials", tags=["worker protocol"])
+
+
+def _result(row: LeaseRow) -> TrialResult:
+    return TrialResult(trial_id=row.trial_id or 0, state=row.state, value=row.value,
+                       reason=row.reason)
+
+
+@router.post(
+    "/lease",
+    response_model=LeaseOut,
+    responses={204: {"description": "No work: no open study has budget left."}},
+)
+def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
+    """Lease the next trial of the oldest open study: its parameters and how to train it."""
+    grant = leases.lease(rt, body.worker.id)
+    if grant is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    study = grant.study
+    seed = study.spec.get("seed")
+    return LeaseOut(
+        trial_id=grant.trial_id,
+        number=grant.number,
+        study_id=study.id,
+        study_name=study.name,
+        params=grant.params,
+        dataset=study.dataset,
+        model=study.spec["model"],
+        epochs=study.epochs,
+        metric=study.metric,
+        direction=study.direction,
+        # One seed per trial: deterministic for a seeded study, distinct across trials.
+        seed=((seed or 0) * 1_000_003 + grant.number) % (2**31),
+        lease_seconds=grant.lease_seconds,
+    )
+
+
+@router.post("/{trial_id}/report", response_model=ActionOut)
+def report_epoch(trial_id: int, body: ReportIn, rt: RuntimeDep) -> ActionOut:
+    """One epoch's objective value; renews the lease. Answers continue, prune or stop."""
+    action = leases.report(rt, trial_id, body.worker_id, body.epoch, body.value)
+    return ActionOut(action=action)  # type: ignore[arg-type]
+
+
+@router.post("/{trial_id}/heartbeat", response_model=ActionOut)
+def heartbeat(trial_id: int, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
+    """Renew the lease between reports (long epochs)."""
+    return ActionOut(action=leases.heartbeat(rt, trial_id, body.worker_id))  # type: ignore[arg-type]
+
+
+@router.post("/{trial_id}/complete", response_model=TrialResult)
+def complete_trial(trial_id: int, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
+    """The trial's final objective value. Idempotent: a retry counts once."""
+    return _result(leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run))
+
+
+@router.post("/{trial_id}/fail", response_model=TrialResult)
+def fail_trial(trial_id: int, body: FailIn, rt: RuntimeDep) -> TrialResult:
+    """The trial failed (non-finite loss, an exception); it counts as a result."""
+    return _result(leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run))
+
+
+@router.post("/{trial_id}/release", response_model=TrialResult)
+def release_trial(trial_id: int, body: ReleaseIn, rt: RuntimeDep) -> TrialResult:
+    """Give the trial back unfinished; its parameters run again elsewhere."""
+    return _result(leases.release(rt, trial_id, body.worker_id, body.reason))

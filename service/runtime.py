@@ -1,0 +1,62 @@
+"""The service's process-wide state: settings, the engine, Optuna's storage, the write lock."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import is_sqlite, make_engine, schema_revisions
+from service.errors import NotMigrated
+from service.optuna_bridge import OptunaBridge
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    optuna: OptunaBridge
+    # SQLite allows one writer at a time, and a transaction that reads before it writes
+    # can fail at once ("database is locked") when another wrote in between. With SQLite
+    # the service is the only writer, so it serialises its own units of work here.
+    # PostgreSQL needs no process lock: leasing is a conditional UPDATE (a row lock).
+    _lock: threading.RLock | None = field(default=None)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        """Connect to a migrated database.
+
+        Raises:
+            NotMigrated: the service's tables are missing or older than the code.
+        """
+        engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        current, head = schema_revisions(engine)
+        if current != head:
+            engine.dispose()
+            found = "no service tables" if current is None else f"revision {current}"
+            raise NotMigrated(
+                f"the database at {settings.database_url} is not migrated ({found}, the code "
+                f"needs {head}); run `hpo migrate` first"
+            )
+        bridge = OptunaBridge(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
+        lock = threading.RLock() if is_sqlite(settings.database_url) else None
+        return cls(settings, engine, sessionmaker(engine, expire_on_commit=False), bridge, lock)
+
+    def close(self) -> None:
+        self.optuna.close()
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """Hold the SQLite write lock (if any) for a whole service operation."""
+        if self._lock is None:
+            yield
+            return
+        with self._lock:
+            yield

@@ -1,0 +1,131 @@
+"""Studies: create, read, list, stop. The Optuna study of the same name is created with it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from search_space import BUILTIN_DATASETS, METRICS, SearchSpace
+from service.errors import Conflict, Invalid, NotFound
+from service.models import LeaseRow, StudyRow, utcnow
+from service.runtime import Runtime
+from service.schemas import StudyCreate
+
+log = logging.getLogger(__name__)
+
+
+def create(rt: Runtime, body: StudyCreate) -> StudyRow:
+    """Validate and record a study, and create its Optuna study.
+
+    Raises:
+        SpaceError, Invalid: the spec is invalid (422).
+        Conflict: a study of that name exists (409).
+    """
+    space = SearchSpace.parse(body.search_space, body.fixed)
+    if body.dataset not in BUILTIN_DATASETS:
+        raise Invalid(("dataset",), f"must be one of {', '.join(BUILTIN_DATASETS)}",
+                      body.dataset)
+    direction = body.direction or METRICS[body.metric]
+    spec: dict[str, Any] = {
+        **space.to_json(),
+        "model": body.model.model_dump(),
+        "sampler": body.sampler,
+        "pruner": body.pruner,
+        "seed": body.seed,
+    }
+    with rt.unit_of_work():
+        if rt.optuna.has_study(body.name):
+            raise Conflict(f"a study named {body.name!r} already exists")
+        # The row reserves the name (unique) before Optuna's study exists; if creating the
+        # Optuna study fails, the row goes again, so nothing half-made stays behind.
+        try:
+            with rt.sessions.begin() as s:
+                row = StudyRow(
+                    name=body.name,
+                    status="queued",
+                    dataset=body.dataset,
+                    n_trials=body.n_trials,
+                    epochs=body.epochs,
+                    metric=body.metric,
+                    direction=direction,
+                    spec=spec,
+                    slots_used=0,
+                    created_at=utcnow(),
+                )
+                s.add(row)
+        except IntegrityError as exc:
+            raise Conflict(f"a study named {body.name!r} already exists") from exc
+        try:
+            note = {"hpo_spec": {**spec, "dataset": body.dataset, "n_trials": body.n_trials,
+                                 "epochs": body.epochs, "metric": body.metric}}
+            optuna_id = rt.optuna.create_study(body.name, direction, note)
+        except Exception:
+            with rt.sessions.begin() as s:
+                s.execute(delete(StudyRow).where(StudyRow.id == row.id))
+            raise
+        with rt.sessions.begin() as s:
+            row = s.get_one(StudyRow, row.id)
+            row.optuna_study_id = optuna_id
+    log.info("study %s (%s) created: %d trials of %d epochs on %s", row.id, row.name,
+             row.n_trials, row.epochs, row.dataset)
+    return row
+
+
+def get(rt: Runtime, study_id: int) -> StudyRow:
+    with rt.sessions() as s:
+        row = s.get(StudyRow, study_id)
+    if row is None:
+        raise NotFound(f"study {study_id} does not exist")
+    return row
+
+
+def list_all(rt: Runtime) -> list[StudyRow]:
+    with rt.sessions() as s:
+        return list(s.scalars(select(StudyRow).order_by(StudyRow.id)).all())
+
+
+def trial_counts(rt: Runtime, study_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(("running", "complete", "pruned", "fail", "lost", "released"), 0)
+    with rt.sessions() as s:
+        for state, n in s.execute(
+            select(LeaseRow.state, func.count()).where(LeaseRow.study_id == study_id)
+            .group_by(LeaseRow.state)
+        ):
+            counts["running" if state in ("pending", "active") else state] += n
+    return counts
+
+
+def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
+    order = LeaseRow.value.desc() if row.direction == "maximize" else LeaseRow.value.asc()
+    with rt.sessions() as s:
+        return s.scalars(
+            select(LeaseRow)
+            .where(LeaseRow.study_id == row.id, LeaseRow.state == "complete")
+            .order_by(order, LeaseRow.trial_number)
+            .limit(1)
+        ).one_or_none()
+
+
+def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:
+    get(rt, study_id)
+    with rt.sessions() as s:
+        return list(s.scalars(
+            select(LeaseRow).where(LeaseRow.study_id == study_id, LeaseRow.trial_id.is_not(None))
+            .order_by(LeaseRow.trial_number)
+        ).all())
+
+
+def stop(rt: Runtime, study_id: int) -> StudyRow:
+    """Stop handing out the study's trials; running ones are told to stop at their next
+    report. Stopping a finished study changes nothing."""
+    with rt.unit_of_work(), rt.sessions.begin() as s:
+        row = s.get(StudyRow, study_id)
+        if row is None:
+            raise NotFound(f"study {study_id} does not exist")
+        if row.status in ("queued", "running"):
+            row.status = "stopped"
+            row.finished_at = utcnow()
+    return row

@@ -1,0 +1,1 @@
+"""Workers: lease trials from the service over HTTP, train Keras models, report back."""

@@ -1,0 +1,101 @@
+"""The worker's HTTP client for the trial protocol (``POST /trials/...``).
+
+Every call is retried with exponential backoff while the service is unreachable or answers
+502/503/504, for up to ``retry_max_s``: the service's calls are idempotent, so a retried
+``complete`` counts once. A 4xx is final and raised as ``Rejected``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from workers.training import Assignment
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {502, 503, 504}
+
+
+class Rejected(RuntimeError):
+    """The service refused a call (4xx); retrying would not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class ServiceClient:
+    """Calls of one worker; ``worker`` identifies it in every request."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        worker: dict[str, Any],
+        timeout_s: float = 30.0,
+        retry_max_s: float = 300.0,
+    ) -> None:
+        self.worker = worker
+        self.retry_max_s = retry_max_s
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        deadline = time.monotonic() + self.retry_max_s
+        delay = 0.5
+        while True:
+            try:
+                response = self._http.post(path, json=body)
+                if response.status_code not in RETRY_STATUS:
+                    break
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(f"POST {path} failed for {self.retry_max_s:g}s: {problem}")
+            log.warning("POST %s: %s; retrying in %.1fs", path, problem, delay)
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 15.0)
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("message") or response.json())
+            except ValueError:
+                message = response.text
+            raise Rejected(response.status_code, message)
+        return response
+
+    def lease(self) -> Assignment | None:
+        """A trial to train, or None when the service has no work."""
+        response = self._post("/trials/lease", {"worker": self.worker})
+        if response.status_code == 204:
+            return None
+        return Assignment.from_json(response.json())
+
+    def _trial_call(self, trial_id: int, verb: str, **fields: Any) -> dict[str, Any]:
+        body = {"worker_id": self.worker["id"], **fields}
+        result: dict[str, Any] = self._post(f"/trials/{trial_id}/{verb}", body).json()
+        return result
+
+    def report(self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]) -> str:
+        """Send one epoch's metrics; returns the service's action: continue, prune or stop."""
+        body = self._trial_call(trial_id, "report", epoch=epoch, value=value, metrics=metrics)
+        return str(body["action"])
+
+    def heartbeat(self, trial_id: int) -> str:
+        return str(self._trial_call(trial_id, "heartbeat")["action"])
+
+    def complete(self, trial_id: int, *, value: float, epochs_run: int) -> dict[str, Any]:
+        return self._trial_call(trial_id, "complete", value=value, epochs_run=epochs_run)
+
+    def fail(self, trial_id: int, *, reason: str, epochs_run: int) -> dict[str, Any]:
+        return self._trial_call(trial_id, "fail", reason=reason, epochs_run=epochs_run)
+
+    def release(self, trial_id: int, *, reason: str) -> dict[str, Any]:
+        return self._trial_call(trial_id, "release", reason=reason)

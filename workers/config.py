@@ -1,0 +1,27 @@
+"""A worker's settings, read from ``HPO_*`` environment variables (nothing else reads them)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Settings of one ``hpo worker`` process."""
+
+    model_config = SettingsConfigDict(env_prefix="HPO_", env_file=".env", extra="ignore")
+
+    api_url: str = Field(default="http://127.0.0.1:8000", description="The service's URL.")
+    tf_threads: int = Field(
+        default=0,
+        ge=0,
+        description="TensorFlow intra- and inter-op threads (0: TensorFlow decides).",
+    )
+    poll_interval_s: float = Field(default=2.0, gt=0, description="Wait when there is no work.")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a call is retried while the service is unreachable.",
+    )
+    log_level: str = Field(default="INFO")

@@ -1,0 +1,140 @@
+"""The worker's pull loop: lease, train, report, hand back the result, repeat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+
+from workers.client import Rejected, ServiceClient
+from workers.config import WorkerSettings
+from workers.data import DatasetUnavailable, Split, load
+from workers.training import Assignment, Outcome, configure_tensorflow, train_trial
+
+log = logging.getLogger(__name__)
+
+
+class _Heartbeat:
+    """Renews the lease between epoch reports, so a long epoch is not taken for a dead
+    worker; it also passes on a stop the service asks for."""
+
+    def __init__(self, client: ServiceClient, trial_id: int, interval_s: float) -> None:
+        self.client = client
+        self.trial_id = trial_id
+        self.interval_s = interval_s
+        self.stop_requested = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                if self.client.heartbeat(self.trial_id) == "stop":
+                    self.stop_requested = True
+            except Exception:  # a missed heartbeat is not fatal; the next report renews
+                log.warning("heartbeat for trial %s failed", self.trial_id, exc_info=True)
+
+
+class Worker:
+    """One worker process's loop. ``stop()`` (SIGTERM, SIGINT) ends it after the current
+    epoch, releasing the trial so it runs again elsewhere with the same parameters."""
+
+    def __init__(self, settings: WorkerSettings, *, api_url: str | None = None) -> None:
+        self.settings = settings
+        host = socket.gethostname()
+        self.identity = {
+            "id": f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            "host": host,
+            "pid": os.getpid(),
+        }
+        self.client = ServiceClient(
+            api_url or settings.api_url,
+            worker=self.identity,
+            timeout_s=settings.request_timeout_s,
+            retry_max_s=settings.retry_max_s,
+        )
+        self._stopping = threading.Event()
+        self._data: dict[str, Split] = {}
+
+    def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        log.info("worker %s stopping (signal %s)", self.identity["id"], signum)
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, *, max_trials: int | None = None, exit_when_idle: bool = False) -> int:
+        """Work until stopped (or after ``max_trials``, or when idle with ``exit_when_idle``).
+        Returns the number of trials this worker finished."""
+        configure_tensorflow(self.settings.tf_threads)
+        done = 0
+        log.info("worker %s pulling from %s", self.identity["id"], self.settings.api_url)
+        try:
+            while not self._stopping.is_set() and (max_trials is None or done < max_trials):
+                job = self.client.lease()
+                if job is None:
+                    if exit_when_idle:
+                        break
+                    self._stopping.wait(self.settings.poll_interval_s)
+                    continue
+                self._run_one(job)
+                done += 1
+        finally:
+            self.client.close()
+        return done
+
+    def _dataset(self, name: str) -> Split:
+        if name not in self._data:
+            self._data[name] = load(name)
+        return self._data[name]
+
+    def _run_one(self, job: Assignment) -> None:
+        log.info("trial %s (#%s of %s) leased: %s", job.trial_id, job.number, job.study_name,
+                 job.params)
+        started = time.monotonic()
+        try:
+            data = self._dataset(job.dataset)
+        except DatasetUnavailable as exc:
+            self._hand_back(job, Outcome("fail", reason=str(exc)))
+            return
+        with _Heartbeat(self.client, job.trial_id, max(job.lease_seconds / 3, 0.5)) as beat:
+
+            def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
+                return self.client.report(job.trial_id, epoch, value, metrics)
+
+            outcome = train_trial(
+                job, data, report, lambda: self._stopping.is_set() or beat.stop_requested
+            )
+        log.info("trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
+                 job.trial_id, outcome.state, outcome.epochs_run, time.monotonic() - started,
+                 outcome.value, outcome.reason)
+        self._hand_back(job, outcome)
+
+    def _hand_back(self, job: Assignment, outcome: Outcome) -> None:
+        """Tell the service how the trial ended; pruned trials were already ended by it."""
+        try:
+            if outcome.state == "complete":
+                assert outcome.value is not None
+                self.client.complete(job.trial_id, value=outcome.value,
+                                     epochs_run=outcome.epochs_run)
+            elif outcome.state == "fail":
+                self.client.fail(job.trial_id, reason=outcome.reason or "unknown",
+                                 epochs_run=outcome.epochs_run)
+            elif outcome.state == "stopped":
+                self.client.release(job.trial_id, reason=outcome.reason or "worker stopping")
+        except Rejected as exc:
+            log.warning("service refused the result of trial %s: %s", job.trial_id, exc)
