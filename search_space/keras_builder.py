@@ -72,7 +72,8 @@ def build_model(
 
     inputs = keras.Input(shape=input_shape, name="features")
     x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
-    widths = hidden_widths(int(_param(params, "hidden_units")), int(_param(params, "hidden_layers")))
+    widths = hidden_widths(int(_param(params, "hidden_units")),
+                           int(_param(params, "hidden_layers")))
     for i, width in enumerate(widths):
         x = keras.layers.Dense(
             width,

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound
@@ -50,7 +50,7 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
             .order_by(StudyRow.id)
         ).all()
         for study_id in candidates:
-            taken = s.execute(
+            taken = cast(CursorResult[Any], s.execute(
                 update(StudyRow)
                 .where(
                     StudyRow.id == study_id,
@@ -63,7 +63,7 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
                     started_at=func.coalesce(StudyRow.started_at, now),
                 )
                 .execution_options(synchronize_session=False)
-            )
+            ))
             if taken.rowcount != 1:
                 continue  # another lease took the last slot first
             lease = LeaseRow(

@@ -36,7 +36,14 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     # Judge no trial on its first quarter of epochs, and only once 5 trials have finished.
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4)
+    # Steps are 1-based epochs and Optuna skips steps < n_warmup_steps, hence the + 1.
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4 + 1)
+
+
+def _optuna_id(row: StudyRow) -> int:
+    if row.optuna_study_id is None:
+        raise RuntimeError(f"study {row.name!r} has no Optuna study")
+    return row.optuna_study_id
 
 
 class OptunaBridge:
@@ -54,7 +61,11 @@ class OptunaBridge:
 
     def create_study(self, name: str, direction: str, note: dict[str, Any]) -> int:
         """Create the Optuna study named ``name``; returns its Optuna study id."""
-        study = optuna.create_study(study_name=name, storage=self.storage, direction=direction)
+        study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            direction="maximize" if direction == "maximize" else "minimize",
+        )
         for key, value in note.items():
             study.set_user_attr(key, value)
         return int(self.storage.get_study_id_from_name(name))
@@ -84,17 +95,16 @@ class OptunaBridge:
         far, so sampling is deterministic whichever API process serves the lease.
         """
         study = self._study(row)
+        optuna_id = _optuna_id(row)
         seed = row.spec.get("seed")
         if seed is not None:
-            n = self.storage.get_n_trials(row.optuna_study_id)
+            n = self.storage.get_n_trials(optuna_id)
             seed = (seed * 1_000_003 + n) % (2**32)
         study.sampler = make_sampler(row.spec["sampler"], seed)
         trial = study.ask()
         space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"])
         params = suggest(trial, space, family=row.spec["model"]["family"])
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            row.optuna_study_id, trial.number
-        )
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
         return int(trial_id), trial.number, params
 
     def report(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool:

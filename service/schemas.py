@@ -46,7 +46,7 @@ class StudyCreate(BaseModel):
     pruner: PrunerName = Field("median", description="Optuna pruner fed by the epoch reports.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Makes sampling and "
                              "training deterministic with one worker.")
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSpec = ModelSpec()
 
 
 class TrialCounts(BaseModel):

@@ -19,7 +19,7 @@ def _study_out(rt: Runtime, row: StudyRow) -> StudyOut:
     return StudyOut(
         id=row.id,
         name=row.name,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         dataset=row.dataset,
         n_trials=row.n_trials,
         epochs=row.epochs,

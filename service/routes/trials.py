@@ -60,13 +60,13 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
 def report_epoch(trial_id: int, body: ReportIn, rt: RuntimeDep) -> ActionOut:
     """One epoch's objective value; renews the lease. Answers continue, prune or stop."""
     action = leases.report(rt, trial_id, body.worker_id, body.epoch, body.value)
-    return ActionOut(action=action)  # type: ignore[arg-type]
+    return ActionOut(action=action)
 
 
 @router.post("/{trial_id}/heartbeat", response_model=ActionOut)
 def heartbeat(trial_id: int, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
     """Renew the lease between reports (long epochs)."""
-    return ActionOut(action=leases.heartbeat(rt, trial_id, body.worker_id))  # type: ignore[arg-type]
+    return ActionOut(action=leases.heartbeat(rt, trial_id, body.worker_id))
 
 
 @router.post("/{trial_id}/complete", response_model=TrialResult)

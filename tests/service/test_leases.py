@@ -1,0 +1,254 @@
+"""The worker protocol against a real API on a real SQLite file: lease, report, complete,
+fail, release, expiry, pruning, and the exact budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import Api, wait_for
+
+WORKER = {"worker": {"id": "w1", "host": "test", "pid": 1}}
+
+
+def _study(client: httpx.Client, name: str, **overrides: Any) -> dict[str, Any]:
+    body = {"name": name, "dataset": "digits", "n_trials": 3, "epochs": 4, **overrides}
+    r = client.post("/studies", json=body)
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def _lease(client: httpx.Client, worker: str = "w1") -> dict[str, Any] | None:
+    r = client.post("/trials/lease", json={"worker": {"id": worker}})
+    if r.status_code == 204:
+        return None
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def _call(client: httpx.Client, trial_id: int, verb: str, worker: str = "w1",
+          **body: Any) -> httpx.Response:
+    return client.post(f"/trials/{trial_id}/{verb}", json={"worker_id": worker, **body})
+
+
+@pytest.fixture
+def server(fresh_api: Callable[..., Api]) -> Api:
+    return fresh_api()
+
+
+def test_lease_report_complete(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s1", n_trials=1, epochs=2)
+        job = _lease(client)
+        assert job is not None
+        assert job["study_name"] == "s1" and job["dataset"] == "digits" and job["epochs"] == 2
+        assert job["model"] == {"family": "mlp"} and job["metric"] == "val_accuracy"
+        assert {"learning_rate", "optimizer", "lr_schedule", "dropout_rate",
+                "kernel_initializer"} <= set(job["params"])
+        assert client.get(f"/studies/{study['id']}").json()["status"] == "running"
+        for epoch, value in ((1, 0.5), (2, 0.7)):
+            r = _call(client, job["trial_id"], "report", epoch=epoch, value=value)
+            assert r.json() == {"action": "continue"}
+        r = _call(client, job["trial_id"], "complete", value=0.7, epochs_run=2)
+        assert r.json()["state"] == "complete"
+        final = client.get(f"/studies/{study['id']}").json()
+        assert final["status"] == "completed"
+        assert final["trials"]["complete"] == 1
+        assert final["best"] == {"trial_id": job["trial_id"], "number": 0, "value": 0.7,
+                                 "params": job["params"]}
+        (trial,) = client.get(f"/studies/{study['id']}/trials").json()
+        assert trial["state"] == "complete" and trial["epochs_run"] == 2
+        assert trial["duration_s"] is not None and trial["worker_id"] == "w1"
+        assert _lease(client) is None
+    frozen = optuna.load_study(study_name="s1", storage=server.database_url).trials[0]
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.7
+    assert frozen.intermediate_values == {1: 0.5, 2: 0.7}
+    assert frozen.params == job["params"]
+    assert frozen.user_attrs["worker_id"] == "w1"
+
+
+def test_fail_records_the_reason_and_counts(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s2", n_trials=1)
+        job = _lease(client)
+        assert job is not None
+        r = _call(client, job["trial_id"], "fail", reason="non-finite loss at epoch 3",
+                  epochs_run=3)
+        assert r.json()["state"] == "fail"
+        final = client.get(f"/studies/{study['id']}").json()
+        assert final["status"] == "completed" and final["trials"]["fail"] == 1
+        (trial,) = client.get(f"/studies/{study['id']}/trials").json()
+        assert trial["reason"] == "non-finite loss at epoch 3"
+    frozen = optuna.load_study(study_name="s2", storage=server.database_url).trials[0]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["fail_reason"] == "non-finite loss at epoch 3"
+
+
+def test_never_more_leases_than_n_trials(server: Api) -> None:
+    with server.client() as client:
+        _study(client, "s3", n_trials=4)
+        jobs = [_lease(client) for _ in range(6)]
+    assert all(j is not None for j in jobs[:4])
+    assert jobs[4] is None and jobs[5] is None
+
+
+def test_concurrent_leases_never_exceed_the_budget(server: Api) -> None:
+    with server.client() as client:
+        _study(client, "s4", n_trials=5)
+    granted: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def grab(i: int) -> None:
+        try:
+            with server.client() as c:
+                for _ in range(3):
+                    job = _lease(c, worker=f"w{i}")
+                    if job is not None:
+                        granted.append(job)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(granted) == 5
+    assert len({j["trial_id"] for j in granted}) == 5
+    assert sorted(j["number"] for j in granted) == [0, 1, 2, 3, 4]
+
+
+def test_complete_is_idempotent_and_counted_once(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s5", n_trials=2)
+        job = _lease(client)
+        assert job is not None
+        first = _call(client, job["trial_id"], "complete", value=0.9, epochs_run=4)
+        again = _call(client, job["trial_id"], "complete", value=0.9, epochs_run=4)
+        assert first.status_code == again.status_code == 200
+        assert first.json() == again.json()
+        counts = client.get(f"/studies/{study['id']}").json()["trials"]
+        assert counts["complete"] == 1
+        # The study still has exactly one more trial to hand out.
+        assert _lease(client) is not None and _lease(client) is None
+
+
+def test_calls_from_another_worker_or_on_unknown_trials_are_refused(server: Api) -> None:
+    with server.client() as client:
+        _study(client, "s6", n_trials=1)
+        job = _lease(client)
+        assert job is not None
+        r = _call(client, job["trial_id"], "complete", worker="intruder", value=1.0)
+        assert r.status_code == 409 and "intruder" in r.json()["message"]
+        assert _call(client, 424242, "report", epoch=1, value=0.1).status_code == 404
+        r = _call(client, job["trial_id"], "report", epoch=0, value=0.1)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "epoch"
+        _call(client, job["trial_id"], "fail", reason="boom")
+        r = _call(client, job["trial_id"], "complete", value=1.0)
+        assert r.status_code == 409 and "fail" in r.json()["message"]
+
+
+def test_expired_lease_is_lost_and_its_parameters_run_again(fresh_api: Callable[..., Api]
+                                                            ) -> None:
+    server = fresh_api(lease_seconds="1", reap_interval_s="0.2")
+    with server.client() as client:
+        study = _study(client, "s7", n_trials=2)
+        first = _lease(client, worker="dies")
+        assert first is not None
+        wait_for(lambda: client.get(f"/studies/{study['id']}").json()["trials"]["lost"] == 1,
+                 10, "the reaper to mark the lease lost")
+        assert _call(client, first["trial_id"], "report", worker="dies", epoch=1,
+                     value=0.5).status_code == 409
+        again = _lease(client, worker="w2")
+        assert again is not None
+        assert again["params"] == first["params"]
+        assert again["trial_id"] != first["trial_id"]
+        other = _lease(client, worker="w2")
+        assert other is not None and _lease(client) is None
+        for job in (again, other):
+            _call(client, job["trial_id"], "complete", worker="w2", value=0.8)
+        final = client.get(f"/studies/{study['id']}").json()
+        assert final["status"] == "completed"
+        assert final["trials"]["complete"] == 2 and final["trials"]["lost"] == 1
+    trials = optuna.load_study(study_name="s7", storage=server.database_url).trials
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(lost) == 1 and lost[0].user_attrs["fail_reason"].startswith("lost:")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_heartbeat_keeps_a_lease_alive(fresh_api: Callable[..., Api]) -> None:
+    server = fresh_api(lease_seconds="1", reap_interval_s="0.2")
+    with server.client() as client:
+        _study(client, "s8", n_trials=1)
+        job = _lease(client)
+        assert job is not None
+        for _ in range(8):
+            assert _call(client, job["trial_id"], "heartbeat").json() == {"action": "continue"}
+            time.sleep(0.3)
+        assert _call(client, job["trial_id"], "complete", value=0.5).status_code == 200
+
+
+def test_release_runs_the_same_parameters_again(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s9", n_trials=1)
+        job = _lease(client)
+        assert job is not None
+        r = _call(client, job["trial_id"], "release", reason="SIGTERM")
+        assert r.json()["state"] == "released"
+        again = _lease(client, worker="w2")
+        assert again is not None and again["params"] == job["params"]
+        _call(client, again["trial_id"], "complete", worker="w2", value=0.5)
+        assert client.get(f"/studies/{study['id']}").json()["status"] == "completed"
+
+
+def test_median_pruner_prunes_a_bad_trial(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s10", n_trials=6, epochs=4)
+        for _ in range(5):
+            job = _lease(client)
+            assert job is not None
+            for epoch in range(1, 5):
+                _call(client, job["trial_id"], "report", epoch=epoch, value=0.9)
+            _call(client, job["trial_id"], "complete", value=0.9)
+        bad = _lease(client)
+        assert bad is not None
+        assert _call(client, bad["trial_id"], "report", epoch=1, value=0.1).json() == {
+            "action": "continue"}  # epoch 1 is warm-up (epochs // 4)
+        assert _call(client, bad["trial_id"], "report", epoch=2, value=0.1).json() == {
+            "action": "prune"}
+        final = client.get(f"/studies/{study['id']}").json()
+        assert final["trials"]["pruned"] == 1 and final["status"] == "completed"
+    frozen = optuna.load_study(study_name="s10", storage=server.database_url).trials[-1]
+    assert frozen.state == TrialState.PRUNED
+
+
+def test_stopped_study_tells_workers_to_stop(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "s11", n_trials=3)
+        job = _lease(client)
+        assert job is not None
+        client.post(f"/studies/{study['id']}/stop")
+        assert _call(client, job["trial_id"], "report", epoch=1, value=0.5).json() == {
+            "action": "stop"}
+        assert _call(client, job["trial_id"], "release", reason="study stopped").status_code \
+            == 200
+        assert _lease(client) is None  # a stopped study hands out nothing, not even reruns
+
+
+def test_oldest_open_study_is_served_first(server: Api) -> None:
+    with server.client() as client:
+        _study(client, "older", n_trials=1)
+        _study(client, "newer", n_trials=1)
+        first, second = _lease(client), _lease(client)
+        assert first is not None and second is not None
+        assert (first["study_name"], second["study_name"]) == ("older", "newer")

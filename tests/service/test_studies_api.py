@@ -1,0 +1,120 @@
+"""Studies over HTTP against a real uvicorn on a real SQLite file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+
+from tests.conftest import Api
+
+GOOD = {
+    "name": "good",
+    "dataset": "digits",
+    "n_trials": 5,
+    "epochs": 3,
+    "search_space": {"learning_rate": {"low": 0.001, "high": 0.01, "log": True},
+                     "optimizer": {"choices": ["adam", "rmsprop"]}},
+    "fixed": {"dropout_rate": 0.2},
+}
+
+
+def test_healthz(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_openapi_docs_are_served(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/studies", "/studies/{study_id}", "/trials/lease", "/trials/{trial_id}/report",
+            "/trials/{trial_id}/complete", "/trials/{trial_id}/fail"} <= set(paths)
+
+
+def test_create_read_and_list(api: Api, client: httpx.Client) -> None:
+    r = client.post("/studies", json=GOOD)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert study["status"] == "queued"
+    assert study["direction"] == "maximize"  # follows from val_accuracy
+    assert study["trials"] == {"running": 0, "complete": 0, "pruned": 0, "fail": 0,
+                               "lost": 0, "released": 0}
+    assert study["best"] is None
+    assert study["search_space"]["optimizer"] == {"choices": ["adam", "rmsprop"]}
+    assert study["fixed"]["dropout_rate"] == 0.2
+    assert client.get(f"/studies/{study['id']}").json()["name"] == "good"
+    assert "good" in [s["name"] for s in client.get("/studies").json()]
+    assert client.get(f"/studies/{study['id']}/trials").json() == []
+    # The Optuna study has the submitted name, in the same database.
+    loaded = optuna.load_study(study_name="good", storage=api.database_url)
+    assert loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_duplicate_name_is_409(client: httpx.Client) -> None:
+    assert client.post("/studies", json={**GOOD, "name": "twice"}).status_code == 201
+    r = client.post("/studies", json={**GOOD, "name": "twice"})
+    assert r.status_code == 409
+    assert "twice" in r.json()["message"]
+
+
+def test_val_loss_is_minimised(client: httpx.Client) -> None:
+    r = client.post("/studies", json={**GOOD, "name": "by-loss", "metric": "val_loss"})
+    assert r.json()["direction"] == "minimize"
+
+
+BAD: list[tuple[dict[str, Any], str, str]] = [
+    # (changes to a good body, the field, words of the message)
+    ({"name": None}, "name", "Field required"),
+    ({"name": "has space"}, "name", "should match pattern"),
+    ({"n_trials": 0}, "n_trials", "greater than or equal to 1"),
+    ({"epochs": 100000}, "epochs", "less than or equal to 1000"),
+    ({"dataset": "cifar"}, "dataset", "must be one of digits"),
+    ({"metric": "accuracy"}, "metric", "'val_accuracy' or 'val_loss'"),
+    ({"sampler": "cmaes"}, "sampler", "'tpe' or 'random'"),
+    ({"colour": "blue"}, "colour", "is not an allowed field"),
+    ({"search_space": {"learn_rate": {"low": 0.1}}}, "search_space.learn_rate",
+     "is not a known parameter"),
+    ({"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}},
+     "search_space.learning_rate.low", "must be <= high"),
+    ({"search_space": {"optimizer": {"choices": []}}}, "search_space.optimizer.choices",
+     "must be a non-empty list"),
+    ({"fixed": {"dropout_rate": 1.5}}, "fixed.dropout_rate", "must be < 1"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), BAD, ids=[b[1] for b in BAD])
+def test_invalid_body_is_422_naming_field_value_and_allowed(
+    api: Api, client: httpx.Client, change: dict[str, Any], field: str, words: str
+) -> None:
+    name = f"bad-{field.replace('.', '-')}"
+    body = {**GOOD, "name": name, **change}
+    if change.get("name", "") is None:
+        del body["name"]
+    r = client.post("/studies", json=body)
+    assert r.status_code == 422, r.text
+    problems = {p["field"]: p for p in r.json()["detail"]}
+    assert field in problems, r.json()
+    assert words in problems[field]["msg"]
+    assert field in r.json()["message"] and words in r.json()["message"]
+    if field not in ("name", "colour"):
+        # the offending value is echoed back
+        assert problems[field]["input"] is not None
+    # Nothing half-written stays behind.
+    assert name not in [s["name"] for s in client.get("/studies").json()]
+    assert name not in [s.study_name for s in optuna.get_all_study_summaries(api.database_url)]
+
+
+def test_unknown_study_is_404(client: httpx.Client) -> None:
+    r = client.get("/studies/9999")
+    assert r.status_code == 404
+    assert "9999" in r.json()["message"]
+    assert client.post("/studies/9999/stop").status_code == 404
+    assert client.get("/studies/9999/trials").status_code == 404
+
+
+def test_stop(client: httpx.Client) -> None:
+    study = client.post("/studies", json={**GOOD, "name": "to-stop"}).json()
+    stopped = client.post(f"/studies/{study['id']}/stop").json()
+    assert stopped["status"] == "stopped"
+    assert client.post(f"/studies/{study['id']}/stop").json()["status"] == "stopped"

@@ -1,0 +1,89 @@
+"""Training one trial with a real (small, seeded) Keras model on digits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from workers.data import Split, load
+from workers.training import Assignment, train_trial
+
+GOOD: dict[str, Any] = {
+    "learning_rate": 0.003,
+    "optimizer": "adam",
+    "lr_schedule": "constant",
+    "dropout_rate": 0.1,
+    "kernel_initializer": "he_normal",
+    "hidden_units": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def digits() -> Split:
+    return load("digits")
+
+
+def _job(params: dict[str, Any], epochs: int = 3) -> Assignment:
+    return Assignment(trial_id=1, number=0, study_name="t", params=params, dataset="digits",
+                      model_family="mlp", epochs=epochs, metric="val_accuracy", seed=7,
+                      lease_seconds=60)
+
+
+def test_trains_and_reports_every_epoch(digits: Split) -> None:
+    reports: list[tuple[int, float]] = []
+
+    def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
+        assert "val_loss" in metrics and "loss" in metrics
+        reports.append((epoch, value))
+        return "continue"
+
+    outcome = train_trial(_job(GOOD), digits, report)
+    assert outcome.state == "complete"
+    assert [e for e, _ in reports] == [1, 2, 3]
+    assert outcome.value == reports[-1][1]
+    assert outcome.value is not None and outcome.value > 0.85
+    assert outcome.epochs_run == 3
+
+
+def test_same_seed_same_result(digits: Split) -> None:
+    a = train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue")
+    b = train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue")
+    assert a.history == b.history
+
+
+def test_non_finite_loss_fails_the_trial_at_once(digits: Split) -> None:
+    params = {**GOOD, "optimizer": "sgd", "learning_rate": 10.0,
+              "kernel_initializer": "random_normal", "dropout_rate": 0.0}
+    seen: list[int] = []
+    outcome = train_trial(_job(params, epochs=5), digits,
+                          lambda e, *_: seen.append(e) or "continue")
+    assert outcome.state == "fail"
+    assert outcome.reason == "non-finite loss at epoch 1"
+    assert outcome.epochs_run == 1 and seen == []
+
+
+def test_prune_answer_stops_training(digits: Split) -> None:
+    outcome = train_trial(_job(GOOD, epochs=5), digits,
+                          lambda e, *_: "prune" if e == 2 else "continue")
+    assert outcome.state == "pruned"
+    assert outcome.epochs_run == 2
+
+
+def test_an_exception_in_building_is_a_failed_trial(digits: Split) -> None:
+    outcome = train_trial(_job({**GOOD, "activation": "no_such_activation"}), digits,
+                          lambda *_: "continue")
+    assert outcome.state == "fail"
+    assert outcome.reason is not None and "no_such_activation" in outcome.reason
+
+
+def test_thread_count_setting_pins_tensorflow() -> None:
+    code = ("from workers.training import configure_tensorflow; import tensorflow as tf; "
+            "configure_tensorflow(1); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    assert out.stdout.split() == ["1", "1"]
