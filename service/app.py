@@ -27,7 +27,11 @@ def _problem(loc: tuple[Any, ...] | list[Any], msg: str, value: Any) -> dict[str
 
 
 def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
-    message = "; ".join(f"{p['field']}: {p['msg']} (got {p['input']!r})" for p in problems)
+    message = "; ".join(
+        f"{p['field']}: {p['msg']}"
+        + ("" if p.pop("_missing", False) else f" (got {p['input']!r})")
+        for p in problems
+    )
     return JSONResponse(status_code=422, content={"message": message, "detail": problems})
 
 
@@ -36,11 +40,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
-            loc = [p for p in err["loc"] if p != "body"]
-            msg = err["msg"]
-            if err.get("type") == "extra_forbidden":
+            kind = err.get("type")
+            loc = [p for p in err["loc"] if p != "body"] or ["body"]
+            msg, value = err["msg"], err.get("input")
+            if kind == "extra_forbidden":
                 msg = "is not an allowed field"
-            problems.append(_problem(loc, msg, err.get("input")))
+            elif kind == "json_invalid":
+                loc, msg, value = ["body"], f"is not valid JSON ({err['ctx']['error']})", None
+            problem = _problem(loc, msg, value)
+            if kind in ("missing", "json_invalid"):
+                problem["input"] = None
+                problem["_missing"] = True  # nothing was given to echo back
+            problems.append(problem)
         return _unprocessable(problems)
 
     @app.exception_handler(SpaceError)

@@ -118,3 +118,13 @@ def test_stop(client: httpx.Client) -> None:
     stopped = client.post(f"/studies/{study['id']}/stop").json()
     assert stopped["status"] == "stopped"
     assert client.post(f"/studies/{study['id']}/stop").json()["status"] == "stopped"
+
+
+def test_malformed_bodies_are_422_not_500(client: httpx.Client) -> None:
+    r = client.post("/studies", content=b"not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["message"].startswith("body: is not valid JSON")
+    r = client.post("/studies", json=[1, 2])
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body"
+    r = client.post("/studies", json={"dataset": "digits", "n_trials": 1, "epochs": 1})
+    assert r.json()["message"] == "name: Field required"

@@ -1,0 +1,75 @@
+"""The whole path: uvicorn on 127.0.0.1, a real `hpo worker` process, a study submitted over
+HTTP, Keras training on digits, the results read back with optuna.load_study."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import Api, child_env, hpo, stop, wait_for
+
+BRIEF = {"learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"}
+
+pytestmark = pytest.mark.slow
+
+
+def test_study_over_http_trained_by_a_worker_read_back_with_optuna(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    server = fresh_api()
+    with server.client() as client:
+        r = client.post("/studies", json={"name": "e2e", "dataset": "digits", "n_trials": 3,
+                                          "epochs": 2, "seed": 1})
+        assert r.status_code == 201, r.text
+        study_id = r.json()["id"]
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(hpo("worker", "--api-url", server.url, "--exit-when-idle"),
+                                      env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            assert worker.wait(timeout=240) == 0, log.read_text()
+        finally:
+            stop(worker)
+        study = client.get(f"/studies/{study_id}").json()
+        assert study["status"] == "completed", (study, log.read_text())
+        assert study["trials"]["complete"] + study["trials"]["pruned"] \
+            + study["trials"]["fail"] == 3
+        trials = client.get(f"/studies/{study_id}/trials").json()
+        assert all(t["epochs_run"] >= 1 for t in trials)
+
+    loaded = optuna.load_study(study_name="e2e", storage=server.database_url)
+    assert len(loaded.trials) == 3
+    assert {t.number for t in loaded.trials} == {0, 1, 2}
+    for t in loaded.trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), t
+        assert BRIEF <= set(t.params)
+        assert ("lr_decay_rate" in t.params) == (t.params["lr_schedule"] == "exponential")
+        assert set(t.intermediate_values) <= {1, 2} and 1 in t.intermediate_values
+    assert loaded.best_value == study["best"]["value"]
+    assert 0.0 <= loaded.best_value <= 1.0
+
+
+def test_worker_keeps_polling_until_told_to_stop(fresh_api: Callable[..., Api],
+                                                 tmp_path: Path) -> None:
+    server = fresh_api()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(hpo("worker", "--api-url", server.url),
+                                  env=child_env(poll_interval_s="0.2"), stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        with server.client() as client:
+            r = client.post("/studies", json={"name": "late", "dataset": "digits",
+                                              "n_trials": 1, "epochs": 1})
+            study_id = r.json()["id"]
+            wait_for(lambda: client.get(f"/studies/{study_id}").json()["status"]
+                     == "completed", 120, "the polling worker to pick up a late study")
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0, log.read_text()
+    finally:
+        stop(worker)
