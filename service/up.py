@@ -25,7 +25,10 @@ DEMO_SEED = 42
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env)
+    # A session of its own: Ctrl-C reaches only `hpo up`, which then stops the workers
+    # (they release their trials to the still-running API) before the API.
+    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env,
+                            start_new_session=True)
 
 
 def _wait_healthy(api: subprocess.Popen[bytes], url: str, timeout_s: float = 60.0) -> None:
@@ -43,8 +46,8 @@ def _wait_healthy(api: subprocess.Popen[bytes], url: str, timeout_s: float = 60.
     raise RuntimeError(f"the API did not answer at {url}/healthz within {timeout_s:g}s")
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float = 20.0) -> None:
-    """SIGTERM everyone (workers release their trials), then SIGKILL stragglers."""
+def _stop(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL whoever is still running after ``timeout_s``."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -55,6 +58,12 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float = 20.0) -> 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Workers first (each finishes its epoch and releases its trial), then the API."""
+    _stop(procs[1:], timeout_s=30.0)
+    _stop(procs[:1], timeout_s=15.0)
 
 
 def demo_spec(trials: int, epochs: int) -> dict[str, Any]:

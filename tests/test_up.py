@@ -4,13 +4,15 @@ validation accuracy of at least 0.95 (the issue's promise), then `--exit-when-do
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import optuna
 import pytest
 
-from tests.conftest import child_env, free_port, hpo
+from tests.conftest import child_env, free_port, hpo, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +39,41 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     study = optuna.load_study(study_name=name.group(1), storage=f"sqlite:///{tmp_path}/hpo.db")
     assert len(study.trials) == 20
     assert study.best_value == pytest.approx(float(best.group(1)), abs=1e-4)
+
+
+def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Path) -> None:
+    port = free_port()
+    up = subprocess.Popen(
+        hpo("up", "--port", str(port), "--workers", "1", "--trials", "2", "--epochs", "500"),
+        env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def running() -> bool:
+            try:
+                studies = httpx.get(f"{url}/studies", timeout=2).json()
+            except httpx.TransportError:
+                return False
+            return bool(studies) and studies[0]["trials"]["running"] == 1
+
+        wait_for(running, 120, "the demo's first trial to start")
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, out
+    with pytest.raises(httpx.TransportError):  # the API is down too
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/hpo.db")
+    study = optuna.load_study(study_name=summary.study_name,
+                              storage=f"sqlite:///{tmp_path}/hpo.db")
+    released = [t for t in study.trials if t.user_attrs.get("hpo_outcome") == "released"]
+    assert len(released) == 1
+    # ... and its parameters are queued to run again when the service comes back.
+    # (An enqueued trial holds its parameters as "fixed_params" until it runs.)
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [released[0].params]
+    assert waiting[0].user_attrs["hpo_reruns_trial"] == released[0]._trial_id
