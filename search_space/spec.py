@@ -74,7 +74,10 @@ class IntRange:
     step: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high, "log": self.log, "step": self.step}
+        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
+        if self.step != 1:
+            out["step"] = self.step
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,19 @@ Dimension = FloatRange | IntRange | Choices | Fixed
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (not a bool, and not an int too large for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _check_element(p: ParamDef, value: Any) -> str | None:
     """Why ``value`` is not a valid value of ``p``, or None."""
     if p.kind == "float":
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_number(value):
             return "must be a finite number"
         assert p.bounds is not None
         return p.bounds.check(float(value))
@@ -119,10 +128,10 @@ def _check_element(p: ParamDef, value: Any) -> str | None:
         return None
     if p.element == "int" and (not isinstance(value, int) or isinstance(value, bool)):
         return "must be an integer"
-    if p.element == "float_or_none" and (not _is_number(value) or not math.isfinite(value)):
+    if p.element == "float_or_none" and not _is_number(value):
         return "must be null or a finite number"
     assert p.bounds is not None
-    return p.bounds.check(float(value))
+    return p.bounds.check(value)  # no float(): a huge int would overflow
 
 
 def _invalid(p: ParamDef, value: Any) -> str | None:
@@ -174,8 +183,14 @@ def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
         problems.append(Problem((*loc, "low"), f"must be <= high ({_show(high)})", low))
     if log is True and low <= 0:
         problems.append(Problem((*loc, "low"), "must be > 0 when log is true", low))
-    if log is True and step is not None:
-        problems.append(Problem((*loc, "step"), "cannot be combined with log: true", step))
+    if log is True and step is not None and not (p.kind == "int" and step == 1):
+        problems.append(Problem((*loc, "step"), "cannot be combined with log: true "
+                                "(except step 1 for an integer)", step))
+    if step is not None and not problems:
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+            problems.append(Problem((*loc, "high"), f"must be low ({_show(low)}) plus a "
+                                    f"whole number of steps ({_show(step)})", high))
     if problems:
         return None, problems
     if p.kind == "int":

@@ -36,8 +36,6 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
     )
-    max_trials_per_study: int = Field(default=10_000, ge=1)
-    max_epochs: int = Field(default=1_000, ge=1)
     log_level: str = Field(default="INFO")
 
 

@@ -46,7 +46,11 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
     with rt.sessions.begin() as s:
         candidates = s.scalars(
             select(StudyRow.id)
-            .where(StudyRow.status.in_(OPEN_STATUSES), StudyRow.slots_used < StudyRow.n_trials)
+            .where(
+                StudyRow.status.in_(OPEN_STATUSES),
+                StudyRow.slots_used < StudyRow.n_trials,
+                StudyRow.optuna_study_id.is_not(None),  # creation still under way
+            )
             .order_by(StudyRow.id)
         ).all()
         for study_id in candidates:
@@ -159,10 +163,46 @@ def report(rt: Runtime, trial_id: int, worker_id: str, epoch: int, value: float)
         action, study = _renew(rt, trial_id, worker_id, epoch)
         if action != "continue":
             return action
-        if not rt.optuna.report(study, trial_id, epoch, value):
+        prune = rt.optuna.report(study, trial_id, epoch, value)
+        if prune is None:
+            # Optuna has already ended the trial, but the service never recorded how (it
+            # stopped in between): settle the lease from Optuna's record.
+            row = _settle(rt, trial_id, "lost", "ended in Optuna but not in the service")
+            if row.state == "pruned":
+                return "prune"
+            raise _gone(row)
+        if not prune:
             return "continue"
         _finish(rt, trial_id, worker_id, "pruned", value=value, epochs_run=epoch)
         return "prune"
+
+
+def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: float | None,
+            reason: str | None, epochs_run: int) -> bool:
+    """Record a counted result (complete, pruned, fail) on a live lease, exactly once: the
+    UPDATE is conditional, so a racing reaper or retry changes nothing. Completes the study
+    when its ``n_trials`` results are in. Returns whether this call recorded it."""
+    now = utcnow()
+    with rt.sessions.begin() as s:
+        changed = cast(CursorResult[Any], s.execute(
+            update(LeaseRow)
+            .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
+            .values(state=state, value=value, reason=reason, epochs_run=epochs_run,
+                    finished_at=now)
+        ))
+        if changed.rowcount != 1:
+            return False
+        counted = s.scalar(
+            select(func.count()).select_from(LeaseRow)
+            .where(LeaseRow.study_id == study.id, LeaseRow.state.in_(COUNTED_STATES))
+        ) or 0
+        if counted >= study.n_trials:
+            s.execute(update(StudyRow)
+                      .where(StudyRow.id == study.id, StudyRow.status == "running")
+                      .values(status="completed", finished_at=now))
+    log.info("trial lease %s of %s ended %s (value %s, reason %s)", row_id, study.name, state,
+             value, reason)
+    return True
 
 
 def _finish(
@@ -175,9 +215,9 @@ def _finish(
     reason: str | None = None,
     epochs_run: int | None = None,
 ) -> LeaseRow:
-    """End an active lease with a counted result (complete, pruned, fail). Optuna is told
-    first: if the service dies in between, the retried call finds the lease still active,
-    Optuna's trial already finished (left alone), and records the result once."""
+    """End an active lease with a counted result. Optuna is told first: if the service dies
+    in between, the retried call (or the reaper) finds Optuna's trial finished and records
+    that result once."""
     with rt.sessions.begin() as s:
         row, study = _load(s, trial_id, worker_id)
         if row.state == state:
@@ -189,23 +229,11 @@ def _finish(
     if reason is not None:
         attrs["fail_reason"] = reason
     rt.optuna.finish(study, trial_id, state, value=value, attrs=attrs)
+    _record(rt, row.id, study, state, value=value, reason=reason, epochs_run=epochs)
     with rt.sessions.begin() as s:
         row = s.get_one(LeaseRow, row.id)
-        row.state = state
-        row.value = value
-        row.reason = reason
-        row.epochs_run = epochs
-        row.finished_at = utcnow()
-        counted = s.scalar(
-            select(func.count()).select_from(LeaseRow)
-            .where(LeaseRow.study_id == study.id, LeaseRow.state.in_(COUNTED_STATES))
-        ) or 0
-        if counted >= study.n_trials:
-            s.execute(update(StudyRow)
-                      .where(StudyRow.id == study.id, StudyRow.status == "running")
-                      .values(status="completed", finished_at=utcnow()))
-    log.info("trial %s of %s ended %s (value %s, reason %s)", trial_id, study.name, state,
-             value, reason)
+    if row.state != state:  # the reaper ended it first
+        raise _gone(row)
     return row
 
 
@@ -223,28 +251,48 @@ def fail(rt: Runtime, trial_id: int, worker_id: str, reason: str, epochs_run: in
 
 
 def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
-    """End a lease without a result (lost, released): fail its Optuna trial, return the
-    slot, and queue the same parameters again while the study is open."""
+    """End a live lease without a result (lost, released): fail its Optuna trial, return
+    the slot, and queue the same parameters again while the study is open.
+
+    If Optuna already holds a result for the trial (the service stopped between telling
+    Optuna and recording it), that result is recorded instead: nothing finished is lost.
+    """
     with rt.sessions.begin() as s:
         row = s.get_one(LeaseRow, row_id)
         study = s.get_one(StudyRow, row.study_id)
         if row.state not in LIVE_STATES:
             return
-        trial_id, params = row.trial_id, row.params
+        trial_id, params, worker, epochs = row.trial_id, row.params, row.worker_id, row.epochs_run
     if trial_id is not None:
+        adopted = rt.optuna.result(trial_id)
+        if adopted is not None:
+            got, value, why = adopted
+            _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
+            return
         rt.optuna.finish(study, trial_id, "fail",
-                         attrs={"worker_id": row.worker_id, "fail_reason": reason,
+                         attrs={"worker_id": worker, "fail_reason": reason,
                                 "hpo_outcome": state})
     with rt.sessions.begin() as s:
-        row = s.get_one(LeaseRow, row_id)
-        row.state = state
-        row.reason = reason
-        row.finished_at = utcnow()
+        changed = cast(CursorResult[Any], s.execute(
+            update(LeaseRow)
+            .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
+            .values(state=state, reason=reason, finished_at=utcnow())
+        ))
+        if changed.rowcount != 1:
+            return  # another process settled it first; its slot is already back
         s.execute(update(StudyRow).where(StudyRow.id == study.id)
                   .values(slots_used=StudyRow.slots_used - 1))
     if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
         rt.optuna.enqueue(study, params, replaces=trial_id)
     log.warning("trial %s of %s %s: %s", trial_id, study.name, state, reason)
+
+
+def _settle(rt: Runtime, trial_id: int, state: str, reason: str) -> LeaseRow:
+    with rt.sessions.begin() as s:
+        row_id = s.scalars(select(LeaseRow.id).where(LeaseRow.trial_id == trial_id)).one()
+    _give_back(rt, row_id, state, reason)
+    with rt.sessions.begin() as s:
+        return s.get_one(LeaseRow, row_id)
 
 
 def release(rt: Runtime, trial_id: int, worker_id: str, reason: str) -> LeaseRow:
@@ -257,9 +305,7 @@ def release(rt: Runtime, trial_id: int, worker_id: str, reason: str) -> LeaseRow
                 return row
             if row.state != "active":
                 raise _gone(row)
-        _give_back(rt, row.id, "released", f"released by the worker: {reason}")
-        with rt.sessions.begin() as s:
-            return s.get_one(LeaseRow, row.id)
+        return _settle(rt, trial_id, "released", f"released by the worker: {reason}")
 
 
 def reap_expired(rt: Runtime) -> int:

@@ -40,6 +40,16 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4 + 1)
 
 
+DuplicateStudy = optuna.exceptions.DuplicatedStudyError
+
+
+def check_samplable(space: SearchSpace, *, family: str) -> None:
+    """Sample ``space`` once in memory, so a study that cannot be sampled is refused at
+    submission rather than failing every lease."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggest(study.ask(), space, family=family)
+
+
 def _optuna_id(row: StudyRow) -> int:
     if row.optuna_study_id is None:
         raise RuntimeError(f"study {row.name!r} has no Optuna study")
@@ -77,8 +87,9 @@ class OptunaBridge:
             return False
         return True
 
-    def delete_study(self, name: str) -> None:
-        optuna.delete_study(study_name=name, storage=self.storage)
+    def delete_study_if_exists(self, name: str) -> None:
+        if self.has_study(name):
+            optuna.delete_study(study_name=name, storage=self.storage)
 
     def _study(self, row: StudyRow) -> optuna.Study:
         spec = row.spec
@@ -102,14 +113,36 @@ class OptunaBridge:
             seed = (seed * 1_000_003 + n) % (2**32)
         study.sampler = make_sampler(row.spec["sampler"], seed)
         trial = study.ask()
-        space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"])
-        params = suggest(trial, space, family=row.spec["model"]["family"])
+        try:
+            space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"])
+            params = suggest(trial, space, family=row.spec["model"]["family"])
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)  # leave no trial RUNNING forever
+            raise
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
         return int(trial_id), trial.number, params
 
-    def report(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool:
-        """Store an epoch's value; True when the pruner says the trial should stop."""
-        self.storage.set_trial_intermediate_value(trial_id, step, value)
+    def result(self, trial_id: int) -> tuple[str, float | None, str | None] | None:
+        """The result Optuna holds for a trial the service has not recorded: (state, value,
+        reason); None while the trial runs, or when the service itself failed it as lost
+        or released (``hpo_outcome``)."""
+        frozen = self.storage.get_trial(trial_id)
+        if not frozen.state.is_finished() or "hpo_outcome" in frozen.user_attrs:
+            return None
+        if frozen.state == TrialState.COMPLETE:
+            return "complete", frozen.value, None
+        if frozen.state == TrialState.PRUNED:
+            step = frozen.last_step
+            return "pruned", None if step is None else frozen.intermediate_values[step], None
+        return "fail", None, frozen.user_attrs.get("fail_reason")
+
+    def report(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool | None:
+        """Store an epoch's value; True when the pruner says the trial should stop, None
+        when Optuna has already ended the trial."""
+        try:
+            self.storage.set_trial_intermediate_value(trial_id, step, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None
         study = self._study(row)
         return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
 

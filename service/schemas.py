@@ -4,8 +4,9 @@ the OpenAPI text at ``/docs``."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.optuna_bridge import PrunerName, SamplerName
@@ -13,6 +14,8 @@ from service.optuna_bridge import PrunerName, SamplerName
 Metric = Literal["val_accuracy", "val_loss"]
 
 _FORBID = ConfigDict(extra="forbid")
+
+DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit integer).")]
 
 
 class ModelSpec(BaseModel):
@@ -143,12 +146,12 @@ class ReportIn(WorkerCall):
 
 class CompleteIn(WorkerCall):
     value: float = Field(allow_inf_nan=False)
-    epochs_run: int = Field(0, ge=0)
+    epochs_run: int = Field(0, ge=0, le=100_000)
 
 
 class FailIn(WorkerCall):
     reason: str = Field(min_length=1, max_length=4000)
-    epochs_run: int = Field(0, ge=0)
+    epochs_run: int = Field(0, ge=0, le=100_000)
 
 
 class ReleaseIn(WorkerCall):

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from search_space import BUILTIN_DATASETS, METRICS, SearchSpace
 from service.errors import Conflict, Invalid, NotFound
 from service.models import LeaseRow, StudyRow, utcnow
+from service.optuna_bridge import DuplicateStudy, check_samplable
 from service.runtime import Runtime
 from service.schemas import StudyCreate
 
@@ -25,6 +26,7 @@ def create(rt: Runtime, body: StudyCreate) -> StudyRow:
         Conflict: a study of that name exists (409).
     """
     space = SearchSpace.parse(body.search_space, body.fixed)
+    check_samplable(space, family=body.model.family)
     if body.dataset not in BUILTIN_DATASETS:
         raise Invalid(("dataset",), f"must be one of {', '.join(BUILTIN_DATASETS)}",
                       body.dataset)
@@ -62,9 +64,12 @@ def create(rt: Runtime, body: StudyCreate) -> StudyRow:
             note = {"hpo_spec": {**spec, "dataset": body.dataset, "n_trials": body.n_trials,
                                  "epochs": body.epochs, "metric": body.metric}}
             optuna_id = rt.optuna.create_study(body.name, direction, note)
-        except Exception:
+        except Exception as exc:
             with rt.sessions.begin() as s:
                 s.execute(delete(StudyRow).where(StudyRow.id == row.id))
+            if isinstance(exc, DuplicateStudy):  # created by someone else meanwhile
+                raise Conflict(f"a study named {body.name!r} already exists") from exc
+            rt.optuna.delete_study_if_exists(body.name)
             raise
         with rt.sessions.begin() as s:
             row = s.get_one(StudyRow, row.id)

@@ -52,10 +52,10 @@ class Api:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def start_api(tmp: Path, **settings: str) -> Api:
+def start_api(tmp: Path, *, port: str | None = None, **settings: str) -> Api:
     db_url = f"sqlite:///{tmp / 'hpo.db'}"
     migrate(db_url)
-    port = free_port()
+    port = port or str(free_port())
     log = tmp / "api.log"
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Api, child_env, hpo, stop, wait_for
+from tests.conftest import Api, child_env, free_port, hpo, start_api, stop, wait_for
 
 BRIEF = {"learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"}
 
@@ -73,3 +73,31 @@ def test_worker_keeps_polling_until_told_to_stop(fresh_api: Callable[..., Api],
         assert worker.wait(timeout=30) == 0, log.read_text()
     finally:
         stop(worker)
+
+
+def test_worker_outlives_an_unreachable_service(tmp_path: Path) -> None:
+    """Started before the service exists, the worker keeps retrying, then does the work."""
+    log = tmp_path / "worker.log"
+    server_dir = tmp_path / "api"
+    server_dir.mkdir()
+    port = free_port()  # nothing listens here yet
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            hpo("worker", "--api-url", f"http://127.0.0.1:{port}"),
+            env=child_env(poll_interval_s="0.5", retry_max_s="1"),
+            stdout=out, stderr=subprocess.STDOUT)
+    server = None
+    try:
+        wait_for(lambda: "leasing a trial failed" in log.read_text(), 60,
+                 "the worker to notice the service is down")
+        assert worker.poll() is None, log.read_text()
+        server = start_api(server_dir, port=str(port))
+        with server.client() as client:
+            r = client.post("/studies", json={"name": "later", "dataset": "digits",
+                                              "n_trials": 1, "epochs": 1})
+            wait_for(lambda: client.get(f"/studies/{r.json()['id']}").json()["status"]
+                     == "completed", 120, "the worker to finish the study")
+    finally:
+        stop(worker)
+        if server is not None:
+            stop(server.process)

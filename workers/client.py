@@ -1,7 +1,7 @@
 """The worker's HTTP client for the trial protocol (``POST /trials/...``).
 
 Every call is retried with exponential backoff while the service is unreachable or answers
-502/503/504, for up to ``retry_max_s``: the service's calls are idempotent, so a retried
+5xx, for up to ``retry_max_s``: the service's calls are idempotent, so a retried
 ``complete`` counts once. A 4xx is final and raised as ``Rejected``.
 """
 
@@ -18,7 +18,7 @@ from workers.training import Assignment
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {502, 503, 504}
+RETRY_STATUS = {500, 502, 503, 504}
 
 
 class Rejected(RuntimeError):

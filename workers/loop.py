@@ -52,7 +52,7 @@ class Worker:
     """One worker process's loop. ``stop()`` (SIGTERM, SIGINT) ends it after the current
     epoch, releasing the trial so it runs again elsewhere with the same parameters."""
 
-    def __init__(self, settings: WorkerSettings, *, api_url: str | None = None) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         host = socket.gethostname()
         self.identity = {
@@ -61,7 +61,7 @@ class Worker:
             "pid": os.getpid(),
         }
         self.client = ServiceClient(
-            api_url or settings.api_url,
+            settings.api_url,
             worker=self.identity,
             timeout_s=settings.request_timeout_s,
             retry_max_s=settings.retry_max_s,
@@ -85,7 +85,13 @@ class Worker:
         log.info("worker %s pulling from %s", self.identity["id"], self.settings.api_url)
         try:
             while not self._stopping.is_set() and (max_trials is None or done < max_trials):
-                job = self.client.lease()
+                try:
+                    job = self.client.lease()
+                except (Rejected, ConnectionError) as exc:
+                    # The service is down or refuses us for now: wait, then ask again.
+                    log.error("leasing a trial failed: %s", exc)
+                    self._stopping.wait(self.settings.poll_interval_s)
+                    continue
                 if job is None:
                     if exit_when_idle:
                         break
@@ -125,16 +131,28 @@ class Worker:
         self._hand_back(job, outcome)
 
     def _hand_back(self, job: Assignment, outcome: Outcome) -> None:
-        """Tell the service how the trial ended; pruned trials were already ended by it."""
-        try:
-            if outcome.state == "complete":
-                assert outcome.value is not None
-                self.client.complete(job.trial_id, value=outcome.value,
+        """Tell the service how the trial ended (pruned trials were already ended by it).
+        A result is retried until the service takes it, unless the worker is stopping."""
+        while True:
+            try:
+                if outcome.state == "complete":
+                    assert outcome.value is not None
+                    self.client.complete(job.trial_id, value=outcome.value,
+                                         epochs_run=outcome.epochs_run)
+                elif outcome.state == "fail":
+                    self.client.fail(job.trial_id, reason=outcome.reason or "unknown",
                                      epochs_run=outcome.epochs_run)
-            elif outcome.state == "fail":
-                self.client.fail(job.trial_id, reason=outcome.reason or "unknown",
-                                 epochs_run=outcome.epochs_run)
-            elif outcome.state == "stopped":
-                self.client.release(job.trial_id, reason=outcome.reason or "worker stopping")
-        except Rejected as exc:
-            log.warning("service refused the result of trial %s: %s", job.trial_id, exc)
+                elif outcome.state == "stopped":
+                    self.client.release(job.trial_id,
+                                        reason=outcome.reason or "worker stopping")
+                return
+            except Rejected as exc:
+                log.warning("service refused the result of trial %s: %s", job.trial_id, exc)
+                return
+            except ConnectionError as exc:
+                if self._stopping.is_set():
+                    log.error("giving up on the result of trial %s (%s): %s", job.trial_id,
+                              outcome.state, exc)
+                    return
+                log.error("the service is unreachable; still holding the result of trial "
+                          "%s: %s", job.trial_id, exc)

@@ -8,7 +8,7 @@ from service import studies
 from service.models import LeaseRow, StudyRow
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
-from service.schemas import BestTrial, StudyCreate, StudyOut, TrialCounts, TrialOut
+from service.schemas import BestTrial, DbId, StudyCreate, StudyOut, TrialCounts, TrialOut
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -73,18 +73,18 @@ def list_studies(rt: RuntimeDep) -> list[StudyOut]:
 
 
 @router.get("/{study_id}", response_model=StudyOut)
-def get_study(study_id: int, rt: RuntimeDep) -> StudyOut:
+def get_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     """A study's status, trial counts per state, and best trial so far."""
     return _study_out(rt, studies.get(rt, study_id))
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut])
-def list_trials(study_id: int, rt: RuntimeDep) -> list[TrialOut]:
+def list_trials(study_id: DbId, rt: RuntimeDep) -> list[TrialOut]:
     """Every trial handed out: state, parameters, value, failure reason, epochs, duration."""
     return [_trial_out(row) for row in studies.trials(rt, study_id)]
 
 
 @router.post("/{study_id}/stop", response_model=StudyOut)
-def stop_study(study_id: int, rt: RuntimeDep) -> StudyOut:
+def stop_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     """Hand out no more trials; running trials are told to stop at their next report."""
     return _study_out(rt, studies.stop(rt, study_id))

@@ -10,6 +10,7 @@ from service.routes.deps import RuntimeDep
 from service.schemas import (
     ActionOut,
     CompleteIn,
+    DbId,
     FailIn,
     LeaseOut,
     LeaseRequest,
@@ -57,31 +58,31 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
 
 
 @router.post("/{trial_id}/report", response_model=ActionOut)
-def report_epoch(trial_id: int, body: ReportIn, rt: RuntimeDep) -> ActionOut:
+def report_epoch(trial_id: DbId, body: ReportIn, rt: RuntimeDep) -> ActionOut:
     """One epoch's objective value; renews the lease. Answers continue, prune or stop."""
     action = leases.report(rt, trial_id, body.worker_id, body.epoch, body.value)
     return ActionOut(action=action)
 
 
 @router.post("/{trial_id}/heartbeat", response_model=ActionOut)
-def heartbeat(trial_id: int, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
+def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
     """Renew the lease between reports (long epochs)."""
     return ActionOut(action=leases.heartbeat(rt, trial_id, body.worker_id))
 
 
 @router.post("/{trial_id}/complete", response_model=TrialResult)
-def complete_trial(trial_id: int, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
+def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
     """The trial's final objective value. Idempotent: a retry counts once."""
     return _result(leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run))
 
 
 @router.post("/{trial_id}/fail", response_model=TrialResult)
-def fail_trial(trial_id: int, body: FailIn, rt: RuntimeDep) -> TrialResult:
+def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
     return _result(leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run))
 
 
 @router.post("/{trial_id}/release", response_model=TrialResult)
-def release_trial(trial_id: int, body: ReleaseIn, rt: RuntimeDep) -> TrialResult:
+def release_trial(trial_id: DbId, body: ReleaseIn, rt: RuntimeDep) -> TrialResult:
     """Give the trial back unfinished; its parameters run again elsewhere."""
     return _result(leases.release(rt, trial_id, body.worker_id, body.reason))

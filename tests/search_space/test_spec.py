@@ -151,3 +151,38 @@ def test_sampled_values_stay_in_the_spec() -> None:
 def test_every_documented_parameter_has_a_usable_default() -> None:
     space = SearchSpace.parse(None, None)
     assert [name for name, _ in space.dimensions] == [p.name for p in PARAMS]
+
+
+@pytest.mark.parametrize("searched", [
+    {"hidden_layers": {"low": 1, "high": 4, "log": True}},
+    {"hidden_layers": {"low": 1, "high": 4, "log": True, "step": 1}},
+    {"hidden_layers": {"low": 1, "high": 5, "step": 2}},
+    {"dropout_rate": {"low": 0.0, "high": 0.4, "step": 0.1}},
+    {"clipnorm": {"choices": [None, 1.0]}, "batch_norm": {"choices": [True, False]}},
+])
+def test_every_accepted_space_round_trips_and_samples(searched: dict[str, Any]) -> None:
+    space = SearchSpace.parse(searched, None)
+    again = SearchSpace.parse(**space.to_json())
+    assert again == space
+    assert len(_sample(again, 5)) == 5
+
+
+@pytest.mark.parametrize(("searched", "fixed", "field"), [
+    ({"learning_rate": {"low": 10**400}}, None, "search_space.learning_rate.low"),
+    ({"hidden_layers": {"low": 1, "high": 10**400}}, None, "search_space.hidden_layers.high"),
+    ({"dropout_rate": {"low": 0.0, "high": 0.4, "step": 10**400}}, None,
+     "search_space.dropout_rate.step"),
+    (None, {"batch_size": 10**400}, "fixed.batch_size"),
+    (None, {"clipnorm": 10**400}, "fixed.clipnorm"),
+    ({"hidden_layers": {"low": 1, "high": 4, "log": True, "step": 2}}, None,
+     "search_space.hidden_layers.step"),
+    ({"hidden_layers": {"low": 1, "high": 4, "step": 2}}, None, "search_space.hidden_layers.high"),
+    ({"dropout_rate": {"low": 0.0, "high": 0.45, "step": 0.1}}, None,
+     "search_space.dropout_rate.high"),
+])
+def test_huge_or_impossible_numbers_are_refused_not_crashed_on(
+    searched: dict[str, Any] | None, fixed: dict[str, Any] | None, field: str
+) -> None:
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.parse(searched, fixed)
+    assert field in [p.field for p in info.value.problems]

@@ -252,3 +252,33 @@ def test_oldest_open_study_is_served_first(server: Api) -> None:
         first, second = _lease(client), _lease(client)
         assert first is not None and second is not None
         assert (first["study_name"], second["study_name"]) == ("older", "newer")
+
+
+def test_an_integer_log_range_is_leased(server: Api) -> None:
+    """A spec accepted at submission must be sampleable at every lease."""
+    with server.client() as client:
+        _study(client, "int-log", n_trials=2,
+               search_space={"hidden_layers": {"low": 1, "high": 4, "log": True}})
+        jobs = [_lease(client), _lease(client)]
+    assert all(j is not None and 1 <= j["params"]["hidden_layers"] <= 4 for j in jobs)
+
+
+def test_a_result_optuna_holds_but_the_service_missed_is_recorded_not_lost(
+    fresh_api: Callable[..., Api],
+) -> None:
+    """The service tells Optuna first, then its own table. If it dies in between, the
+    reaper must record Optuna's result rather than throw it away as a lost trial."""
+    server = fresh_api(lease_seconds="1", reap_interval_s="0.2")
+    with server.client() as client:
+        study = _study(client, "half-told", n_trials=1)
+        job = _lease(client)
+        assert job is not None
+        # The crash window, reproduced: Optuna has the result, the lease row does not.
+        optuna.load_study(study_name="half-told", storage=server.database_url).tell(
+            job["number"], 0.875)
+        wait_for(lambda: client.get(f"/studies/{study['id']}").json()["status"] == "completed",
+                 10, "the reaper to settle the lease from Optuna's result")
+        final = client.get(f"/studies/{study['id']}").json()
+        assert final["trials"]["complete"] == 1 and final["trials"]["lost"] == 0
+        assert final["best"]["value"] == 0.875
+        assert _lease(client) is None  # not re-run: the result was kept

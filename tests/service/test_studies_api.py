@@ -128,3 +128,13 @@ def test_malformed_bodies_are_422_not_500(client: httpx.Client) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body"
     r = client.post("/studies", json={"dataset": "digits", "n_trials": 1, "epochs": 1})
     assert r.json()["message"] == "name: Field required"
+
+
+def test_ids_out_of_range_are_422_not_500(client: httpx.Client) -> None:
+    huge = 10**20
+    for r in (client.get(f"/studies/{huge}"), client.post(f"/studies/{huge}/stop"),
+              client.post(f"/trials/{huge}/report",
+                          json={"worker_id": "w", "epoch": 1, "value": 0.5}),
+              client.post("/trials/1/complete",
+                          json={"worker_id": "w", "value": 0.5, "epochs_run": huge})):
+        assert r.status_code == 422, r.text
