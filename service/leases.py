@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import Conflict, NotFound
 from service.models import COUNTED_STATES, LIVE_STATES, LeaseRow, StudyRow, utcnow
+from service.optuna_bridge import derive_seed
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class Grant:
     study: StudyRow
     params: dict[str, Any]
     lease_seconds: float
+
+    @property
+    def seed(self) -> int:
+        """The trial's training seed: reproducible for a seeded study, distinct per trial."""
+        return derive_seed(self.study.spec.get("seed"), self.number)
 
 
 def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:

@@ -25,6 +25,12 @@ PRUNERS: tuple[str, ...] = get_args(PrunerName)
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
 
+def derive_seed(base: int | None, index: int) -> int:
+    """A distinct, reproducible 31-bit seed for the ``index``-th draw of a study seeded
+    ``base`` (0 when the study has no seed)."""
+    return ((base or 0) * 1_000_003 + index) % (2**31)
+
+
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -107,10 +113,8 @@ class OptunaBridge:
         """
         study = self._study(row)
         optuna_id = _optuna_id(row)
-        seed = row.spec.get("seed")
-        if seed is not None:
-            n = self.storage.get_n_trials(optuna_id)
-            seed = (seed * 1_000_003 + n) % (2**32)
+        base = row.spec.get("seed")
+        seed = None if base is None else derive_seed(base, self.storage.get_n_trials(optuna_id))
         study.sampler = make_sampler(row.spec["sampler"], seed)
         trial = study.ask()
         try:

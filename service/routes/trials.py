@@ -39,7 +39,6 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
     if grant is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     study = grant.study
-    seed = study.spec.get("seed")
     return LeaseOut(
         trial_id=grant.trial_id,
         number=grant.number,
@@ -51,8 +50,7 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
         epochs=study.epochs,
         metric=study.metric,
         direction=study.direction,
-        # One seed per trial: deterministic for a seeded study, distinct across trials.
-        seed=((seed or 0) * 1_000_003 + grant.number) % (2**31),
+        seed=grant.seed,
         lease_seconds=grant.lease_seconds,
     )
 

@@ -282,3 +282,21 @@ def test_a_result_optuna_holds_but_the_service_missed_is_recorded_not_lost(
         assert final["trials"]["complete"] == 1 and final["trials"]["lost"] == 0
         assert final["best"]["value"] == 0.875
         assert _lease(client) is None  # not re-run: the result was kept
+
+
+def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
+    def run(name: str, seed: int) -> list[tuple[dict[str, Any], int]]:
+        drawn = []
+        with server.client() as client:
+            _study(client, name, n_trials=3, seed=seed)
+            for i in range(3):
+                job = _lease(client)
+                assert job is not None and job["study_name"] == name
+                drawn.append((job["params"], job["seed"]))
+                _call(client, job["trial_id"], "complete", value=0.5 + i / 10)
+        return drawn
+
+    first, again, other = run("seeded-a", 7), run("seeded-b", 7), run("seeded-c", 8)
+    assert first == again
+    assert [p for p, _ in first] != [p for p, _ in other]
+    assert len({s for _, s in first}) == 3  # each trial trains with its own seed
