@@ -53,52 +53,116 @@ def hidden_widths(first: int, layers: int) -> list[int]:
     return [max(first >> i, floor) for i in range(layers)]
 
 
+class _Layers:
+    """The layer settings shared by every hidden layer of a trial's model."""
+
+    def __init__(self, params: Mapping[str, Any], seed: int | None) -> None:
+        self.activation = _param(params, "activation")
+        self.dropout = float(_param(params, "dropout_rate"))
+        self.batch_norm = bool(_param(params, "batch_norm"))
+        l2 = float(_param(params, "l2"))
+        self.regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+        self.kernel_init = _param(params, "kernel_initializer")
+        self.bias_init = _param(params, "bias_initializer")
+        self.seed = seed
+        self._n = 0
+
+    def _kernel(self) -> keras.initializers.Initializer:
+        self._n += 1
+        return kernel_initializer(self.kernel_init,
+                                  None if self.seed is None else self.seed + self._n)
+
+    def _finish(self, x: Any, name: str, *, dropout: bool) -> Any:
+        if self.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"batch_norm_{name}")(x)
+        x = keras.layers.Activation(self.activation, name=f"{self.activation}_{name}")(x)
+        if dropout and self.dropout > 0:
+            # Alpha dropout keeps selu's self-normalising mean and variance.
+            layer = keras.layers.AlphaDropout if self.activation == "selu" else keras.layers.Dropout
+            x = layer(self.dropout, seed=self.seed, name=f"dropout_{name}")(x)
+        return x
+
+    def dense(self, x: Any, width: int, name: str) -> Any:
+        """Dense -> batch norm? -> activation -> dropout."""
+        x = keras.layers.Dense(
+            width,
+            kernel_initializer=self._kernel(),
+            bias_initializer=bias_initializer(self.bias_init),
+            kernel_regularizer=self.regularizer,
+            use_bias=not self.batch_norm,  # batch norm's own shift makes a bias redundant
+            name=f"dense_{name}",
+        )(x)
+        return self._finish(x, name, dropout=True)
+
+    def conv(self, x: Any, filters: int, name: str) -> Any:
+        """Conv 3x3 -> batch norm? -> activation -> 2x2 max pooling (while the image is big
+        enough)."""
+        x = keras.layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            kernel_initializer=self._kernel(),
+            bias_initializer=bias_initializer(self.bias_init),
+            kernel_regularizer=self.regularizer,
+            use_bias=not self.batch_norm,
+            name=f"conv_{name}",
+        )(x)
+        x = self._finish(x, name, dropout=False)
+        if min(x.shape[1], x.shape[2]) >= 2:
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{name}")(x)
+        return x
+
+    def logits(self, x: Any, n_outputs: int) -> Any:
+        return keras.layers.Dense(
+            n_outputs,
+            activation=None,  # logits (or regression values): the loss is applied stably
+            kernel_initializer=self._kernel(),
+            kernel_regularizer=self.regularizer,
+            name="logits",
+        )(x)
+
+
+CNN_FILTERS = (32, 64)
+CNN_DENSE_UNITS = 128
+
+
 def build_model(
     params: Mapping[str, Any],
     *,
-    input_shape: tuple[int, ...],
+    n_features: int,
     n_outputs: int,
+    family: str = "mlp",
+    image_shape: tuple[int, int, int] | None = None,
     seed: int | None = None,
 ) -> keras.Model:
-    """An MLP: ``hidden_layers`` x [Dense -> BatchNorm? -> activation -> dropout], then a
-    linear output layer of ``n_outputs`` logits (or regression values)."""
-    activation = _param(params, "activation")
-    dropout = float(_param(params, "dropout_rate"))
-    batch_norm = bool(_param(params, "batch_norm"))
-    l2 = float(_param(params, "l2"))
-    kernel_init = _param(params, "kernel_initializer")
-    bias_init = _param(params, "bias_initializer")
-    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    """A trial's model, taking flat feature rows.
 
-    inputs = keras.Input(shape=input_shape, name="features")
-    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
-    widths = hidden_widths(int(_param(params, "hidden_units")),
-                           int(_param(params, "hidden_layers")))
-    for i, width in enumerate(widths):
-        x = keras.layers.Dense(
-            width,
-            kernel_initializer=kernel_initializer(kernel_init, None if seed is None else seed + i),
-            bias_initializer=bias_initializer(bias_init),
-            kernel_regularizer=regularizer,
-            # Batch norm's own shift makes a bias redundant.
-            use_bias=not batch_norm,
-            name=f"dense_{i}",
-        )(x)
-        if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"batch_norm_{i}")(x)
-        x = keras.layers.Activation(activation, name=f"{activation}_{i}")(x)
-        if dropout > 0:
-            # Alpha dropout keeps selu's self-normalising mean and variance.
-            layer = keras.layers.AlphaDropout if activation == "selu" else keras.layers.Dropout
-            x = layer(dropout, seed=seed, name=f"dropout_{i}")(x)
-    outputs = keras.layers.Dense(
-        n_outputs,
-        activation=None,  # logits: the loss applies softmax itself, stably
-        kernel_initializer=kernel_initializer(kernel_init, None if seed is None else seed + 99),
-        kernel_regularizer=regularizer,
-        name="logits",
-    )(x)
-    return keras.Model(inputs, outputs, name="mlp")
+    - ``mlp``: ``hidden_layers`` dense layers, ``hidden_units`` wide, halving.
+    - ``cnn``: the rows reshaped to ``image_shape``, two conv blocks (32 and 64 filters,
+      3x3, max pooling), then one dense layer of 128 units.
+
+    Each hidden layer honours activation, batch norm, dropout (alpha dropout with selu),
+    kernel and bias initializers and L2; the last layer is linear (logits).
+    """
+    layers = _Layers(params, seed)
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = inputs
+    if family == "cnn":
+        if image_shape is None:
+            raise ValueError("the cnn family needs image data (an image_shape)")
+        x = keras.layers.Reshape(image_shape, name="image")(x)
+        for i, filters in enumerate(CNN_FILTERS):
+            x = layers.conv(x, filters, str(i))
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = layers.dense(x, CNN_DENSE_UNITS, "head")
+    elif family == "mlp":
+        widths = hidden_widths(int(_param(params, "hidden_units")),
+                               int(_param(params, "hidden_layers")))
+        for i, width in enumerate(widths):
+            x = layers.dense(x, width, str(i))
+    else:
+        raise ValueError(f"unknown model family {family!r}")
+    return keras.Model(inputs, layers.logits(x, n_outputs), name=family)
 
 
 def build_optimizer(params: Mapping[str, Any]) -> keras.optimizers.Optimizer:
@@ -122,15 +186,17 @@ def build_optimizer(params: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     return classes[name](**common)
 
 
-def schedule_callbacks(params: Mapping[str, Any]) -> list[keras.callbacks.Callback]:
+def schedule_callbacks(params: Mapping[str, Any], *, monitor: str = "val_loss"
+                       ) -> list[keras.callbacks.Callback]:
     """Callbacks that apply ``lr_schedule``: exponential decay per epoch
-    (``lr = learning_rate * lr_decay_rate ** epoch``), or halving on a validation plateau."""
+    (``lr = learning_rate * lr_decay_rate ** epoch``), or halving when ``monitor`` (the
+    validation loss) stops falling."""
     schedule = _param(params, "lr_schedule")
     base = float(_param(params, "learning_rate"))
     if schedule == "exponential":
         rate = float(_param(params, "lr_decay_rate"))
         return [keras.callbacks.LearningRateScheduler(lambda epoch, _lr: base * rate**epoch)]
     if schedule == "plateau":
-        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2,
+        return [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
                                                   min_lr=base * 1e-3)]
     return []

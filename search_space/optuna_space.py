@@ -9,7 +9,7 @@ import optuna
 from search_space.spec import Choices, Fixed, FloatRange, IntRange, SearchSpace
 
 
-def suggest(trial: optuna.Trial, space: SearchSpace, *, family: str = "mlp") -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Ask ``trial`` for a value of every active parameter of ``space``.
 
     Fixed values are suggested from a one-value distribution, so every trial in Optuna
@@ -18,7 +18,7 @@ def suggest(trial: optuna.Trial, space: SearchSpace, *, family: str = "mlp") -> 
     """
     params: dict[str, Any] = {}
     for name, dim in space.dimensions:
-        if not SearchSpace.is_active(name, params, family):
+        if not SearchSpace.is_active(name, params, space.family):
             continue
         if isinstance(dim, Fixed):
             params[name] = trial.suggest_categorical(name, [dim.value])

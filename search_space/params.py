@@ -88,6 +88,9 @@ class ParamDef:
     families: tuple[str, ...] | None = None
     doc: str = ""
 
+    def applies_to(self, family: str) -> bool:
+        return self.families is None or family in self.families
+
 
 SEARCH = object()
 """Marker for a parameter searched over its documented range unless the study says otherwise."""

@@ -95,6 +95,26 @@ class Fixed:
 
 Dimension = FloatRange | IntRange | Choices | Fixed
 
+SANE: dict[str, Any] = {
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "lr_schedule": "constant",
+    "lr_decay_rate": 0.99,
+    "dropout_rate": 0.0,
+    "kernel_initializer": "glorot_uniform",
+    "bias_initializer": "zeros",
+    "activation": "relu",
+    "batch_norm": False,
+    "l2": 0.0,
+    "batch_size": 64,
+    "hidden_layers": 2,
+    "hidden_units": 128,
+    "clipnorm": None,
+}
+"""The sanity run's configuration where a study searches a parameter (clamped into it)."""
+SANE_LEARNING_RATE = {"adam": 1e-3, "rmsprop": 1e-3, "momentum": 1e-2, "sgd": 1e-1,
+                      "adagrad": 1e-1, "adadelta": 1.0}
+
 
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool, and not an int too large for a float)."""
@@ -237,12 +257,17 @@ class SearchSpace:
     """Every documented parameter, searched or fixed, in dependency order."""
 
     dimensions: tuple[tuple[str, Dimension], ...]
+    family: str = "mlp"
 
     @classmethod
     def parse(
-        cls, search_space: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None
+        cls,
+        search_space: Mapping[str, Any] | None,
+        fixed: Mapping[str, Any] | None,
+        *,
+        family: str = "mlp",
     ) -> SearchSpace:
-        """Validate a study's ``search_space`` and ``fixed`` objects.
+        """Validate a study's ``search_space`` and ``fixed`` objects for a model family.
 
         Raises:
             SpaceError: with one ``Problem`` per invalid name, field or value.
@@ -260,6 +285,12 @@ class SearchSpace:
                     problems.append(Problem((section, name),
                                             f"is not a known parameter (known: {names})",
                                             name))
+            for name in given:
+                p = PARAMS_BY_NAME.get(name)
+                if p is not None and not p.applies_to(family):
+                    problems.append(Problem(
+                        (section, name), f"applies to the model families "
+                        f"{', '.join(p.families or ())} only, not {family}", given[name]))
         if problems:
             raise SpaceError(problems)
         for name in search_space:
@@ -292,7 +323,7 @@ class SearchSpace:
             dims.append((p.name, dim))
         if problems:
             raise SpaceError(problems)
-        space = cls(tuple(dims))
+        space = cls(tuple(dims), family)
         space._check_conditions(search_space)
         return space
 
@@ -301,7 +332,7 @@ class SearchSpace:
         problems = []
         for name in searched:
             cond = PARAMS_BY_NAME[name].condition
-            if cond is not None and not self.can_be_active(name):
+            if cond is not None and not self.can_be_active(name):  # (family checked before)
                 possible = self._possible_values(cond.param)
                 problems.append(Problem(
                     ("search_space", name),
@@ -320,9 +351,70 @@ class SearchSpace:
         return ()
 
     def can_be_active(self, name: str) -> bool:
-        """Whether some choice of the other parameters makes ``name`` active."""
-        cond = PARAMS_BY_NAME[name].condition
-        return cond is None or cond.value in self._possible_values(cond.param)
+        """Whether ``name`` applies to the family and some choice of the other parameters
+        makes it active."""
+        p = PARAMS_BY_NAME[name]
+        if not p.applies_to(self.family):
+            return False
+        return p.condition is None or p.condition.value in self._possible_values(
+            p.condition.param)
+
+    def sane_params(self) -> dict[str, Any]:
+        """A configuration that should learn, for the sanity run: fixed values as fixed,
+        and for searched parameters the value the notes recommend (adam, a learning rate
+        that suits the optimizer, no dropout, no decay, ...), taken into the study's range
+        or choices."""
+        params: dict[str, Any] = {}
+        optimizer = self["optimizer"]
+        chosen = optimizer.value if isinstance(optimizer, Fixed) else (
+            "adam" if isinstance(optimizer, Choices) and "adam" in optimizer.choices
+            else optimizer.choices[0] if isinstance(optimizer, Choices) else "adam")
+        for name, dim in self.dimensions:
+            if not SearchSpace.is_active(name, params, self.family):
+                continue
+            if isinstance(dim, Fixed):
+                params[name] = dim.value
+                continue
+            wish = SANE.get(name)
+            if name == "learning_rate":  # (comes before optimizer, hence `chosen`)
+                wish = SANE_LEARNING_RATE[chosen]
+            if isinstance(dim, Choices):
+                params[name] = wish if wish in dim.choices else dim.choices[0]
+            else:
+                low, high = dim.low, dim.high
+                value = min(max(wish if wish is not None else low, low), high)
+                if isinstance(dim, IntRange):
+                    value = low + (int(value) - low) // dim.step * dim.step
+                elif dim.step is not None:
+                    value = low + round((value - low) / dim.step) * dim.step
+                params[name] = value
+        return params
+
+    def check_params(self, params: Any, loc: tuple[str | int, ...]) -> list[Problem]:
+        """Problems of a set of parameter values (an enqueued trial) against this space:
+        unknown or inapplicable names, invalid values, values outside the searched range
+        or choices, or different from a fixed value."""
+        if not isinstance(params, Mapping):
+            return [Problem(loc, "must be an object of parameter values", params)]
+        problems = []
+        for name, value in params.items():
+            where = (*loc, name)
+            p = PARAMS_BY_NAME.get(name)
+            if p is None or not self.can_be_active(name):
+                problems.append(Problem(where, "is not a parameter this study can use", value))
+                continue
+            why = _invalid(p, value)
+            dim = self[name]
+            if why is None and isinstance(dim, Fixed) and value != dim.value:
+                why = f"must equal the fixed value {_show(dim.value)}"
+            elif why is None and isinstance(dim, Choices) and value not in dim.choices:
+                why = "must be one of the study's choices: " + ", ".join(map(_show, dim.choices))
+            elif why is None and isinstance(dim, FloatRange | IntRange) and not (
+                    dim.low <= value <= dim.high):
+                why = f"must be within the study's range [{dim.low:g}, {dim.high:g}]"
+            if why is not None:
+                problems.append(Problem(where, why, value))
+        return problems
 
     def __getitem__(self, name: str) -> Dimension:
         for key, dim in self.dimensions:
@@ -334,7 +426,7 @@ class SearchSpace:
     def is_active(name: str, params: Mapping[str, Any], family: str = "mlp") -> bool:
         """Whether ``name`` applies given the values already chosen in ``params``."""
         p = PARAMS_BY_NAME[name]
-        if p.families is not None and family not in p.families:
+        if not p.applies_to(family):
             return False
         return p.condition is None or params.get(p.condition.param) == p.condition.value
 

@@ -16,7 +16,7 @@ from search_space import SpaceError
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
-from service.routes import health, studies, trials
+from service.routes import datasets, health, jobs, studies, trials
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -104,4 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(trials.router)
+    app.include_router(jobs.router)
+    app.include_router(datasets.router)
     return app

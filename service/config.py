@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
     )
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="The largest data set file accepted."
+    )
     log_level: str = Field(default="INFO")
 
 

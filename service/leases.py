@@ -20,6 +20,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.errors import Conflict, NotFound
 from service.models import COUNTED_STATES, LIVE_STATES, LeaseRow, StudyRow, utcnow
 from service.optuna_bridge import derive_seed
@@ -32,18 +33,21 @@ OPEN_STATUSES = ("queued", "running")
 
 @dataclass(frozen=True)
 class Grant:
-    """A trial handed to a worker."""
+    """Work handed to a worker: a trial, or a study's sanity run or final model."""
 
-    trial_id: int
-    number: int
+    kind: str
+    job_id: int
+    trial_id: int | None
+    number: int | None
     study: StudyRow
     params: dict[str, Any]
     lease_seconds: float
 
     @property
     def seed(self) -> int:
-        """The trial's training seed: reproducible for a seeded study, distinct per trial."""
-        return derive_seed(self.study.spec.get("seed"), self.number)
+        """The training seed: reproducible for a seeded study, distinct per trial."""
+        return derive_seed(self.study.spec.get("seed"), -1 if self.number is None
+                           else self.number)
 
 
 def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
@@ -56,6 +60,7 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
                 StudyRow.status.in_(OPEN_STATUSES),
                 StudyRow.slots_used < StudyRow.n_trials,
                 StudyRow.optuna_study_id.is_not(None),  # creation still under way
+                StudyRow.sanity_state.in_(("passed", "skipped")),
             )
             .order_by(StudyRow.id)
         ).all()
@@ -98,6 +103,12 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
     """Hand the worker a trial of the oldest open study with budget left, or None."""
     with rt.unit_of_work():
         reap_expired(rt)
+        job = jobs.take(rt, worker_id)
+        if job is not None:
+            with rt.sessions() as s:
+                study = s.get_one(StudyRow, job.study_id)
+            return Grant(job.kind, job.id, None, None, study, job.params or {},
+                         rt.settings.lease_seconds)
         reserved = _reserve_slot(rt, worker_id)
         if reserved is None:
             return None
@@ -120,11 +131,13 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
             row.state = "active"
             row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
         log.info("leased trial %s (#%s of %s) to %s", trial_id, number, study.name, worker_id)
-        return Grant(trial_id, number, study, params, rt.settings.lease_seconds)
+        return Grant("trial", lease_id, trial_id, number, study, params,
+                     rt.settings.lease_seconds)
 
 
 def _load(s: Session, trial_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
-    row = s.scalars(select(LeaseRow).where(LeaseRow.trial_id == trial_id)).one_or_none()
+    row = s.scalars(select(LeaseRow).where(LeaseRow.trial_id == trial_id,
+                                           LeaseRow.kind == "trial")).one_or_none()
     if row is None:
         raise NotFound(f"trial {trial_id} was never leased")
     if row.worker_id != worker_id:
@@ -200,12 +213,18 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
             return False
         counted = s.scalar(
             select(func.count()).select_from(LeaseRow)
-            .where(LeaseRow.study_id == study.id, LeaseRow.state.in_(COUNTED_STATES))
+            .where(LeaseRow.study_id == study.id, LeaseRow.kind == "trial",
+                   LeaseRow.state.in_(COUNTED_STATES))
         ) or 0
         if counted >= study.n_trials:
+            # Done: retrain the best configuration, if any trial completed.
+            any_complete = s.scalar(select(func.count()).select_from(LeaseRow).where(
+                LeaseRow.study_id == study.id, LeaseRow.kind == "trial",
+                LeaseRow.state == "complete")) or 0
             s.execute(update(StudyRow)
                       .where(StudyRow.id == study.id, StudyRow.status == "running")
-                      .values(status="completed", finished_at=now))
+                      .values(status="completed", finished_at=now,
+                              final_state="pending" if any_complete else "none"))
     log.info("trial lease %s of %s ended %s (value %s, reason %s)", row_id, study.name, state,
              value, reason)
     return True
@@ -269,6 +288,9 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         if row.state not in LIVE_STATES:
             return
         trial_id, params, worker, epochs = row.trial_id, row.params, row.worker_id, row.epochs_run
+    if row.kind != "trial":
+        jobs.give_back(rt, row, state, reason)
+        return
     if trial_id is not None:
         adopted = rt.optuna.result(trial_id)
         if adopted is not None:

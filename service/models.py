@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -60,6 +71,13 @@ class StudyRow(Base):
     created_at: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The sanity run before trials: skipped, pending, running, passed, failed.
+    sanity_state: Mapped[str] = mapped_column(String(16), server_default="skipped")
+    # The best model retrained after the search: none, pending, running, ready, failed.
+    final_state: Mapped[str] = mapped_column(String(16), server_default="none")
+    final_reason: Mapped[str | None] = mapped_column(Text)
+    test_metric: Mapped[float | None] = mapped_column(Float)
 
 
 class LeaseRow(Base):
@@ -74,6 +92,8 @@ class LeaseRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"))
+    # trial: an Optuna trial; sanity: the overfit check; final: retraining the best model.
+    kind: Mapped[str] = mapped_column(String(8), server_default="trial")
     trial_id: Mapped[int | None] = mapped_column(Integer, unique=True)
     trial_number: Mapped[int | None] = mapped_column(Integer)
     worker_id: Mapped[str] = mapped_column(String(128))
@@ -85,6 +105,39 @@ class LeaseRow(Base):
     deadline: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class DatasetRow(Base):
+    """An uploaded data set, stored as a normalised NPZ (arrays ``x`` and ``y``)."""
+
+    __tablename__ = "hpo_datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    task: Mapped[str] = mapped_column(String(16))
+    n_rows: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    n_classes: Mapped[int | None] = mapped_column(Integer)
+    image_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    file_format: Mapped[str] = mapped_column(String(8))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class ModelRow(Base):
+    """A study's best configuration, retrained, as a ``.keras`` file with optimizer state."""
+
+    __tablename__ = "hpo_models"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column()
 
 
 COUNTED_STATES = ("complete", "pruned", "fail")

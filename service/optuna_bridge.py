@@ -4,12 +4,20 @@ and the ask / report / tell of a trial. Only this module touches Optuna's API.""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal, get_args
 
 import optuna
 from optuna.trial import TrialState
 
-from search_space import SearchSpace
+from search_space import (
+    Choices,
+    Fixed,
+    IntRange,
+    Problem,
+    SearchSpace,
+    SpaceError,
+)
 from search_space.optuna_space import suggest
 from service.db import engine_kwargs
 from service.models import StudyRow
@@ -17,10 +25,11 @@ from service.models import StudyRow
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SamplerName = Literal["tpe", "random"]
-PrunerName = Literal["median", "none"]
+SamplerName = Literal["tpe", "random", "qmc", "grid"]
+PrunerName = Literal["median", "hyperband", "successive_halving", "none"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 PRUNERS: tuple[str, ...] = get_args(PrunerName)
+MAX_GRID_POINTS = 1_000_000
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
@@ -31,9 +40,57 @@ def derive_seed(base: int | None, index: int) -> int:
     return ((base or 0) * 1_000_003 + index) % (2**31)
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
+    """The grid of a finite space: every value of every parameter that can be active.
+
+    Raises:
+        SpaceError: a searched parameter is continuous (a float range without a step), or
+            the grid has more than ``MAX_GRID_POINTS`` points.
+    """
+    grid: dict[str, list[Any]] = {}
+    problems = []
+    for name, dim in space.dimensions:
+        if not space.can_be_active(name):
+            continue
+        if isinstance(dim, Fixed):
+            grid[name] = [dim.value]
+        elif isinstance(dim, Choices):
+            grid[name] = list(dim.choices)
+        elif isinstance(dim, IntRange):
+            grid[name] = list(range(dim.low, dim.high + 1, dim.step))
+        elif dim.step is not None:
+            n = round((dim.high - dim.low) / dim.step)
+            grid[name] = [round(dim.low + k * dim.step, 12) for k in range(n + 1)]
+        else:
+            problems.append(Problem(
+                ("search_space", name), "is continuous, which the grid sampler cannot "
+                "enumerate: give it a step, fix it, or use another sampler",
+                dim.to_json()))
+    if problems:
+        raise SpaceError(problems)
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_GRID_POINTS:
+        raise SpaceError([Problem(("sampler",), f"grid has {points} points, more than "
+                                  f"{MAX_GRID_POINTS}", "grid")])
+    return grid
+
+
+def make_sampler(name: str, *, base_seed: int | None, index: int,
+                 grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler for its ``index``-th trial. Seeded studies get a seed derived
+    from their seed and the trial count, so sampling is the same whichever process asks."""
+    seed = None if base_seed is None else derive_seed(base_seed, index)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        # The QMC sequence position lives in the study's storage; the scrambling seed must
+        # stay the study's own for the sequence to stay one sequence.
+        return optuna.samplers.QMCSampler(
+            seed=base_seed, independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_asynchronous_seeding=False, warn_independent_sampling=False)
+    if name == "grid":
+        assert grid is not None
+        return optuna.samplers.GridSampler(grid, seed=seed)
     # Optuna 5: multivariate TPE with the constant liar, right for parallel workers.
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -41,6 +98,10 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     # Judge no trial on its first quarter of epochs, and only once 5 trials have finished.
     # Steps are 1-based epochs and Optuna skips steps < n_warmup_steps, hence the + 1.
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4 + 1)
@@ -49,11 +110,11 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
 
 
-def check_samplable(space: SearchSpace, *, family: str) -> None:
+def check_samplable(space: SearchSpace) -> None:
     """Sample ``space`` once in memory, so a study that cannot be sampled is refused at
     submission rather than failing every lease."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    suggest(study.ask(), space, family=family)
+    suggest(study.ask(), space)
 
 
 def _optuna_id(row: StudyRow) -> int:
@@ -75,8 +136,10 @@ class OptunaBridge:
     def close(self) -> None:
         self.storage.engine.dispose()
 
-    def create_study(self, name: str, direction: str, note: dict[str, Any]) -> int:
-        """Create the Optuna study named ``name``; returns its Optuna study id."""
+    def create_study(self, name: str, direction: str, note: dict[str, Any],
+                     enqueue: list[dict[str, Any]]) -> int:
+        """Create the Optuna study named ``name``, with ``enqueue`` as its first trials'
+        parameters; returns its Optuna study id."""
         study = optuna.create_study(
             study_name=name,
             storage=self.storage,
@@ -84,6 +147,8 @@ class OptunaBridge:
         )
         for key, value in note.items():
             study.set_user_attr(key, value)
+        for params in enqueue:
+            study.enqueue_trial(params)
         return int(self.storage.get_study_id_from_name(name))
 
     def has_study(self, name: str) -> bool:
@@ -113,13 +178,17 @@ class OptunaBridge:
         """
         study = self._study(row)
         optuna_id = _optuna_id(row)
-        base = row.spec.get("seed")
-        seed = None if base is None else derive_seed(base, self.storage.get_n_trials(optuna_id))
-        study.sampler = make_sampler(row.spec["sampler"], seed)
+        family = row.spec["model"]["family"]
+        space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"], family=family)
+        study.sampler = make_sampler(
+            row.spec["sampler"],
+            base_seed=row.spec.get("seed"),
+            index=self.storage.get_n_trials(optuna_id),
+            grid=grid_of(space) if row.spec["sampler"] == "grid" else None,
+        )
         trial = study.ask()
         try:
-            space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"])
-            params = suggest(trial, space, family=row.spec["model"]["family"])
+            params = suggest(trial, space)
         except Exception:
             study.tell(trial, state=TrialState.FAIL)  # leave no trial RUNNING forever
             raise

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.optuna_bridge import PrunerName, SamplerName
 
-Metric = Literal["val_accuracy", "val_loss"]
+Metric = Literal["val_accuracy", "val_loss", "val_mae"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 _FORBID = ConfigDict(extra="forbid")
 
@@ -20,7 +21,8 @@ DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit int
 
 class ModelSpec(BaseModel):
     model_config = _FORBID
-    family: Literal["mlp"] = Field("mlp", description="The model family to build.")
+    family: Literal["mlp", "cnn"] = Field(
+        "mlp", description="mlp: dense layers; cnn: conv blocks for image data.")
 
 
 class StudyCreate(BaseModel):
@@ -29,19 +31,21 @@ class StudyCreate(BaseModel):
     model_config = _FORBID
 
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=NAME_PATTERN,
         min_length=1,
         max_length=128,
         description="Unique name; also the Optuna study's name. Letters, digits, _ . -",
     )
-    dataset: str = Field(description="A built-in data set: digits.")
+    dataset: str = Field(description="A built-in data set or the name of an upload.")
     n_trials: int = Field(ge=1, le=10_000, description="Exactly this many trial results.")
     epochs: int = Field(ge=1, le=1_000, description="Training epochs of each trial.")
     search_space: dict[str, Any] | None = Field(
         None, description="Ranges or choices to search, by parameter name."
     )
     fixed: dict[str, Any] | None = Field(None, description="Fixed values, by parameter name.")
-    metric: Metric = Field("val_accuracy", description="The objective, measured every epoch.")
+    metric: Metric | None = Field(
+        None, description="The objective, measured every epoch. Default: val_accuracy for "
+        "classification, val_mae for regression.")
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Defaults to the metric's natural direction."
     )
@@ -50,6 +54,38 @@ class StudyCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Makes sampling and "
                              "training deterministic with one worker.")
     model: ModelSpec = ModelSpec()
+    trial_time_limit_s: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600,
+        description="A trial still training after this many seconds fails (checked after "
+        "each epoch).")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=100,
+        description="Parameters to try first, in order (each a full or partial set; the "
+        "rest is sampled).")
+    sanity_check: bool = Field(
+        True, description="Before any trial, check that the model can overfit a handful "
+        "of training rows; if it cannot, the study fails instead of spending its budget.")
+
+
+class DatasetOut(BaseModel):
+    name: str
+    task: Literal["classification", "regression"]
+    n_features: int
+    n_classes: int | None
+    image_shape: list[int] | None
+    source: Literal["sklearn", "keras", "upload"]
+    description: str
+    n_rows: int | None
+    sha256: str | None
+
+
+class FinalModel(BaseModel):
+    """The best configuration retrained on train + validation and scored once on test."""
+
+    state: Literal["none", "pending", "running", "ready", "failed"]
+    test_metric: str | None = None
+    test_value: float | None = None
+    reason: str | None = None
 
 
 class TrialCounts(BaseModel):
@@ -71,7 +107,9 @@ class BestTrial(BaseModel):
 class StudyOut(BaseModel):
     id: int
     name: str
-    status: Literal["queued", "running", "completed", "stopped"]
+    status: Literal["queued", "running", "completed", "stopped", "failed"]
+    reason: str | None = Field(None, description="Why the study failed or stopped.")
+    sanity_check: Literal["skipped", "pending", "running", "passed", "failed"]
     dataset: str
     n_trials: int
     epochs: int
@@ -85,6 +123,9 @@ class StudyOut(BaseModel):
     fixed: dict[str, Any]
     trials: TrialCounts
     best: BestTrial | None
+    final_model: FinalModel
+    trial_time_limit_s: float | None
+    warnings: list[str] = Field(default_factory=list)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -117,20 +158,24 @@ class LeaseRequest(BaseModel):
 
 
 class LeaseOut(BaseModel):
-    """Everything a worker needs to train the trial."""
+    """Everything a worker needs for the job: ``kind`` trial (``trial_id`` set), sanity
+    (the overfit check) or final (retrain the best ``params``, upload the model)."""
 
-    trial_id: int
-    number: int
+    kind: Literal["trial", "sanity", "final"]
+    job_id: int
+    trial_id: int | None
+    number: int | None
     study_id: int
     study_name: str
     params: dict[str, Any]
-    dataset: str
+    dataset: dict[str, Any]
     model: dict[str, Any]
     epochs: int
     metric: str
     direction: str
     seed: int
     lease_seconds: float
+    trial_time_limit_s: float | None
 
 
 class WorkerCall(BaseModel):
@@ -156,6 +201,22 @@ class FailIn(WorkerCall):
 
 class ReleaseIn(WorkerCall):
     reason: str = Field("worker stopping", max_length=4000)
+
+
+class SanityIn(WorkerCall):
+    passed: bool
+    detail: str = Field(max_length=4000)
+
+
+class JobFailIn(WorkerCall):
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+class JobResult(BaseModel):
+    job_id: int
+    kind: str
+    state: str
+    reason: str | None
 
 
 class ActionOut(BaseModel):

@@ -8,35 +8,62 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from search_space import BUILTIN_DATASETS, METRICS, SearchSpace
+from search_space import METRICS, SearchSpace, SpaceError
+from search_space.catalog import DEFAULT_METRIC, metric_fits
+from service import datasets
 from service.errors import Conflict, Invalid, NotFound
 from service.models import LeaseRow, StudyRow, utcnow
-from service.optuna_bridge import DuplicateStudy, check_samplable
+from service.optuna_bridge import DuplicateStudy, check_samplable, grid_of
 from service.runtime import Runtime
 from service.schemas import StudyCreate
 
 log = logging.getLogger(__name__)
 
 
-def create(rt: Runtime, body: StudyCreate) -> StudyRow:
-    """Validate and record a study, and create its Optuna study.
+def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
+    """Validate and record a study, and create its Optuna study. Returns the study and
+    warnings for the user (e.g. a worker reported its data set missing).
 
     Raises:
         SpaceError, Invalid: the spec is invalid (422).
         Conflict: a study of that name exists (409).
     """
-    space = SearchSpace.parse(body.search_space, body.fixed)
-    check_samplable(space, family=body.model.family)
-    if body.dataset not in BUILTIN_DATASETS:
-        raise Invalid(("dataset",), f"must be one of {', '.join(BUILTIN_DATASETS)}",
+    info = datasets.resolve(rt, body.dataset)
+    if info is None:
+        known = ", ".join(d.name for d in datasets.list_all(rt))
+        raise Invalid(("dataset",), f"must be one of {known} (or upload it first)",
                       body.dataset)
-    direction = body.direction or METRICS[body.metric]
+    family = body.model.family
+    if family == "cnn" and info.image_shape is None:
+        raise Invalid(("model", "family"), f"needs image data, but dataset {info.name!r} is "
+                      f"tabular ({info.n_features} features); use mlp", family)
+    metric = body.metric or DEFAULT_METRIC[info.task]
+    if not metric_fits(metric, info.task):
+        allowed = [m for m in METRICS if metric_fits(m, info.task)]
+        raise Invalid(("metric",), f"does not fit dataset {info.name!r}, which is "
+                      f"{info.task} (allowed: {', '.join(allowed)})", metric)
+    space = SearchSpace.parse(body.search_space, body.fixed, family=family)
+    if body.sampler == "grid":
+        grid_of(space)
+    check_samplable(space)
+    problems = [p for i, params in enumerate(body.enqueue)
+                for p in space.check_params(params, ("enqueue", i))]
+    if problems:
+        raise SpaceError(problems)
+    warnings = []
+    if info.source != "sklearn":
+        reported = datasets.reported_unavailable(rt, info.name)
+        if reported is not None:
+            warnings.append(f"dataset {info.name!r} may be unavailable to workers: {reported}")
+    direction = body.direction or METRICS[metric][0]
     spec: dict[str, Any] = {
         **space.to_json(),
         "model": body.model.model_dump(),
         "sampler": body.sampler,
         "pruner": body.pruner,
         "seed": body.seed,
+        "dataset_info": info.to_json(),
+        "trial_time_limit_s": body.trial_time_limit_s,
     }
     with rt.unit_of_work():
         if rt.optuna.has_study(body.name):
@@ -51,19 +78,21 @@ def create(rt: Runtime, body: StudyCreate) -> StudyRow:
                     dataset=body.dataset,
                     n_trials=body.n_trials,
                     epochs=body.epochs,
-                    metric=body.metric,
+                    metric=metric,
                     direction=direction,
                     spec=spec,
                     slots_used=0,
                     created_at=utcnow(),
+                    sanity_state="pending" if body.sanity_check else "skipped",
+                    final_state="none",
                 )
                 s.add(row)
         except IntegrityError as exc:
             raise Conflict(f"a study named {body.name!r} already exists") from exc
         try:
             note = {"hpo_spec": {**spec, "dataset": body.dataset, "n_trials": body.n_trials,
-                                 "epochs": body.epochs, "metric": body.metric}}
-            optuna_id = rt.optuna.create_study(body.name, direction, note)
+                                 "epochs": body.epochs, "metric": metric}}
+            optuna_id = rt.optuna.create_study(body.name, direction, note, body.enqueue)
         except Exception as exc:
             with rt.sessions.begin() as s:
                 s.execute(delete(StudyRow).where(StudyRow.id == row.id))
@@ -76,7 +105,7 @@ def create(rt: Runtime, body: StudyCreate) -> StudyRow:
             row.optuna_study_id = optuna_id
     log.info("study %s (%s) created: %d trials of %d epochs on %s", row.id, row.name,
              row.n_trials, row.epochs, row.dataset)
-    return row
+    return row, warnings
 
 
 def get(rt: Runtime, study_id: int) -> StudyRow:
@@ -96,7 +125,8 @@ def trial_counts(rt: Runtime, study_id: int) -> dict[str, int]:
     counts = dict.fromkeys(("running", "complete", "pruned", "fail", "lost", "released"), 0)
     with rt.sessions() as s:
         for state, n in s.execute(
-            select(LeaseRow.state, func.count()).where(LeaseRow.study_id == study_id)
+            select(LeaseRow.state, func.count())
+            .where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial")
             .group_by(LeaseRow.state)
         ):
             counts["running" if state in ("pending", "active") else state] += n
@@ -108,7 +138,8 @@ def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
     with rt.sessions() as s:
         return s.scalars(
             select(LeaseRow)
-            .where(LeaseRow.study_id == row.id, LeaseRow.state == "complete")
+            .where(LeaseRow.study_id == row.id, LeaseRow.kind == "trial",
+                   LeaseRow.state == "complete")
             .order_by(order, LeaseRow.trial_number)
             .limit(1)
         ).one_or_none()
@@ -118,7 +149,8 @@ def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:
     get(rt, study_id)
     with rt.sessions() as s:
         return list(s.scalars(
-            select(LeaseRow).where(LeaseRow.study_id == study_id, LeaseRow.trial_id.is_not(None))
+            select(LeaseRow).where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial",
+                                   LeaseRow.trial_id.is_not(None))
             .order_by(LeaseRow.trial_number)
         ).all())
 

@@ -47,20 +47,21 @@ class ServiceClient:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         deadline = time.monotonic() + self.retry_max_s
         delay = 0.5
         while True:
             try:
-                response = self._http.post(path, json=body)
+                response = self._http.request(method, path, **kwargs)
                 if response.status_code not in RETRY_STATUS:
                     break
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"POST {path} failed for {self.retry_max_s:g}s: {problem}")
-            log.warning("POST %s: %s; retrying in %.1fs", path, problem, delay)
+                raise ConnectionError(f"{method} {path} failed for {self.retry_max_s:g}s: "
+                                      f"{problem}")
+            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
             time.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 15.0)
         if response.status_code >= 400:
@@ -70,6 +71,9 @@ class ServiceClient:
                 message = response.text
             raise Rejected(response.status_code, message)
         return response
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self._request("POST", path, json=body)
 
     def lease(self) -> Assignment | None:
         """A trial to train, or None when the service has no work."""
@@ -99,3 +103,29 @@ class ServiceClient:
 
     def release(self, trial_id: int, *, reason: str) -> dict[str, Any]:
         return self._trial_call(trial_id, "release", reason=reason)
+
+    def fetch_dataset(self, name: str) -> bytes:
+        """An uploaded data set's normalised NPZ."""
+        return self._request("GET", f"/datasets/{name}/file").content
+
+    def _job_call(self, job_id: int, verb: str, **fields: Any) -> dict[str, Any]:
+        body = {"worker_id": self.worker["id"], **fields}
+        result: dict[str, Any] = self._post(f"/jobs/{job_id}/{verb}", body).json()
+        return result
+
+    def job_heartbeat(self, job_id: int) -> str:
+        return str(self._job_call(job_id, "heartbeat")["action"])
+
+    def sanity(self, job_id: int, *, passed: bool, detail: str) -> dict[str, Any]:
+        return self._job_call(job_id, "sanity", passed=passed, detail=detail[:4000])
+
+    def job_fail(self, job_id: int, *, reason: str) -> dict[str, Any]:
+        return self._job_call(job_id, "fail", reason=reason[:4000])
+
+    def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST", f"/jobs/{job_id}/model",
+            data={"worker_id": self.worker["id"], "test_value": repr(test_value)},
+            files={"file": ("best.keras", content, "application/octet-stream")},
+        ).json()
+        return result

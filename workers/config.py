@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,5 +25,17 @@ class WorkerSettings(BaseSettings):
         default=300.0,
         gt=0,
         description="How long a call is retried while the service is unreachable.",
+    )
+    allow_downloads: bool = Field(
+        default=True,
+        description="May Keras download mnist / fashion_mnist when they are not cached?",
+    )
+    keras_datasets_dir: Path = Field(
+        default=Path.home() / ".keras" / "datasets",
+        description="Where Keras caches its data sets.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "hpo-service",
+        description="Where uploaded data sets are cached, by content hash.",
     )
     log_level: str = Field(default="INFO")

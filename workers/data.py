@@ -1,17 +1,33 @@
-"""Data sets for training: loading, the fixed stratified split, and standardisation.
+"""Data sets for training: loading, the fixed split, and standardisation.
 
-The split is fixed and seeded (``SPLIT_SEED``), so every trial of every study sees the same
-train / validation / test rows. Standardisation is fitted on the training split only and
-then applied to validation and test (the notes' rule: no statistics from held-out data).
+- Built-in scikit-learn sets load from the installed package (no download).
+- ``mnist`` and ``fashion_mnist`` are read from the Keras cache (``~/.keras/datasets``);
+  if they are not there, Keras downloads them when the worker may download, and otherwise
+  the trial fails with ``dataset unavailable: ...``. Keras's own test split is the test
+  split.
+- Uploaded sets are fetched from the service over HTTP once and cached by content hash.
+
+The split is fixed and seeded (``SPLIT_SEED``), stratified for classification, so every
+trial of every study sees the same rows. Features are standardised with statistics of the
+training split only, then applied to validation and test; regression targets are scaled
+the same way (the notes' advice), and ``Split.y_std`` turns scaled errors back into the
+target's units.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.datasets import load_digits
+from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo
@@ -20,67 +36,176 @@ SPLIT_SEED = 20_240_611
 VALIDATION_FRACTION = 0.15
 TEST_FRACTION = 0.15
 
+Array = NDArray[Any]
+
 
 class DatasetUnavailable(RuntimeError):
-    """The data set cannot be loaded on this worker."""
+    """The data set cannot be loaded on this worker; the message starts with
+    ``dataset unavailable:``."""
 
 
 @dataclass(frozen=True)
 class Split:
-    """Standardised arrays of one data set, ready for ``model.fit``."""
+    """Standardised arrays of one data set, ready for ``model.fit``. Features are flat
+    (rows x features); image models reshape them to ``info.image_shape``."""
 
     info: DatasetInfo
-    x_train: NDArray[np.float32]
-    y_train: NDArray[np.int64]
-    x_val: NDArray[np.float32]
-    y_val: NDArray[np.int64]
-    x_test: NDArray[np.float32]
-    y_test: NDArray[np.int64]
+    x_train: Array
+    y_train: Array
+    x_val: Array
+    y_val: Array
+    x_test: Array
+    y_test: Array
+    y_mean: float = 0.0
+    y_std: float = 1.0
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
 
 
-def _raw(name: str) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    if name == "digits":
-        x, y = load_digits(return_X_y=True)
-        return x.astype(np.float32), y.astype(np.int64)
-    raise DatasetUnavailable(f"dataset unavailable: {name!r} is not a built-in data set")
-
-
-def split_and_standardise(
-    info: DatasetInfo, x: NDArray[np.float32], y: NDArray[np.int64]
-) -> Split:
-    """Stratified train / validation / test split, then standardise with train statistics."""
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, test_size=VALIDATION_FRACTION + TEST_FRACTION, stratify=y, random_state=SPLIT_SEED
-    )
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest,
-        y_rest,
-        test_size=TEST_FRACTION / (VALIDATION_FRACTION + TEST_FRACTION),
-        stratify=y_rest,
-        random_state=SPLIT_SEED,
-    )
+def _standardiser(x_train: Array) -> Callable[[Array], Array]:
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std == 0] = 1.0  # constant features (digits' border pixels) stay at zero
 
-    def scale(a: NDArray[np.float32]) -> NDArray[np.float32]:
+    def scale(a: Array) -> Array:
         return ((a - mean) / std).astype(np.float32)
 
-    return Split(info, scale(x_train), y_train, scale(x_val), y_val, scale(x_test), y_test)
+    return scale
+
+
+def split_and_standardise(info: DatasetInfo, x: Array, y: Array,
+                          test: tuple[Array, Array] | None = None) -> Split:
+    """Fixed train / validation / test split (stratified for classification), then
+    standardisation with training statistics. ``test`` is a given test split (Keras's)."""
+    x = x.reshape(len(x), -1).astype(np.float32)
+    classify = info.task == "classification"
+    y = y.astype(np.int64) if classify else y.astype(np.float32)
+    if test is None:
+        held_out = VALIDATION_FRACTION + TEST_FRACTION
+        x_train, x_rest, y_train, y_rest = train_test_split(
+            x, y, test_size=held_out, stratify=y if classify else None,
+            random_state=SPLIT_SEED)
+        x_val, x_test, y_val, y_test = train_test_split(
+            x_rest, y_rest, test_size=TEST_FRACTION / held_out,
+            stratify=y_rest if classify else None, random_state=SPLIT_SEED)
+    else:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=VALIDATION_FRACTION, stratify=y if classify else None,
+            random_state=SPLIT_SEED)
+        x_test = test[0].reshape(len(test[0]), -1).astype(np.float32)
+        y_test = test[1].astype(y.dtype)
+    scale = _standardiser(x_train)
+    y_mean, y_std = 0.0, 1.0
+    if not classify:
+        y_mean = float(y_train.mean())
+        y_std = float(y_train.std()) or 1.0
+        y_train, y_val, y_test = ((a - y_mean) / y_std for a in (y_train, y_val, y_test))
+    return Split(info, scale(x_train), y_train, scale(x_val), y_val, scale(x_test), y_test,
+                 y_mean, y_std)
+
+
+_SKLEARN = {
+    "digits": sk_datasets.load_digits,
+    "iris": sk_datasets.load_iris,
+    "wine": sk_datasets.load_wine,
+    "breast_cancer": sk_datasets.load_breast_cancer,
+    "diabetes": sk_datasets.load_diabetes,
+}
+
+
+def _idx(path: Path, offset: int) -> Array:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+class DataSource:
+    """Where a worker gets data from, and where it caches it."""
+
+    def __init__(
+        self,
+        *,
+        keras_dir: Path,
+        cache_dir: Path,
+        allow_downloads: bool,
+        fetch: Callable[[str], bytes] | None = None,
+    ) -> None:
+        self.keras_dir = keras_dir
+        self.cache_dir = cache_dir
+        self.allow_downloads = allow_downloads
+        self.fetch = fetch
+
+    def load(self, info: DatasetInfo) -> Split:
+        """Load a data set, split and standardised.
+
+        Raises:
+            DatasetUnavailable: it cannot be had here (not cached and no download, a fetch
+                that failed, content that does not match its hash).
+        """
+        if info.source == "sklearn" and info.name in _SKLEARN:
+            x, y = _SKLEARN[info.name](return_X_y=True)
+            return split_and_standardise(info, x, y)
+        if info.source == "keras":
+            (x, y), test = self._keras(info.name)
+            return split_and_standardise(info, x, y, test)
+        if info.source == "upload":
+            with np.load(io.BytesIO(self._uploaded(info)), allow_pickle=False) as npz:
+                return split_and_standardise(info, npz["x"], npz["y"])
+        raise DatasetUnavailable(f"dataset unavailable: {info.name!r} is not a known data set")
+
+    def _keras(self, name: str) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+        if name == "mnist" and (self.keras_dir / "mnist.npz").exists():
+            with np.load(self.keras_dir / "mnist.npz", allow_pickle=False) as f:
+                return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+        folder = self.keras_dir / "fashion-mnist"
+        files = [folder / f"{part}-{kind}-ubyte.gz" for part in ("train", "t10k")
+                 for kind in ("labels-idx1", "images-idx3")]
+        if name == "fashion_mnist" and all(p.exists() for p in files):
+            y_train, x_train = _idx(files[0], 8), _idx(files[1], 16).reshape(-1, 28, 28)
+            y_test, x_test = _idx(files[2], 8), _idx(files[3], 16).reshape(-1, 28, 28)
+            return (x_train, y_train), (x_test, y_test)
+        if not self.allow_downloads:
+            raise DatasetUnavailable(
+                f"dataset unavailable: {name} is not in the Keras cache ({self.keras_dir}) "
+                "and this worker may not download (HPO_ALLOW_DOWNLOADS=false)")
+        import keras
+
+        try:
+            loaded: tuple[tuple[Array, Array], tuple[Array, Array]] = getattr(
+                keras.datasets, name).load_data()
+        except Exception as exc:  # no network, a broken cache file, ...
+            raise DatasetUnavailable(f"dataset unavailable: {name} could not be downloaded: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        return loaded
+
+    def _uploaded(self, info: DatasetInfo) -> bytes:
+        assert info.sha256 is not None
+        path = self.cache_dir / f"{info.sha256}.npz"
+        if path.exists():
+            content = path.read_bytes()
+            if hashlib.sha256(content).hexdigest() == info.sha256:
+                return content
+        if self.fetch is None:
+            raise DatasetUnavailable(f"dataset unavailable: {info.name} is not cached here")
+        try:
+            content = self.fetch(info.name)
+        except Exception as exc:
+            raise DatasetUnavailable(f"dataset unavailable: fetching {info.name} failed: "
+                                     f"{exc}") from exc
+        if hashlib.sha256(content).hexdigest() != info.sha256:
+            raise DatasetUnavailable(f"dataset unavailable: {info.name} changed on the "
+                                     "service while this study ran (content hash differs)")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(content)
+        tmp.replace(path)  # atomic: another worker on this host never reads half a file
+        return content
 
 
 def load(name: str) -> Split:
-    """Load a built-in data set, split and standardised.
-
-    Raises:
-        DatasetUnavailable: the name is unknown or the data cannot be read here.
-    """
+    """A built-in scikit-learn data set (tests and tools; workers use ``DataSource``)."""
     info = BUILTIN_DATASETS.get(name)
-    if info is None:
+    if info is None or info.source != "sklearn":
         raise DatasetUnavailable(f"dataset unavailable: {name!r} is not a built-in data set")
-    x, y = _raw(name)
-    return split_and_standardise(info, x, y)
+    return DataSource(keras_dir=Path("."), cache_dir=Path("."), allow_downloads=False).load(info)

@@ -9,11 +9,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
+from search_space.catalog import DatasetInfo
 from workers.client import Rejected, ServiceClient
 from workers.config import WorkerSettings
-from workers.data import DatasetUnavailable, Split, load
+from workers.data import DatasetUnavailable, DataSource, Split
+from workers.jobs import sanity_check, train_final
 from workers.training import Assignment, Outcome, configure_tensorflow, train_trial
 
 log = logging.getLogger(__name__)
@@ -23,9 +26,8 @@ class _Heartbeat:
     """Renews the lease between epoch reports, so a long epoch is not taken for a dead
     worker; it also passes on a stop the service asks for."""
 
-    def __init__(self, client: ServiceClient, trial_id: int, interval_s: float) -> None:
-        self.client = client
-        self.trial_id = trial_id
+    def __init__(self, beat: Callable[[], str], interval_s: float) -> None:
+        self.beat = beat
         self.interval_s = interval_s
         self.stop_requested = False
         self._done = threading.Event()
@@ -42,10 +44,10 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(self.interval_s):
             try:
-                if self.client.heartbeat(self.trial_id) == "stop":
+                if self.beat() == "stop":
                     self.stop_requested = True
             except Exception:  # a missed heartbeat is not fatal; the next report renews
-                log.warning("heartbeat for trial %s failed", self.trial_id, exc_info=True)
+                log.warning("heartbeat failed", exc_info=True)
 
 
 class Worker:
@@ -67,7 +69,13 @@ class Worker:
             retry_max_s=settings.retry_max_s,
         )
         self._stopping = threading.Event()
-        self._data: dict[str, Split] = {}
+        self._data: dict[tuple[str, str | None], Split] = {}
+        self.source = DataSource(
+            keras_dir=settings.keras_datasets_dir,
+            cache_dir=settings.cache_dir,
+            allow_downloads=settings.allow_downloads,
+            fetch=self.client.fetch_dataset,
+        )
 
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         log.info("worker %s stopping (signal %s)", self.identity["id"], signum)
@@ -103,13 +111,22 @@ class Worker:
             self.client.close()
         return done
 
-    def _dataset(self, name: str) -> Split:
-        if name not in self._data:
-            self._data[name] = load(name)
-        return self._data[name]
+    def _dataset(self, info: DatasetInfo) -> Split:
+        key = (info.name, info.sha256)
+        if key not in self._data:
+            self._data[key] = self.source.load(info)
+        return self._data[key]
 
     def _run_one(self, job: Assignment) -> None:
-        log.info("trial %s (#%s of %s) leased: %s", job.trial_id, job.number, job.study_name,
+        if job.kind == "trial":
+            self._run_trial(job)
+        else:
+            self._run_job(job)
+
+    def _run_trial(self, job: Assignment) -> None:
+        assert job.trial_id is not None
+        trial_id = job.trial_id
+        log.info("trial %s (#%s of %s) leased: %s", trial_id, job.number, job.study_name,
                  job.params)
         started = time.monotonic()
         try:
@@ -117,22 +134,51 @@ class Worker:
         except DatasetUnavailable as exc:
             self._hand_back(job, Outcome("fail", reason=str(exc)))
             return
-        with _Heartbeat(self.client, job.trial_id, max(job.lease_seconds / 3, 0.5)) as beat:
+        beat = _Heartbeat(lambda: self.client.heartbeat(trial_id),
+                          max(job.lease_seconds / 3, 0.5))
+        with beat:
 
             def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
-                return self.client.report(job.trial_id, epoch, value, metrics)
+                return self.client.report(trial_id, epoch, value, metrics)
 
             outcome = train_trial(
                 job, data, report, lambda: self._stopping.is_set() or beat.stop_requested
             )
         log.info("trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
-                 job.trial_id, outcome.state, outcome.epochs_run, time.monotonic() - started,
+                 trial_id, outcome.state, outcome.epochs_run, time.monotonic() - started,
                  outcome.value, outcome.reason)
         self._hand_back(job, outcome)
+
+    def _run_job(self, job: Assignment) -> None:
+        """A sanity run or a final model; any failure is reported, never raised."""
+        log.info("%s job %s of %s leased", job.kind, job.job_id, job.study_name)
+        try:
+            with _Heartbeat(lambda: self.client.job_heartbeat(job.job_id),
+                            max(job.lease_seconds / 3, 0.5)):
+                data = self._dataset(job.dataset)
+                if job.kind == "sanity":
+                    passed, detail = sanity_check(job, data)
+                    log.info("sanity run of %s: %s", job.study_name, detail)
+                    self.client.sanity(job.job_id, passed=passed, detail=detail)
+                else:
+                    value, content = train_final(job, data)
+                    log.info("final model of %s: test %s = %s", job.study_name,
+                             job.metric.removeprefix("val_"), value)
+                    self.client.upload_model(job.job_id, test_value=value, content=content)
+        except (Rejected, ConnectionError) as exc:
+            log.error("%s job %s: the service did not take the result: %s", job.kind,
+                      job.job_id, exc)
+        except Exception as exc:
+            log.exception("%s job %s failed", job.kind, job.job_id)
+            try:
+                self.client.job_fail(job.job_id, reason=f"{type(exc).__name__}: {exc}")
+            except (Rejected, ConnectionError):
+                log.exception("could not report the failure of job %s", job.job_id)
 
     def _hand_back(self, job: Assignment, outcome: Outcome) -> None:
         """Tell the service how the trial ended (pruned trials were already ended by it).
         A result is retried until the service takes it, unless the worker is stopping."""
+        assert job.trial_id is not None
         while True:
             try:
                 if outcome.state == "complete":

@@ -11,12 +11,14 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import keras
 
+from search_space.catalog import DatasetInfo
 from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
 from workers.data import Split
 
@@ -30,30 +32,36 @@ Reporter = Callable[[int, float, dict[str, float]], str]
 class Assignment:
     """What the service hands a worker with a lease (``POST /trials/lease``)."""
 
-    trial_id: int
-    number: int
+    trial_id: int | None
+    number: int | None
     study_name: str
     params: dict[str, Any]
-    dataset: str
+    dataset: DatasetInfo
     model_family: str
     epochs: int
     metric: str
     seed: int
     lease_seconds: float
+    time_limit_s: float | None = None
+    kind: str = "trial"
+    job_id: int = 0
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Assignment:
         return cls(
-            trial_id=int(body["trial_id"]),
-            number=int(body["number"]),
+            kind=str(body["kind"]),
+            job_id=int(body["job_id"]),
+            trial_id=body.get("trial_id"),
+            number=body.get("number"),
             study_name=str(body["study_name"]),
             params=dict(body["params"]),
-            dataset=str(body["dataset"]),
+            dataset=DatasetInfo.from_json(body["dataset"]),
             model_family=str(body["model"]["family"]),
             epochs=int(body["epochs"]),
             metric=str(body["metric"]),
             seed=int(body["seed"]),
             lease_seconds=float(body["lease_seconds"]),
+            time_limit_s=body.get("trial_time_limit_s"),
         )
 
 
@@ -81,14 +89,26 @@ def configure_tensorflow(threads: int) -> None:
 class _EpochReporter(keras.callbacks.Callback):
     """Checks the loss, reports the objective each epoch, and stops training when told."""
 
-    def __init__(self, metric: str, report: Reporter, should_stop: Callable[[], bool]) -> None:
+    def __init__(self, metric: str, report: Reporter, should_stop: Callable[[], bool], *,
+                 y_std: float = 1.0, time_limit_s: float | None = None) -> None:
         super().__init__()
         self.metric = metric
         self.report = report
         self.should_stop = should_stop
+        self.y_std = y_std
+        self.time_limit_s = time_limit_s
+        self.started = time.monotonic()
         self.outcome: Outcome | None = None
         self.epochs_run = 0
         self.last_value: float | None = None
+
+    def _metrics(self, logs: dict[str, Any]) -> dict[str, float]:
+        """Numeric logs; absolute errors back in the target's units (targets are scaled)."""
+        out = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+        for key in ("mae", "val_mae"):
+            if key in out:
+                out[key] *= self.y_std
+        return out
 
     def _end(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -101,17 +121,44 @@ class _EpochReporter(keras.callbacks.Callback):
         if not math.isfinite(loss):
             self._end(Outcome("fail", reason=f"non-finite loss at epoch {epoch + 1}"))
             return
-        value = float(logs.get(self.metric, math.nan))
+        metrics = self._metrics(logs)
+        value = metrics.get(self.metric, math.nan)
         if not math.isfinite(value):
             self._end(Outcome("fail", reason=f"non-finite {self.metric} at epoch {epoch + 1}"))
             return
         self.last_value = value
-        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
         action = self.report(epoch + 1, value, metrics)
+        elapsed = time.monotonic() - self.started
         if action == "prune":
             self._end(Outcome("pruned", value=value))
         elif action == "stop" or self.should_stop():
             self._end(Outcome("stopped", value=value, reason="stop requested"))
+        elif self.time_limit_s is not None and elapsed > self.time_limit_s and (
+                epoch + 1 < self.params["epochs"]):
+            self._end(Outcome("fail", reason=f"time limit of {self.time_limit_s:g}s exceeded "
+                              f"after epoch {epoch + 1} ({elapsed:.1f}s)"))
+
+
+def compiled_model(job: Assignment, data: Split) -> keras.Model:
+    """The trial's model, compiled for its task (seeded: the same job builds the same)."""
+    keras.utils.set_random_seed(job.seed)
+    model = build_model(
+        job.params,
+        n_features=data.n_features,
+        n_outputs=int(data.info.n_classes or 1),
+        family=job.model_family,
+        image_shape=data.info.image_shape,
+        seed=job.seed,
+    )
+    if data.info.task == "classification":
+        loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics: list[keras.metrics.Metric] = [
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.MeanSquaredError()
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
+    model.compile(optimizer=build_optimizer(job.params), loss=loss, metrics=metrics)
+    return model
 
 
 def train_trial(
@@ -123,21 +170,11 @@ def train_trial(
     """Train the trial's model on ``data`` and say how it ended. Never raises for a
     failure of the trial itself (a bad configuration, a non-finite loss, out of memory):
     those come back as ``Outcome("fail", reason=...)``."""
-    reporter = _EpochReporter(job.metric, report, should_stop)
+    reporter = _EpochReporter(job.metric, report, should_stop, y_std=data.y_std,
+                              time_limit_s=job.time_limit_s)
     history: dict[str, list[float]] = {}
     try:
-        keras.utils.set_random_seed(job.seed)
-        model = build_model(
-            job.params,
-            input_shape=data.input_shape,
-            n_outputs=int(data.info.n_classes or 1),
-            seed=job.seed,
-        )
-        model.compile(
-            optimizer=build_optimizer(job.params),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        model = compiled_model(job, data)
         fit = model.fit(
             data.x_train,
             data.y_train,

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
-from service import studies
+from service import jobs, studies
 from service.models import LeaseRow, StudyRow
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
-from service.schemas import BestTrial, DbId, StudyCreate, StudyOut, TrialCounts, TrialOut
+from service.schemas import (
+    BestTrial,
+    DbId,
+    FinalModel,
+    StudyCreate,
+    StudyOut,
+    TrialCounts,
+    TrialOut,
+)
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
 
-def _study_out(rt: Runtime, row: StudyRow) -> StudyOut:
+def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:
     best = studies.best(rt, row)
     spec = row.spec
     return StudyOut(
         id=row.id,
         name=row.name,
         status=row.status,
+        reason=row.reason,
+        sanity_check=row.sanity_state,
         dataset=row.dataset,
         n_trials=row.n_trials,
         epochs=row.epochs,
@@ -35,6 +45,14 @@ def _study_out(rt: Runtime, row: StudyRow) -> StudyOut:
         best=None if best is None or best.value is None else BestTrial(
             trial_id=best.trial_id or 0, number=best.trial_number or 0, value=best.value,
             params=best.params or {}),
+        final_model=FinalModel(
+            state=row.final_state,
+            test_metric=row.metric.replace("val_", "test_", 1),
+            test_value=row.test_metric,
+            reason=row.final_reason,
+        ),
+        trial_time_limit_s=spec.get("trial_time_limit_s"),
+        warnings=warnings or [],
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -63,7 +81,8 @@ def _trial_out(row: LeaseRow) -> TrialOut:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyOut)
 def create_study(body: StudyCreate, rt: RuntimeDep) -> StudyOut:
     """Submit a study. 409 if the name is taken; 422 naming the field if the spec is invalid."""
-    return _study_out(rt, studies.create(rt, body))
+    row, warnings = studies.create(rt, body)
+    return _study_out(rt, row, warnings)
 
 
 @router.get("", response_model=list[StudyOut])
@@ -88,3 +107,14 @@ def list_trials(study_id: DbId, rt: RuntimeDep) -> list[TrialOut]:
 def stop_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     """Hand out no more trials; running trials are told to stop at their next report."""
     return _study_out(rt, studies.stop(rt, study_id))
+
+
+@router.get("/{study_id}/model", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       404: {"description": "No model yet: see the study's final_model."}})
+def download_model(study_id: DbId, rt: RuntimeDep) -> Response:
+    """The best configuration retrained on train + validation, as a ``.keras`` file with
+    its optimizer state (``keras.models.load_model`` reads it)."""
+    study, content = jobs.model_file(rt, study_id)
+    return Response(content, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{study.name}-best.keras"'})

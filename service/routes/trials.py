@@ -34,24 +34,28 @@ def _result(row: LeaseRow) -> TrialResult:
     responses={204: {"description": "No work: no open study has budget left."}},
 )
 def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
-    """Lease the next trial of the oldest open study: its parameters and how to train it."""
+    """Lease the next piece of work: a final model to retrain, a sanity run, or the next
+    trial of the oldest open study, with its parameters and how to train it."""
     grant = leases.lease(rt, body.worker.id)
     if grant is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     study = grant.study
     return LeaseOut(
+        kind=grant.kind,
+        job_id=grant.job_id,
         trial_id=grant.trial_id,
         number=grant.number,
         study_id=study.id,
         study_name=study.name,
         params=grant.params,
-        dataset=study.dataset,
+        dataset=study.spec["dataset_info"],
         model=study.spec["model"],
         epochs=study.epochs,
         metric=study.metric,
         direction=study.direction,
         seed=grant.seed,
         lease_seconds=grant.lease_seconds,
+        trial_time_limit_s=study.spec.get("trial_time_limit_s"),
     )
 
 

@@ -24,8 +24,13 @@ BASE: dict[str, Any] = {
 }
 
 
-def _model(**overrides: Any) -> keras.Model:
-    return build_model({**BASE, **overrides}, input_shape=(64,), n_outputs=10, seed=0)
+def _model(family: str = "mlp", **overrides: Any) -> keras.Model:
+    return build_model({**BASE, **overrides}, n_features=64, n_outputs=10, family=family,
+                       image_shape=(8, 8, 1), seed=0)
+
+
+def _of(model: keras.Model, cls: type) -> list[Any]:
+    return [layer for layer in model.layers if type(layer) is cls]
 
 
 def test_output_layer_gives_logits() -> None:
@@ -94,3 +99,68 @@ def test_plateau_schedule_halves_on_validation_loss() -> None:
 def test_hidden_layers_never_widen() -> None:
     assert hidden_widths(256, 3) == [256, 128, 64]
     assert hidden_widths(32, 4) == [32, 16, 16, 16]
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "selu", "tanh", "sigmoid"])
+def test_activation_of_every_hidden_layer(activation: str) -> None:
+    acts = _of(_model(activation=activation), keras.layers.Activation)
+    assert [a.get_config()["activation"] for a in acts] == [activation, activation]
+
+
+def test_selu_takes_alpha_dropout() -> None:
+    model = _model(activation="selu", dropout_rate=0.2)
+    assert len(_of(model, keras.layers.AlphaDropout)) == 2
+    assert _of(model, keras.layers.Dropout) == []
+
+
+def test_batch_norm_adds_normalisation_and_drops_the_bias() -> None:
+    with_bn = _model(batch_norm=True)
+    assert len(_of(with_bn, keras.layers.BatchNormalization)) == 2
+    assert with_bn.get_layer("dense_0").use_bias is False
+    assert _of(_model(batch_norm=False), keras.layers.BatchNormalization) == []
+    assert _model(batch_norm=False).get_layer("dense_0").use_bias is True
+
+
+def test_l2_regularises_every_kernel() -> None:
+    dense = _of(_model(l2=1e-3), keras.layers.Dense)
+    assert len(dense) == 3  # 2 hidden + logits
+    for layer in dense:
+        assert layer.kernel_regularizer.get_config()["l2"] == pytest.approx(1e-3)
+    assert all(layer.kernel_regularizer is None for layer in _of(_model(l2=0.0),
+                                                                   keras.layers.Dense))
+
+
+def test_hidden_layers_and_units_shape_the_mlp() -> None:
+    model = _model(hidden_layers=3, hidden_units=256)
+    hidden = [layer.units for layer in _of(model, keras.layers.Dense)][:-1]
+    assert hidden == [256, 128, 64]
+
+
+@pytest.mark.parametrize(("name", "value"), [("zeros", 0.0), ("small_positive", 0.1)])
+def test_bias_initializer(name: str, value: float) -> None:
+    model = _model(bias_initializer=name)
+    bias = keras.ops.convert_to_numpy(model.get_layer("dense_0").bias)
+    assert (bias == pytest.approx(value))
+
+
+def test_clipnorm_goes_to_the_optimizer() -> None:
+    assert build_optimizer({**BASE, "clipnorm": 5.0}).get_config()["clipnorm"] == 5.0
+    assert build_optimizer({**BASE, "clipnorm": None}).get_config()["clipnorm"] is None
+
+
+def test_cnn_has_conv_blocks_pooling_and_a_dense_head() -> None:
+    model = _model("cnn", activation="elu", batch_norm=True, l2=1e-4, dropout_rate=0.3)
+    convs = _of(model, keras.layers.Conv2D)
+    assert [c.filters for c in convs] == [32, 64]
+    assert all(c.kernel_regularizer is not None and c.use_bias is False for c in convs)
+    assert len(_of(model, keras.layers.MaxPooling2D)) == 2
+    assert len(_of(model, keras.layers.BatchNormalization)) == 3
+    assert [a.get_config()["activation"] for a in _of(model, keras.layers.Activation)] == [
+        "elu"] * 3
+    assert [d.rate for d in _of(model, keras.layers.Dropout)] == [0.3]
+    assert model.output_shape == (None, 10)
+
+
+def test_cnn_needs_an_image_shape() -> None:
+    with pytest.raises(ValueError, match="needs image data"):
+        build_model(BASE, n_features=4, n_outputs=3, family="cnn")

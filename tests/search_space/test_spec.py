@@ -186,3 +186,18 @@ def test_huge_or_impossible_numbers_are_refused_not_crashed_on(
     with pytest.raises(SpaceError) as info:
         SearchSpace.parse(searched, fixed)
     assert field in [p.field for p in info.value.problems]
+
+
+def test_a_cnn_space_round_trips_without_mlp_parameters() -> None:
+    space = SearchSpace.parse({"dropout_rate": {"low": 0.1, "high": 0.3}}, None, family="cnn")
+    stored = space.to_json()
+    assert "hidden_layers" not in stored["fixed"] and "hidden_units" not in stored["fixed"]
+    assert SearchSpace.parse(**stored, family="cnn") == space
+    assert all("hidden_units" not in p for p in _sample(space, 3))
+
+
+def test_mlp_only_parameters_are_refused_for_a_cnn() -> None:
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.parse({"hidden_layers": {"low": 1, "high": 3}}, None, family="cnn")
+    assert str(info.value.problems[0]).startswith(
+        "search_space.hidden_layers applies to the model families mlp only, not cnn")

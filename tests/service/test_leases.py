@@ -19,7 +19,8 @@ WORKER = {"worker": {"id": "w1", "host": "test", "pid": 1}}
 
 
 def _study(client: httpx.Client, name: str, **overrides: Any) -> dict[str, Any]:
-    body = {"name": name, "dataset": "digits", "n_trials": 3, "epochs": 4, **overrides}
+    body = {"name": name, "dataset": "digits", "n_trials": 3, "epochs": 4,
+            "sanity_check": False, **overrides}
     r = client.post("/studies", json=body)
     assert r.status_code == 201, r.text
     result: dict[str, Any] = r.json()
@@ -50,7 +51,8 @@ def test_lease_report_complete(server: Api) -> None:
         study = _study(client, "s1", n_trials=1, epochs=2)
         job = _lease(client)
         assert job is not None
-        assert job["study_name"] == "s1" and job["dataset"] == "digits" and job["epochs"] == 2
+        assert job["kind"] == "trial" and job["study_name"] == "s1" and job["epochs"] == 2
+        assert job["dataset"]["name"] == "digits" and job["dataset"]["task"] == "classification"
         assert job["model"] == {"family": "mlp"} and job["metric"] == "val_accuracy"
         assert {"learning_rate", "optimizer", "lr_schedule", "dropout_rate",
                 "kernel_initializer"} <= set(job["params"])
@@ -68,6 +70,11 @@ def test_lease_report_complete(server: Api) -> None:
         (trial,) = client.get(f"/studies/{study['id']}/trials").json()
         assert trial["state"] == "complete" and trial["epochs_run"] == 2
         assert trial["duration_s"] is not None and trial["worker_id"] == "w1"
+        # What is left is retraining the best configuration: a final job, then nothing.
+        final = _lease(client)
+        assert final is not None and final["kind"] == "final" and final["trial_id"] is None
+        assert final["params"] == job["params"]
+        assert client.get(f"/studies/{study['id']}").json()["final_model"]["state"] == "running"
         assert _lease(client) is None
     frozen = optuna.load_study(study_name="s1", storage=server.database_url).trials[0]
     assert frozen.state == TrialState.COMPLETE and frozen.value == 0.7
@@ -281,7 +288,8 @@ def test_a_result_optuna_holds_but_the_service_missed_is_recorded_not_lost(
         final = client.get(f"/studies/{study['id']}").json()
         assert final["trials"]["complete"] == 1 and final["trials"]["lost"] == 0
         assert final["best"]["value"] == 0.875
-        assert _lease(client) is None  # not re-run: the result was kept
+        after = _lease(client)  # not re-run: the result was kept, the final model is next
+        assert after is not None and after["kind"] == "final"
 
 
 def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
@@ -291,6 +299,8 @@ def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
             _study(client, name, n_trials=3, seed=seed)
             for i in range(3):
                 job = _lease(client)
+                while job is not None and job["kind"] == "final":  # an earlier study's
+                    job = _lease(client)
                 assert job is not None and job["study_name"] == name
                 drawn.append((job["params"], job["seed"]))
                 _call(client, job["trial_id"], "complete", value=0.5 + i / 10)

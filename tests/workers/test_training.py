@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from search_space.catalog import BUILTIN_DATASETS
 from workers.data import Split, load
 from workers.training import Assignment, train_trial
 
@@ -26,10 +27,12 @@ def digits() -> Split:
     return load("digits")
 
 
-def _job(params: dict[str, Any], epochs: int = 3) -> Assignment:
-    return Assignment(trial_id=1, number=0, study_name="t", params=params, dataset="digits",
-                      model_family="mlp", epochs=epochs, metric="val_accuracy", seed=7,
-                      lease_seconds=60)
+def _job(params: dict[str, Any], epochs: int = 3, *, dataset: str = "digits",
+         family: str = "mlp", metric: str = "val_accuracy",
+         time_limit_s: float | None = None) -> Assignment:
+    return Assignment(trial_id=1, number=0, study_name="t", params=params,
+                      dataset=BUILTIN_DATASETS[dataset], model_family=family, epochs=epochs,
+                      metric=metric, seed=7, lease_seconds=60, time_limit_s=time_limit_s)
 
 
 def test_trains_and_reports_every_epoch(digits: Split) -> None:
@@ -87,3 +90,37 @@ def test_thread_count_setting_pins_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
     assert out.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer"])
+def test_every_builtin_classification_set_trains(name: str) -> None:
+    outcome = train_trial(_job({**GOOD, "learning_rate": 0.01}, epochs=5, dataset=name),
+                          load(name), lambda *_: "continue")
+    assert outcome.state == "complete", outcome.reason
+    assert outcome.value is not None and outcome.value > 0.6  # far above chance
+
+
+def test_regression_trains_and_reports_mae_in_target_units() -> None:
+    data = load("diabetes")
+    reports: list[dict[str, float]] = []
+    outcome = train_trial(_job({**GOOD, "learning_rate": 0.01}, epochs=8, dataset="diabetes",
+                               metric="val_mae"),
+                          data, lambda _e, _v, m: reports.append(m) or "continue")
+    assert outcome.state == "complete", outcome.reason
+    # The targets' spread is ~77; an MAE in scaled units would be below 1.
+    assert outcome.value is not None and 30 < outcome.value < 80
+    assert reports[-1]["val_mae"] == outcome.value
+
+
+def test_cnn_trains_on_images(digits: Split) -> None:
+    outcome = train_trial(_job(GOOD, epochs=3, family="cnn"), digits, lambda *_: "continue")
+    assert outcome.state == "complete", outcome.reason
+    assert outcome.value is not None and outcome.value > 0.8
+
+
+def test_time_limit_fails_the_trial(digits: Split) -> None:
+    outcome = train_trial(_job(GOOD, epochs=50, time_limit_s=0.01), digits,
+                          lambda *_: "continue")
+    assert outcome.state == "fail"
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("time limit of 0.01s exceeded after epoch 1")

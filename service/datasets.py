@@ -1,0 +1,274 @@
+"""Data sets: the built-ins and the users' own uploads (CSV or NPZ).
+
+An upload is parsed and checked here, once, and stored as a normalised NPZ (``x``: float32
+rows x features, ``y``: int64 class codes or float32 targets) with its SHA-256, which
+workers use to cache it. Every refusal is an ``Invalid`` naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
+
+from search_space.catalog import BUILTIN_DATASETS, DatasetInfo, Task
+from service.errors import Conflict, Invalid, NotFound
+from service.models import DatasetRow, LeaseRow, StudyRow, utcnow
+from service.runtime import Runtime
+
+MIN_ROWS_PER_CLASS = 5
+"""A stratified 70/15/15 split needs a few rows of every class in every part."""
+MIN_ROWS_REGRESSION = 20
+MAX_CLASSES = 1000
+_MISSING = {"", "na", "nan", "null", "none", "?"}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    x: NDArray[np.float32]
+    y: NDArray[Any]
+    task: Task
+    classes: list[Any] | None
+    image_shape: tuple[int, int, int] | None
+    file_format: str
+
+
+def _invalid(field: str, msg: str, value: Any) -> Invalid:
+    return Invalid((field,), msg, value)
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parse_csv(content: bytes, label_column: str | None) -> tuple[NDArray[np.float32], list[str]]:
+    if not label_column:
+        raise _invalid("label_column", "is required for a CSV file: name the column that "
+                       "holds the labels", label_column)
+    try:
+        text = content.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text)))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _invalid("file", f"is not a parseable CSV file ({exc})", None) from exc
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise _invalid("file", "is not a parseable CSV file: it needs a header row and at "
+                       "least one data row", f"{len(rows)} rows")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise _invalid("label_column", f"is not a column of the file (columns: "
+                       f"{', '.join(header)})", label_column)
+    label_at = header.index(label_column)
+    features = np.empty((len(rows) - 1, len(header) - 1), dtype=np.float32)
+    labels: list[str] = []
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise _invalid("file", f"is not a parseable CSV file: row {i} has {len(row)} "
+                           f"fields, the header has {len(header)}", row)
+        col = 0
+        for j, cell in enumerate(row):
+            cell = cell.strip()
+            if cell.lower() in _MISSING:
+                raise _invalid("file", f"has a missing value in column {header[j]!r} (row "
+                               f"{i}); fill or drop it before uploading", cell)
+            if j == label_at:
+                labels.append(cell)
+                continue
+            value = _float(cell)
+            if value is None:
+                raise _invalid("file", f"has a non-numeric feature in column {header[j]!r} "
+                               f"(row {i}); features must be numbers", cell)
+            features[i - 2, col] = value
+            col += 1
+    return features, labels
+
+
+def _labels(raw: list[str] | NDArray[Any], task: str | None) -> tuple[NDArray[Any], Task,
+                                                                      list[Any] | None]:
+    """Class codes (and the classes) or float targets. Without an explicit task, integer
+    or text labels mean classification and fractional numbers regression."""
+    values = np.asarray(raw)
+    numeric = np.array([_float(str(v)) for v in values.tolist()], dtype=object)
+    all_numeric = all(v is not None for v in numeric)
+    if task is None:
+        integral = all_numeric and all(float(v).is_integer() for v in numeric)
+        task = "classification" if (integral or not all_numeric) else "regression"
+    if task == "regression":
+        if not all_numeric:
+            raise _invalid("task", "is regression, but the labels are not all numbers",
+                           task)
+        return numeric.astype(np.float32), "regression", None
+    keys = [int(v) if all_numeric else str(v) for v in (numeric if all_numeric else values)]
+    classes = sorted(set(keys), key=lambda k: (str(type(k)), k))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[k] for k in keys], dtype=np.int64), "classification", classes
+
+
+def _parse_npz(content: bytes) -> tuple[NDArray[np.float32], NDArray[Any],
+                                        tuple[int, int, int] | None]:
+    try:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+            names = set(npz.files)
+            if not {"x", "y"} <= names:
+                raise _invalid("file", "must hold arrays named x and y", sorted(names))
+            x, y = npz["x"], npz["y"]
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise _invalid("file", f"is not a readable NPZ file ({exc})", None) from exc
+    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
+        raise _invalid("file", "must hold x as rows x features (or rows x H x W [x C] "
+                       "images) and y as one label per row", f"x {x.shape}, y {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise _invalid("file", "has non-numeric features (x must be numbers)", str(x.dtype))
+    if not np.all(np.isfinite(x)):
+        raise _invalid("file", "has missing values (NaN or infinite) in x", None)
+    image = None
+    if x.ndim >= 3:
+        h, w = x.shape[1], x.shape[2]
+        image = (int(h), int(w), int(x.shape[3]) if x.ndim == 4 else 1)
+    return x.reshape(len(x), -1).astype(np.float32), y, image
+
+
+def parse_upload(*, filename: str, content: bytes, label_column: str | None,
+                 task: str | None, max_bytes: int) -> Parsed:
+    """Parse and check an upload.
+
+    Raises:
+        Invalid: not parseable, label column missing, non-numeric features, missing
+            values, too few rows for a stratified split, or over the size limit.
+    """
+    if len(content) > max_bytes:
+        raise _invalid("file", f"is larger than the limit of {max_bytes} bytes",
+                       f"{len(content)} bytes")
+    is_npz = filename.lower().endswith(".npz") or content[:2] == b"PK"
+    if is_npz:
+        x, raw_y, image = _parse_npz(content)
+        file_format = "npz"
+        y_raw: list[str] | NDArray[Any] = raw_y
+    else:
+        x, y_raw = _parse_csv(content, label_column)
+        image, file_format = None, "csv"
+    if file_format == "npz" and np.issubdtype(raw_y.dtype, np.floating) and task is None \
+            and not np.all(np.mod(raw_y, 1) == 0):
+        task = "regression"
+    if file_format == "npz" and np.issubdtype(raw_y.dtype, np.floating) and \
+            not np.all(np.isfinite(raw_y)):
+        raise _invalid("file", "has missing values (NaN or infinite) in y", None)
+    y, task_found, classes = _labels(y_raw, task)
+    if task_found == "classification":
+        counts = np.bincount(y)
+        if len(counts) < 2 or len(counts) > MAX_CLASSES:
+            raise _invalid("file", f"must have between 2 and {MAX_CLASSES} classes for "
+                           "classification", len(counts))
+        rarest = int(counts.argmin())
+        if counts[rarest] < MIN_ROWS_PER_CLASS:
+            label = classes[rarest] if classes else rarest
+            raise _invalid("file", f"has too few rows for a stratified split: class "
+                           f"{label!r} has {counts[rarest]}, each class needs at least "
+                           f"{MIN_ROWS_PER_CLASS}", int(counts[rarest]))
+    elif len(y) < MIN_ROWS_REGRESSION:
+        raise _invalid("file", f"has too few rows: at least {MIN_ROWS_REGRESSION} are needed",
+                       len(y))
+    return Parsed(x, y, task_found, classes, image, file_format)
+
+
+def _normalised(parsed: Parsed) -> bytes:
+    out = io.BytesIO()
+    np.savez_compressed(out, x=parsed.x, y=parsed.y)
+    return out.getvalue()
+
+
+def _info(row: DatasetRow) -> DatasetInfo:
+    shape = row.image_shape
+    return DatasetInfo(
+        name=row.name,
+        task="regression" if row.task == "regression" else "classification",
+        n_features=row.n_features,
+        n_classes=row.n_classes,
+        image_shape=(shape[0], shape[1], shape[2]) if shape else None,
+        source="upload",
+        description=f"uploaded {row.file_format.upper()}, {row.n_rows} rows",
+        n_rows=row.n_rows,
+        sha256=row.sha256,
+    )
+
+
+def create(rt: Runtime, *, name: str, parsed: Parsed) -> DatasetInfo:
+    if name in BUILTIN_DATASETS:
+        raise Conflict(f"{name!r} is a built-in data set; choose another name")
+    content = _normalised(parsed)
+    row = DatasetRow(
+        name=name,
+        task=parsed.task,
+        n_rows=len(parsed.y),
+        n_features=int(parsed.x.shape[1]),
+        n_classes=len(parsed.classes) if parsed.classes is not None else None,
+        image_shape=list(parsed.image_shape) if parsed.image_shape else None,
+        classes=parsed.classes,
+        file_format=parsed.file_format,
+        sha256=hashlib.sha256(content).hexdigest(),
+        size_bytes=len(content),
+        content=content,
+        created_at=utcnow(),
+    )
+    try:
+        with rt.unit_of_work(), rt.sessions.begin() as s:
+            s.add(row)
+    except IntegrityError as exc:
+        raise Conflict(f"a data set named {name!r} already exists") from exc
+    return _info(row)
+
+
+def resolve(rt: Runtime, name: str) -> DatasetInfo | None:
+    """A built-in or uploaded data set by name, without loading its content."""
+    if name in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[name]
+    with rt.sessions() as s:
+        row = s.scalars(select(DatasetRow).options(defer(DatasetRow.content))
+                        .where(DatasetRow.name == name)).one_or_none()
+    return None if row is None else _info(row)
+
+
+def list_all(rt: Runtime) -> list[DatasetInfo]:
+    with rt.sessions() as s:
+        rows = s.scalars(select(DatasetRow).options(defer(DatasetRow.content))
+                         .order_by(DatasetRow.id)).all()
+    return [*BUILTIN_DATASETS.values(), *(_info(r) for r in rows)]
+
+
+def content(rt: Runtime, name: str) -> tuple[bytes, str]:
+    """An uploaded data set's normalised NPZ and its SHA-256, for workers."""
+    with rt.sessions() as s:
+        row = s.scalars(select(DatasetRow).where(DatasetRow.name == name)).one_or_none()
+    if row is None:
+        detail = " (built-in data sets load on the worker)" if name in BUILTIN_DATASETS else ""
+        raise NotFound(f"no uploaded data set named {name!r}{detail}")
+    return row.content, row.sha256
+
+
+def reported_unavailable(rt: Runtime, name: str) -> str | None:
+    """The latest 'dataset unavailable' a worker reported for ``name``, if any."""
+    with rt.sessions() as s:
+        found = s.execute(
+            select(LeaseRow.reason, LeaseRow.worker_id, LeaseRow.finished_at)
+            .join(StudyRow, StudyRow.id == LeaseRow.study_id)
+            .where(StudyRow.dataset == name, LeaseRow.reason.like("dataset unavailable:%"))
+            .order_by(LeaseRow.finished_at.desc()).limit(1)
+        ).first()
+    if found is None:
+        return None
+    reason, worker, when = found
+    return f"worker {worker} reported at {when:%Y-%m-%d %H:%M} UTC: {reason}"

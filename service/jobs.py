@@ -1,0 +1,183 @@
+"""Jobs that are not trials, handed out through the same lease as trials:
+
+- ``sanity``: before a study's first trial, one worker checks that the model can overfit a
+  handful of training rows (the notes' advice). If it cannot, the study ends ``failed``
+  with that reason instead of spending its budget.
+- ``final``: when a study completes, one worker retrains the best configuration on train +
+  validation for the study's epochs, scores it once on the test split, and uploads the
+  ``.keras`` file (with optimizer state).
+
+A study's ``sanity_state`` / ``final_state`` goes pending -> running with one conditional
+UPDATE, so one worker gets the job. A job's lease row (kind ``sanity`` or ``final``)
+carries the worker and deadline like a trial's; an expired one puts the job back to pending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import InstrumentedAttribute
+
+from search_space import SearchSpace
+from service import studies
+from service.errors import Conflict, NotFound
+from service.models import LeaseRow, ModelRow, StudyRow, utcnow
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_COLUMN: dict[str, InstrumentedAttribute[str]] = {
+    "sanity": StudyRow.sanity_state,
+    "final": StudyRow.final_state,
+}
+
+
+def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
+    if kind == "sanity":
+        spec = study.spec
+        space = SearchSpace.parse(spec["search_space"], spec["fixed"],
+                                  family=spec["model"]["family"])
+        return space.sane_params()
+    best = studies.best(rt, study)
+    assert best is not None and best.params is not None
+    return best.params
+
+
+def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
+    """Hand out a pending final or sanity job (final first: its study is done), or None."""
+    now = utcnow()
+    for kind in ("final", "sanity"):
+        column = _COLUMN[kind]
+        with rt.sessions.begin() as s:
+            query = select(StudyRow.id).where(column == "pending").order_by(StudyRow.id)
+            if kind == "sanity":
+                query = query.where(StudyRow.status.in_(("queued", "running")),
+                                    StudyRow.optuna_study_id.is_not(None))
+            candidates = s.scalars(query).all()
+        for study_id in candidates:
+            with rt.sessions.begin() as s:
+                taken = cast(CursorResult[Any], s.execute(
+                    update(StudyRow).where(StudyRow.id == study_id, column == "pending")
+                    .values({column: "running"})))
+                if taken.rowcount != 1:
+                    continue
+                study = s.get_one(StudyRow, study_id)
+                if kind == "sanity" and study.status == "queued":
+                    study.status, study.started_at = "running", now
+            job = LeaseRow(study_id=study_id, kind=kind, worker_id=worker_id, state="active",
+                           params=_params(rt, kind, study), epochs_run=0, created_at=now,
+                           deadline=now + timedelta(seconds=rt.settings.lease_seconds))
+            with rt.sessions.begin() as s:
+                s.add(job)
+            log.info("%s job %s of study %s to %s", kind, job.id, study.name, worker_id)
+            return job
+    return None
+
+
+def _own(rt: Runtime, job_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
+    with rt.sessions() as s:
+        job = s.get(LeaseRow, job_id)
+        if job is None or job.kind == "trial":
+            raise NotFound(f"job {job_id} does not exist")
+        if job.worker_id != worker_id:
+            raise Conflict(f"job {job_id} is leased to worker {job.worker_id!r}, "
+                           f"not {worker_id!r}")
+        return job, s.get_one(StudyRow, job.study_id)
+
+
+def _end(rt: Runtime, job: LeaseRow, state: str, reason: str | None,
+         study_values: dict[str, Any], model: bytes | None = None) -> LeaseRow:
+    """Record a job's end once (a retry of the same end is answered as before)."""
+    with rt.sessions.begin() as s:
+        changed = cast(CursorResult[Any], s.execute(
+            update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
+            .values(state=state, reason=reason, finished_at=utcnow())))
+        if changed.rowcount == 1:
+            s.execute(update(StudyRow).where(StudyRow.id == job.study_id)
+                      .values(study_values))
+            if model is not None:
+                s.merge(ModelRow(study_id=job.study_id, content=model, size_bytes=len(model),
+                                 sha256=hashlib.sha256(model).hexdigest(),
+                                 created_at=utcnow()))
+        current = s.get_one(LeaseRow, job.id)
+    if current.state != state:
+        raise Conflict(f"job {job.id} is no longer running: it is {current.state}"
+                       + (f" ({current.reason})" if current.reason else ""))
+    return current
+
+
+def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> str:
+    with rt.unit_of_work():
+        job, _ = _own(rt, job_id, worker_id)
+        with rt.sessions.begin() as s:
+            changed = cast(CursorResult[Any], s.execute(
+                update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                .values(deadline=utcnow() + timedelta(seconds=rt.settings.lease_seconds))))
+        if changed.rowcount != 1:
+            raise Conflict(f"job {job_id} is no longer running: it is {job.state}")
+        return "continue"
+
+
+def sanity_result(rt: Runtime, job_id: int, worker_id: str, *, passed: bool, detail: str
+                  ) -> LeaseRow:
+    """The sanity run's verdict: the study proceeds, or ends failed with the reason."""
+    with rt.unit_of_work():
+        job, study = _own(rt, job_id, worker_id)
+        if job.kind != "sanity":
+            raise Conflict(f"job {job_id} is a {job.kind} job, not a sanity run")
+        if passed:
+            return _end(rt, job, "complete", detail, {"sanity_state": "passed"})
+        values: dict[str, Any] = {"sanity_state": "failed"}
+        if study.status in ("queued", "running"):
+            values.update(status="failed", finished_at=utcnow(),
+                          reason=f"sanity check failed: {detail}")
+        return _end(rt, job, "fail", detail, values)
+
+
+def model_result(rt: Runtime, job_id: int, worker_id: str, *, test_value: float,
+                 content: bytes) -> LeaseRow:
+    """The retrained best model and its test score."""
+    with rt.unit_of_work():
+        job, _ = _own(rt, job_id, worker_id)
+        if job.kind != "final":
+            raise Conflict(f"job {job_id} is a {job.kind} job, not a final model")
+        return _end(rt, job, "complete", None,
+                    {"final_state": "ready", "test_metric": test_value}, model=content)
+
+
+def fail(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
+    """The job could not run (an exception, the data set unavailable)."""
+    with rt.unit_of_work():
+        job, _ = _own(rt, job_id, worker_id)
+        if job.kind == "final":
+            return _end(rt, job, "fail", reason,
+                        {"final_state": "failed", "final_reason": reason})
+        return sanity_result(rt, job_id, worker_id, passed=False, detail=reason)
+
+
+def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
+    """An expired (or released) job goes back to pending for another worker."""
+    column = _COLUMN[job.kind]
+    with rt.sessions.begin() as s:
+        changed = cast(CursorResult[Any], s.execute(
+            update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
+            .values(state=state, reason=reason, finished_at=utcnow())))
+        if changed.rowcount == 1:
+            s.execute(update(StudyRow).where(StudyRow.id == job.study_id, column == "running")
+                      .values({column: "pending"}))
+    log.warning("%s job %s %s: %s", job.kind, job.id, state, reason)
+
+
+def model_file(rt: Runtime, study_id: int) -> tuple[StudyRow, bytes]:
+    study = studies.get(rt, study_id)
+    with rt.sessions() as s:
+        row = s.get(ModelRow, study_id)
+    if row is None:
+        raise NotFound(f"study {study.name!r} has no model yet (final model: "
+                       f"{study.final_state}"
+                       + (f", {study.final_reason}" if study.final_reason else "") + ")")
+    return study, row.content

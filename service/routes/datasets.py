@@ -1,0 +1,49 @@
+"""Data sets: the built-ins, and uploads of the users' own (CSV or NPZ)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+
+from service import datasets
+from service.routes.deps import RuntimeDep
+from service.schemas import NAME_PATTERN, DatasetOut
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+def upload_dataset(
+    rt: RuntimeDep,
+    name: Annotated[str, Form(pattern=NAME_PATTERN, min_length=1, max_length=128,
+                              description="The name studies use as their dataset.")],
+    file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with "
+                                                 "arrays x and y.")],
+    label_column: Annotated[str | None, Form(max_length=256, description="CSV: the column "
+                                             "holding the labels.")] = None,
+    task: Annotated[Literal["classification", "regression"] | None, Form(
+        description="Default: integer or text labels classify, fractional ones regress."
+    )] = None,
+) -> DatasetOut:
+    """Upload a data set. 422 naming the reason for a bad file; 409 for a taken name."""
+    limit = rt.settings.max_upload_bytes
+    content = file.file.read(limit + 1)
+    parsed = datasets.parse_upload(filename=file.filename or "", content=content,
+                                   label_column=label_column, task=task, max_bytes=limit)
+    return DatasetOut(**datasets.create(rt, name=name, parsed=parsed).to_json())
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(rt: RuntimeDep) -> list[DatasetOut]:
+    """The built-in data sets and every upload."""
+    return [DatasetOut(**info.to_json()) for info in datasets.list_all(rt)]
+
+
+@router.get("/{name}/file", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def download_dataset(name: str, rt: RuntimeDep) -> Response:
+    """An uploaded data set as normalised NPZ (x, y); workers cache it by its SHA-256."""
+    content, sha256 = datasets.content(rt, name)
+    return Response(content, media_type="application/octet-stream",
+                    headers={"ETag": f'"{sha256}"'})

@@ -1,0 +1,57 @@
+"""The worker protocol for jobs that are not trials: sanity runs and final models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from service import jobs
+from service.errors import Invalid
+from service.models import LeaseRow
+from service.routes.deps import RuntimeDep
+from service.schemas import ActionOut, DbId, JobFailIn, JobResult, SanityIn, WorkerCall
+
+router = APIRouter(prefix="/jobs", tags=["worker protocol"])
+
+MAX_MODEL_BYTES = 2 * 1024**3
+
+
+def _result(row: LeaseRow) -> JobResult:
+    return JobResult(job_id=row.id, kind=row.kind, state=row.state, reason=row.reason)
+
+
+@router.post("/{job_id}/heartbeat", response_model=ActionOut)
+def heartbeat(job_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
+    """Renew a job's lease while it runs."""
+    return ActionOut(action=jobs.heartbeat(rt, job_id, body.worker_id))
+
+
+@router.post("/{job_id}/sanity", response_model=JobResult)
+def sanity(job_id: DbId, body: SanityIn, rt: RuntimeDep) -> JobResult:
+    """The sanity run's verdict; a failed one ends the study ``failed`` with the detail."""
+    return _result(jobs.sanity_result(rt, job_id, body.worker_id, passed=body.passed,
+                                      detail=body.detail))
+
+
+@router.post("/{job_id}/model", response_model=JobResult)
+def upload_model(
+    job_id: DbId,
+    rt: RuntimeDep,
+    worker_id: Annotated[str, Form(min_length=1, max_length=128)],
+    test_value: Annotated[float, Form(allow_inf_nan=False)],
+    file: Annotated[UploadFile, File(description="The .keras file.")],
+) -> JobResult:
+    """The retrained best model (``.keras``) and its score on the test split."""
+    content = file.file.read(MAX_MODEL_BYTES + 1)
+    if len(content) > MAX_MODEL_BYTES or not content.startswith(b"PK"):
+        raise Invalid(("file",), "must be a .keras file (a zip archive) of at most "
+                      f"{MAX_MODEL_BYTES} bytes", f"{len(content)} bytes")
+    return _result(jobs.model_result(rt, job_id, worker_id, test_value=test_value,
+                                     content=content))
+
+
+@router.post("/{job_id}/fail", response_model=JobResult)
+def fail(job_id: DbId, body: JobFailIn, rt: RuntimeDep) -> JobResult:
+    """The job could not run; a failed sanity run fails the study."""
+    return _result(jobs.fail(rt, job_id, body.worker_id, body.reason))
