@@ -77,13 +77,13 @@ def _parse_csv(content: bytes, label_column: str | None) -> tuple[NDArray[np.flo
     labels: list[str] = []
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise _invalid("file", f"is not a parseable CSV file: row {i} has {len(row)} "
+            raise _invalid("file", f"is not a parseable CSV file: line {i} has {len(row)} "
                            f"fields, the header has {len(header)}", row)
         col = 0
         for j, cell in enumerate(row):
             cell = cell.strip()
             if cell.lower() in _MISSING:
-                raise _invalid("file", f"has a missing value in column {header[j]!r} (row "
+                raise _invalid("file", f"has a missing value in column {header[j]!r} (line "
                                f"{i}); fill or drop it before uploading", cell)
             if j == label_at:
                 labels.append(cell)
@@ -91,7 +91,7 @@ def _parse_csv(content: bytes, label_column: str | None) -> tuple[NDArray[np.flo
             value = _float(cell)
             if value is None:
                 raise _invalid("file", f"has a non-numeric feature in column {header[j]!r} "
-                               f"(row {i}); features must be numbers", cell)
+                               f"(line {i}); features must be numbers", cell)
             features[i - 2, col] = value
             col += 1
     return features, labels

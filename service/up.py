@@ -98,7 +98,9 @@ def _follow(client: httpx.Client, study_id: int) -> dict[str, Any]:
         if line.split("]", 1)[1] != last:
             print(line, flush=True)
             last = line.split("]", 1)[1]
-        if study["status"] in ("completed", "stopped"):
+        if study["status"] in ("stopped", "failed") or (
+                study["status"] == "completed"
+                and study["final_model"]["state"] in ("ready", "failed", "none")):
             return study
         time.sleep(1.0)
 
@@ -133,12 +135,20 @@ def up(args: argparse.Namespace) -> int:
                 study = _follow(client, created["id"])
             best = study["best"]
             if study["status"] != "completed" or best is None:
-                print(f"demo study ended {study['status']} without a best trial", flush=True)
+                print(f"demo study ended {study['status']} without a best trial"
+                      + (f": {study['reason']}" if study.get("reason") else ""), flush=True)
                 code = 1
             else:
                 print(f"best trial #{best['number']}: {study['metric']} = {best['value']:.4f}")
                 for name, value in best["params"].items():
                     print(f"  {name} = {value}")
+                final = study["final_model"]
+                if final["state"] == "ready":
+                    print(f"best model retrained on train + validation: "
+                          f"{final['test_metric']} = {final['test_value']:.4f}; download it "
+                          f"from {url}/studies/{study['id']}/model")
+                else:
+                    print(f"the best model could not be retrained: {final['reason']}")
                 print(f"read it with optuna.load_study(study_name={study['name']!r}, "
                       f"storage={settings.database_url!r})", flush=True)
         if args.exit_when_done:

@@ -34,6 +34,9 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate",
                  "kernel_initializer"):
         assert f"  {name} = " in done.stdout
+    test = re.search(r"test_accuracy = ([0-9.]+); download it from (\S+)", done.stdout)
+    assert test is not None, done.stdout
+    assert float(test.group(1)) > 0.9
     name = re.search(r"study_name='([^']+)'", done.stdout)
     assert name is not None
     study = optuna.load_study(study_name=name.group(1), storage=f"sqlite:///{tmp_path}/hpo.db")

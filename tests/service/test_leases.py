@@ -310,3 +310,39 @@ def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
     assert first == again
     assert [p for p, _ in first] != [p for p, _ in other]
     assert len({s for _, s in first}) == 3  # each trial trains with its own seed
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "grid"])
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving", "none"])
+def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, pruner: str
+                                                 ) -> None:
+    finite = {"search_space": {"learning_rate": {"low": 0.001, "high": 0.004, "step": 0.001},
+                               "optimizer": {"choices": ["adam", "sgd", "momentum"]},
+                               "lr_decay_rate": {"low": 0.9, "high": 0.99, "step": 0.09}},
+              "fixed": {"lr_schedule": "exponential", "kernel_initializer": "he_normal",
+                        "dropout_rate": 0.1}}
+    with server.client() as client:
+        study = _study(client, f"{sampler}-{pruner}", n_trials=6, epochs=3, seed=5,
+                       sampler=sampler, pruner=pruner, **finite)
+        seen = set()
+        for i in range(6):
+            job = _lease(client)
+            assert job is not None and job["kind"] == "trial"
+            params = job["params"]
+            assert 0.001 <= params["learning_rate"] <= 0.004
+            assert ("momentum" in params) == (params["optimizer"] == "momentum")
+            assert 0.9 <= params["lr_decay_rate"] <= 0.999
+            seen.add(tuple(sorted(params.items())))
+            action = "continue"
+            for epoch in range(1, 4):
+                action = _call(client, job["trial_id"], "report", epoch=epoch,
+                               value=0.5 + i / 20 + epoch / 100).json()["action"]
+                if action == "prune":
+                    break
+            if action != "prune":
+                assert _call(client, job["trial_id"], "complete", value=0.6).status_code == 200
+        final = client.get(f"/studies/{study['id']}").json()
+    assert final["status"] == "completed"
+    assert final["trials"]["complete"] + final["trials"]["pruned"] == 6
+    if sampler == "grid":
+        assert len(seen) == 6  # a grid does not repeat a point while some are left

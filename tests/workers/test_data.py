@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from workers.data import DatasetUnavailable, load
+from search_space.catalog import BUILTIN_DATASETS
+from workers.data import DatasetUnavailable, DataSource, load
 
 
 def test_split_is_fixed_stratified_and_disjoint() -> None:
@@ -35,3 +39,48 @@ def test_standardised_with_training_statistics_only() -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(DatasetUnavailable, match="dataset unavailable: 'nope'"):
         load("nope")
+
+
+def _fake_keras_cache(root: Path) -> Path:
+    """MNIST and Fashion-MNIST files in Keras's own cache formats, small and generated."""
+    rng = np.random.default_rng(0)
+    cache = root / "datasets"
+    (cache / "fashion-mnist").mkdir(parents=True)
+    def images(n: int) -> np.ndarray:
+        return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+    def labels(n: int) -> np.ndarray:
+        return (np.arange(n) % 10).astype(np.uint8)
+
+    np.savez(cache / "mnist.npz", x_train=images(200), y_train=labels(200),
+             x_test=images(50), y_test=labels(50))
+    for part, n in (("train", 200), ("t10k", 50)):
+        with gzip.open(cache / "fashion-mnist" / f"{part}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\0" * 8 + labels(n).tobytes())
+        with gzip.open(cache / "fashion-mnist" / f"{part}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(b"\0" * 16 + images(n).tobytes())
+    return cache
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_keras_data_sets_load_from_the_keras_cache(tmp_path: Path, name: str) -> None:
+    source = DataSource(keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path,
+                        allow_downloads=False)
+    data = source.load(BUILTIN_DATASETS[name])
+    assert data.x_train.shape[1] == 784 and len(data.y_test) == 50  # Keras's own test split
+    assert len(data.y_train) + len(data.y_val) == 200
+    assert data.info.image_shape == (28, 28, 1)
+
+
+def test_keras_data_sets_without_cache_or_download_are_unavailable(tmp_path: Path) -> None:
+    source = DataSource(keras_dir=tmp_path, cache_dir=tmp_path, allow_downloads=False)
+    with pytest.raises(DatasetUnavailable, match="dataset unavailable: mnist is not in the "
+                                                 "Keras cache"):
+        source.load(BUILTIN_DATASETS["mnist"])
+
+
+def test_regression_targets_are_scaled_with_training_statistics() -> None:
+    d = load("diabetes")
+    assert d.y_train.mean() == pytest.approx(0, abs=1e-5)
+    assert d.y_train.std() == pytest.approx(1, abs=1e-4)
+    assert 50 < d.y_std < 100  # the target's own spread, to turn errors back into units

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from search_space.catalog import BUILTIN_DATASETS
-from workers.data import Split, load
+from workers.data import DataSource, Split, load
 from workers.training import Assignment, train_trial
 
 GOOD: dict[str, Any] = {
@@ -124,3 +125,14 @@ def test_time_limit_fails_the_trial(digits: Split) -> None:
     assert outcome.state == "fail"
     assert outcome.reason is not None
     assert outcome.reason.startswith("time limit of 0.01s exceeded after epoch 1")
+
+
+def test_mnist_from_the_keras_cache_trains_a_cnn(tmp_path: Path) -> None:
+    from tests.workers.test_data import _fake_keras_cache
+
+    source = DataSource(keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path,
+                        allow_downloads=False)
+    data = source.load(BUILTIN_DATASETS["mnist"])
+    outcome = train_trial(_job(GOOD, epochs=1, dataset="mnist", family="cnn"), data,
+                          lambda *_: "continue")
+    assert outcome.state == "complete", outcome.reason  # (random pixels: nothing to learn)
