@@ -200,3 +200,19 @@ def test_missing_keras_data_fails_the_trial_and_warns_the_next_submitter(
         (warning,) = r.json()["warnings"]
         assert "dataset 'mnist' may be unavailable" in warning and "Keras cache" in warning
         client.post(f"/studies/{r.json()['id']}/stop")
+
+
+def test_a_seed_makes_sampling_and_training_repeat_with_one_worker(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    server = fresh_api()
+    results = []
+    with server.client() as client, worker(server, tmp_path) as log:
+        for name in ("seeded-1", "seeded-2"):
+            r = client.post("/studies", json={"name": name, "dataset": "wine", "n_trials": 3,
+                                              "epochs": 3, "seed": 11, "sanity_check": False})
+            study = _wait_done(client, r.json()["id"], log)
+            trials = client.get(f"/studies/{study['id']}/trials").json()
+            results.append([(t["params"], t["value"]) for t in trials])
+    assert results[0] == results[1]
+    assert len({str(params) for params, _ in results[0]}) == 3
