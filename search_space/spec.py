@@ -172,6 +172,11 @@ def _allowed_text(p: ParamDef) -> str:
     return f"{kind} in {p.bounds.describe()}"
 
 
+def _on_step(value: float, low: float, step: float) -> bool:
+    steps = (value - low) / step
+    return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
+
+
 def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[Dimension | None,
                                                                           list[Problem]]:
     problems: list[Problem] = []
@@ -206,11 +211,9 @@ def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
     if log is True and step is not None and not (p.kind == "int" and step == 1):
         problems.append(Problem((*loc, "step"), "cannot be combined with log: true "
                                 "(except step 1 for an integer)", step))
-    if step is not None and not problems:
-        steps = (high - low) / step
-        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
-            problems.append(Problem((*loc, "high"), f"must be low ({_show(low)}) plus a "
-                                    f"whole number of steps ({_show(step)})", high))
+    if step is not None and not problems and not _on_step(high, low, step):
+        problems.append(Problem((*loc, "high"), f"must be low ({_show(low)}) plus a "
+                                f"whole number of steps ({_show(step)})", high))
     if problems:
         return None, problems
     if p.kind == "int":
@@ -412,6 +415,9 @@ class SearchSpace:
             elif why is None and isinstance(dim, FloatRange | IntRange) and not (
                     dim.low <= value <= dim.high):
                 why = f"must be within the study's range [{dim.low:g}, {dim.high:g}]"
+            elif why is None and isinstance(dim, FloatRange | IntRange) and dim.step and \
+                    not _on_step(value, dim.low, dim.step):
+                why = f"must be {dim.low:g} plus a whole number of steps ({dim.step:g})"
             if why is not None:
                 problems.append(Problem(where, why, value))
         return problems

@@ -11,7 +11,6 @@ import csv
 import hashlib
 import io
 import math
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo, Task
+from search_space.splits import split_rows
 from service.errors import Conflict, Invalid, NotFound
 from service.models import DatasetRow, LeaseRow, StudyRow, utcnow
 from service.runtime import Runtime
@@ -30,6 +30,8 @@ MIN_ROWS_PER_CLASS = 5
 """A stratified 70/15/15 split needs a few rows of every class in every part."""
 MIN_ROWS_REGRESSION = 20
 MAX_CLASSES = 1000
+UNPACKED_FACTOR = 8
+"""An NPZ may unpack to at most this many times the upload limit (no zip bombs)."""
 _MISSING = {"", "na", "nan", "null", "none", "?"}
 
 
@@ -69,6 +71,12 @@ def _parse_csv(content: bytes, label_column: str | None) -> tuple[NDArray[np.flo
         raise _invalid("file", "is not a parseable CSV file: it needs a header row and at "
                        "least one data row", f"{len(rows)} rows")
     header = [h.strip() for h in rows[0]]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise _invalid("file", "has repeated column names; each column needs its own name",
+                       repeated)
+    if len(header) < 2:
+        raise _invalid("file", "has no feature columns besides the label", header)
     if label_column not in header:
         raise _invalid("label_column", f"is not a column of the file (columns: "
                        f"{', '.join(header)})", label_column)
@@ -112,25 +120,44 @@ def _labels(raw: list[str] | NDArray[Any], task: str | None) -> tuple[NDArray[An
             raise _invalid("task", "is regression, but the labels are not all numbers",
                            task)
         return numeric.astype(np.float32), "regression", None
+    if all_numeric and not all(float(v).is_integer() for v in numeric):
+        example = next(v for v in numeric if not float(v).is_integer())
+        raise _invalid("task", f"is classification, but the labels are not whole numbers "
+                       f"(e.g. {example}); give task=regression or use class names", task)
     keys = [int(v) if all_numeric else str(v) for v in (numeric if all_numeric else values)]
     classes = sorted(set(keys), key=lambda k: (str(type(k)), k))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[k] for k in keys], dtype=np.int64), "classification", classes
 
 
-def _parse_npz(content: bytes) -> tuple[NDArray[np.float32], NDArray[Any],
-                                        tuple[int, int, int] | None]:
+def _parse_npz(content: bytes, max_bytes: int) -> tuple[NDArray[np.float32], NDArray[Any],
+                                                         tuple[int, int, int] | None]:
     try:
-        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(content), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _invalid("file", "is not an NPZ archive (a single .npy array?); save it "
+                           "with numpy.savez(file, x=..., y=...)", None)
+        with loaded as npz:
+            archive = npz.zip
+            assert archive is not None
+            unpacked = sum(i.file_size for i in archive.infolist())
+            if unpacked > UNPACKED_FACTOR * max_bytes:
+                raise _invalid("file", f"unpacks to {unpacked} bytes, more than "
+                               f"{UNPACKED_FACTOR} x the upload limit", unpacked)
             names = set(npz.files)
             if not {"x", "y"} <= names:
                 raise _invalid("file", "must hold arrays named x and y", sorted(names))
             x, y = npz["x"], npz["y"]
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise _invalid("file", f"is not a readable NPZ file ({exc})", None) from exc
-    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
+    except Invalid:
+        raise
+    except Exception as exc:  # zip, zlib and numpy header errors alike
+        raise _invalid("file", f"is not a readable NPZ file ({type(exc).__name__}: {exc})",
+                       None) from exc
+    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y) or len(x) == 0 \
+            or 0 in x.shape:
         raise _invalid("file", "must hold x as rows x features (or rows x H x W [x C] "
-                       "images) and y as one label per row", f"x {x.shape}, y {y.shape}")
+                       "images, none of them empty) and y as one label per row",
+                       f"x {x.shape}, y {y.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise _invalid("file", "has non-numeric features (x must be numbers)", str(x.dtype))
     if not np.all(np.isfinite(x)):
@@ -155,7 +182,7 @@ def parse_upload(*, filename: str, content: bytes, label_column: str | None,
                        f"{len(content)} bytes")
     is_npz = filename.lower().endswith(".npz") or content[:2] == b"PK"
     if is_npz:
-        x, raw_y, image = _parse_npz(content)
+        x, raw_y, image = _parse_npz(content, max_bytes)
         file_format = "npz"
         y_raw: list[str] | NDArray[Any] = raw_y
     else:
@@ -167,6 +194,8 @@ def parse_upload(*, filename: str, content: bytes, label_column: str | None,
     if file_format == "npz" and np.issubdtype(raw_y.dtype, np.floating) and \
             not np.all(np.isfinite(raw_y)):
         raise _invalid("file", "has missing values (NaN or infinite) in y", None)
+    if not np.all(np.isfinite(x)):
+        raise _invalid("file", "has a feature value too large for a 32-bit float", None)
     y, task_found, classes = _labels(y_raw, task)
     if task_found == "classification":
         counts = np.bincount(y)
@@ -182,6 +211,11 @@ def parse_upload(*, filename: str, content: bytes, label_column: str | None,
     elif len(y) < MIN_ROWS_REGRESSION:
         raise _invalid("file", f"has too few rows: at least {MIN_ROWS_REGRESSION} are needed",
                        len(y))
+    try:  # the workers' own split, so what is accepted here can be trained
+        split_rows(x, y, classify=task_found == "classification")
+    except ValueError as exc:
+        raise _invalid("file", f"has too few rows for a stratified 70/15/15 split ({exc})",
+                       len(y)) from exc
     return Parsed(x, y, task_found, classes, image, file_format)
 
 

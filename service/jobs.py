@@ -19,7 +19,7 @@ import logging
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from search_space import SearchSpace
@@ -29,6 +29,8 @@ from service.models import LeaseRow, ModelRow, StudyRow, utcnow
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+MAX_JOB_ATTEMPTS = 3
 
 _COLUMN: dict[str, InstrumentedAttribute[str]] = {
     "sanity": StudyRow.sanity_state,
@@ -49,29 +51,30 @@ def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
 
 def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
     """Hand out a pending final or sanity job (final first: its study is done), or None."""
-    now = utcnow()
     for kind in ("final", "sanity"):
         column = _COLUMN[kind]
-        with rt.sessions.begin() as s:
-            query = select(StudyRow.id).where(column == "pending").order_by(StudyRow.id)
+        with rt.sessions() as s:
+            query = select(StudyRow).where(column == "pending").order_by(StudyRow.id)
             if kind == "sanity":
                 query = query.where(StudyRow.status.in_(("queued", "running")),
                                     StudyRow.optuna_study_id.is_not(None))
             candidates = s.scalars(query).all()
-        for study_id in candidates:
+        for study in candidates:
+            params = _params(rt, kind, study)  # before anything is written
+            now = utcnow()
+            # The state change and the lease row commit together: never one without the other.
             with rt.sessions.begin() as s:
                 taken = cast(CursorResult[Any], s.execute(
-                    update(StudyRow).where(StudyRow.id == study_id, column == "pending")
+                    update(StudyRow).where(StudyRow.id == study.id, column == "pending")
                     .values({column: "running"})))
                 if taken.rowcount != 1:
                     continue
-                study = s.get_one(StudyRow, study_id)
-                if kind == "sanity" and study.status == "queued":
-                    study.status, study.started_at = "running", now
-            job = LeaseRow(study_id=study_id, kind=kind, worker_id=worker_id, state="active",
-                           params=_params(rt, kind, study), epochs_run=0, created_at=now,
-                           deadline=now + timedelta(seconds=rt.settings.lease_seconds))
-            with rt.sessions.begin() as s:
+                s.execute(update(StudyRow)
+                          .where(StudyRow.id == study.id, StudyRow.status == "queued")
+                          .values(status="running", started_at=now))
+                job = LeaseRow(study_id=study.id, kind=kind, worker_id=worker_id,
+                               state="active", params=params, epochs_run=0, created_at=now,
+                               deadline=now + timedelta(seconds=rt.settings.lease_seconds))
                 s.add(job)
             log.info("%s job %s of study %s to %s", kind, job.id, study.name, worker_id)
             return job
@@ -160,16 +163,42 @@ def fail(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
 
 
 def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
-    """An expired (or released) job goes back to pending for another worker."""
+    """An expired or released job goes back to pending for another worker, up to
+    ``MAX_JOB_ATTEMPTS`` times; then it fails (and a sanity run fails its study), so a job
+    that kills its workers cannot hold the queue forever."""
     column = _COLUMN[job.kind]
     with rt.sessions.begin() as s:
         changed = cast(CursorResult[Any], s.execute(
             update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
             .values(state=state, reason=reason, finished_at=utcnow())))
-        if changed.rowcount == 1:
-            s.execute(update(StudyRow).where(StudyRow.id == job.study_id, column == "running")
-                      .values({column: "pending"}))
+        if changed.rowcount != 1:
+            return
+        attempts = s.scalar(select(func.count()).select_from(LeaseRow).where(
+            LeaseRow.study_id == job.study_id, LeaseRow.kind == job.kind)) or 0
+        values: dict[str, Any] = {column.key: "pending"}
+        if attempts >= MAX_JOB_ATTEMPTS:
+            why = f"{job.kind} job did not finish in {attempts} attempts; the last: {reason}"
+            values = {column.key: "failed"}
+            if job.kind == "final":
+                values["final_reason"] = why
+            else:
+                study = s.get_one(StudyRow, job.study_id)
+                if study.status in ("queued", "running"):
+                    values.update(status="failed", finished_at=utcnow(),
+                                  reason=f"sanity check failed: {why}")
+        s.execute(update(StudyRow).where(StudyRow.id == job.study_id, column == "running")
+                  .values(values))
     log.warning("%s job %s %s: %s", job.kind, job.id, state, reason)
+
+
+def release(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
+    """The worker cannot run the job (e.g. it lacks the data set): another worker may."""
+    with rt.unit_of_work():
+        job, _ = _own(rt, job_id, worker_id)
+        if job.state == "active":
+            give_back(rt, job, "released", reason)
+        with rt.sessions() as s:
+            return s.get_one(LeaseRow, job.id)
 
 
 def model_file(rt: Runtime, study_id: int) -> tuple[StudyRow, bytes]:

@@ -45,6 +45,9 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     space = SearchSpace.parse(body.search_space, body.fixed, family=family)
     if body.sampler == "grid":
         grid_of(space)
+        if body.enqueue:
+            raise Invalid(("enqueue",), "cannot be combined with the grid sampler, which "
+                          "already enumerates every point of the space", len(body.enqueue))
     check_samplable(space)
     problems = [p for i, params in enumerate(body.enqueue)
                 for p in space.check_params(params, ("enqueue", i))]
@@ -126,7 +129,8 @@ def trial_counts(rt: Runtime, study_id: int) -> dict[str, int]:
     with rt.sessions() as s:
         for state, n in s.execute(
             select(LeaseRow.state, func.count())
-            .where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial")
+            .where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial",
+                   LeaseRow.trial_id.is_not(None))  # not slots that never became trials
             .group_by(LeaseRow.state)
         ):
             counts["running" if state in ("pending", "active") else state] += n

@@ -199,7 +199,12 @@ def test_missing_keras_data_fails_the_trial_and_warns_the_next_submitter(
         assert r.status_code == 201
         (warning,) = r.json()["warnings"]
         assert "dataset 'mnist' may be unavailable" in warning and "Keras cache" in warning
-        client.post(f"/studies/{r.json()['id']}/stop")
+        # Its sanity run is released (another worker might have the data) until the
+        # attempts run out; then the study fails with the reason, its budget unspent.
+        second = _wait_done(client, r.json()["id"], log)
+    assert second["status"] == "failed"
+    assert "dataset unavailable: mnist is not in the Keras cache" in second["reason"]
+    assert sum(second["trials"].values()) == 0
 
 
 def test_a_seed_makes_sampling_and_training_repeat_with_one_worker(

@@ -122,6 +122,9 @@ class ServiceClient:
     def job_fail(self, job_id: int, *, reason: str) -> dict[str, Any]:
         return self._job_call(job_id, "fail", reason=reason[:4000])
 
+    def job_release(self, job_id: int, *, reason: str) -> dict[str, Any]:
+        return self._job_call(job_id, "release", reason=reason[:4000])
+
     def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> dict[str, Any]:
         result: dict[str, Any] = self._request(
             "POST", f"/jobs/{job_id}/model",

@@ -23,20 +23,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo
-
-SPLIT_SEED = 20_240_611
-VALIDATION_FRACTION = 0.15
-TEST_FRACTION = 0.15
-
-Array = NDArray[Any]
+from search_space.splits import Array, split_rows
 
 
 class DatasetUnavailable(RuntimeError):
@@ -77,25 +69,15 @@ def _standardiser(x_train: Array) -> Callable[[Array], Array]:
 
 def split_and_standardise(info: DatasetInfo, x: Array, y: Array,
                           test: tuple[Array, Array] | None = None) -> Split:
-    """Fixed train / validation / test split (stratified for classification), then
-    standardisation with training statistics. ``test`` is a given test split (Keras's)."""
+    """The fixed split (``search_space.splits``), then standardisation with training
+    statistics. ``test`` is a given test split (Keras's)."""
     x = x.reshape(len(x), -1).astype(np.float32)
     classify = info.task == "classification"
     y = y.astype(np.int64) if classify else y.astype(np.float32)
-    if test is None:
-        held_out = VALIDATION_FRACTION + TEST_FRACTION
-        x_train, x_rest, y_train, y_rest = train_test_split(
-            x, y, test_size=held_out, stratify=y if classify else None,
-            random_state=SPLIT_SEED)
-        x_val, x_test, y_val, y_test = train_test_split(
-            x_rest, y_rest, test_size=TEST_FRACTION / held_out,
-            stratify=y_rest if classify else None, random_state=SPLIT_SEED)
-    else:
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=VALIDATION_FRACTION, stratify=y if classify else None,
-            random_state=SPLIT_SEED)
-        x_test = test[0].reshape(len(test[0]), -1).astype(np.float32)
-        y_test = test[1].astype(y.dtype)
+    if test is not None:
+        test = (test[0].reshape(len(test[0]), -1).astype(np.float32), test[1].astype(y.dtype))
+    x_train, y_train, x_val, y_val, x_test, y_test = split_rows(x, y, classify=classify,
+                                                                test=test)
     scale = _standardiser(x_train)
     y_mean, y_std = 0.0, 1.0
     if not classify:

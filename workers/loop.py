@@ -134,6 +134,11 @@ class Worker:
         except DatasetUnavailable as exc:
             self._hand_back(job, Outcome("fail", reason=str(exc)))
             return
+        except Exception as exc:  # unreadable data fails the trial, never the worker
+            log.exception("loading %s failed", job.dataset.name)
+            self._hand_back(job, Outcome("fail", reason=f"loading the data set failed: "
+                                         f"{type(exc).__name__}: {exc}"))
+            return
         beat = _Heartbeat(lambda: self.client.heartbeat(trial_id),
                           max(job.lease_seconds / 3, 0.5))
         with beat:
@@ -168,6 +173,12 @@ class Worker:
         except (Rejected, ConnectionError) as exc:
             log.error("%s job %s: the service did not take the result: %s", job.kind,
                       job.job_id, exc)
+        except DatasetUnavailable as exc:  # another worker may have the data
+            log.error("%s job %s: %s", job.kind, job.job_id, exc)
+            try:
+                self.client.job_release(job.job_id, reason=str(exc))
+            except (Rejected, ConnectionError):
+                log.exception("could not release job %s", job.job_id)
         except Exception as exc:
             log.exception("%s job %s failed", job.kind, job.job_id)
             try:

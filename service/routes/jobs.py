@@ -51,6 +51,12 @@ def upload_model(
                                      content=content))
 
 
+@router.post("/{job_id}/release", response_model=JobResult)
+def release(job_id: DbId, body: JobFailIn, rt: RuntimeDep) -> JobResult:
+    """This worker cannot run the job (e.g. it lacks the data set); give it to another."""
+    return _result(jobs.release(rt, job_id, body.worker_id, body.reason))
+
+
 @router.post("/{job_id}/fail", response_model=JobResult)
 def fail(job_id: DbId, body: JobFailIn, rt: RuntimeDep) -> JobResult:
     """The job could not run; a failed sanity run fails the study."""

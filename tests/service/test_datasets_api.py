@@ -34,6 +34,20 @@ def _npz(**arrays: Any) -> bytes:
     return out.getvalue()
 
 
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def _corrupt_npz() -> bytes:
+    out = io.BytesIO()
+    np.savez_compressed(out, x=np.arange(400.0).reshape(200, 2), y=np.arange(200) % 2)
+    data = bytearray(out.getvalue())
+    data[60:90] = b"\xff" * 30  # inside the first member's deflate stream
+    return bytes(data)
+
+
 def test_csv_upload_is_listed_and_downloadable(client: httpx.Client) -> None:
     r = _upload(client, "yes-no", "data.csv", _csv(), label_column="y")
     assert r.status_code == 201, r.text
@@ -78,6 +92,22 @@ BAD_FILES: list[tuple[str, str, bytes, dict[str, str], str, str]] = [
      "too few rows for a stratified split: class 'no' has 4, each class needs at least 5"),
     ("npz without y", "x.npz", _npz(x=np.zeros((10, 2))), {}, "file",
      "must hold arrays named x and y"),
+    # Found in review: each of these was a 500, a 201 for unusable data, or a dead worker.
+    ("three classes of five", "x.npz", _npz(x=np.arange(30.0).reshape(15, 2),
+                                            y=np.arange(15) % 3), {}, "file",
+     "too few rows for a stratified 70/15/15 split"),
+    ("a lone npy", "x.npz", _npy(np.zeros((20, 2))), {}, "file", "is not an NPZ archive"),
+    ("no rows", "x.npz", _npz(x=np.zeros((0, 3)), y=np.zeros(0)), {}, "file",
+     "none of them empty"),
+    ("corrupt deflate", "x.npz", _corrupt_npz(), {}, "file", "is not a readable NPZ file"),
+    ("label only", "x.csv", b"y\n" + b"a\nb\n" * 20, {"label_column": "y"}, "file",
+     "has no feature columns"),
+    ("too big for float32", "x.csv", _csv(bad={2: "1e39,1,no"}), {"label_column": "y"},
+     "file", "too large for a 32-bit float"),
+    ("fractional classes", "x.npz", _npz(x=np.zeros((40, 2)), y=np.arange(40) % 4 / 2),
+     {"task": "classification"}, "task", "labels are not whole numbers"),
+    ("repeated columns", "x.csv", b"a,a,y\n" + b"1,2,no\n3,4,yes\n" * 20,
+     {"label_column": "y"}, "file", "repeated column names"),
 ]
 
 
@@ -96,11 +126,17 @@ def test_bad_files_are_422_with_the_reason(
 
 
 def test_over_the_size_limit_is_422(fresh_api: Callable[..., Api]) -> None:
-    server = fresh_api(max_upload_bytes="500")
+    server = fresh_api(max_upload_bytes="3000")
     with server.client() as client:
-        r = _upload(client, "big", "big.csv", _csv(100), label_column="y")
-    assert r.status_code == 422
-    assert "larger than the limit of 500 bytes" in r.json()["message"]
+        r = _upload(client, "big", "big.csv", _csv(400), label_column="y")
+        assert r.status_code == 422
+        assert "larger than the limit of 3000 bytes" in r.json()["message"]
+        # A small archive that unpacks to far more than the limit is refused unread.
+        out = io.BytesIO()
+        np.savez_compressed(out, x=np.zeros((20_000, 10)), y=np.zeros(20_000, np.int8))
+        assert len(out.getvalue()) < 3000
+        r = _upload(client, "bomb", "bomb.npz", out.getvalue())
+        assert r.status_code == 422 and "unpacks to" in r.json()["message"]
 
 
 STUDY = {"dataset": "digits", "n_trials": 3, "epochs": 2}
@@ -123,6 +159,13 @@ STUDY = {"dataset": "digits", "n_trials": 3, "epochs": 2}
      "must be within the study's range [0.001, 0.01]"),
     ({"enqueue": [{"optimizer": "lion"}]}, "enqueue.0.optimizer", "must be one of 'sgd'"),
     ({"trial_time_limit_s": 0}, "trial_time_limit_s", "greater than 0"),
+    ({"sampler": "grid", "search_space": {"learning_rate": {"low": 0.001, "high": 0.002,
+                                                            "step": 0.001}},
+      "fixed": {"lr_schedule": "constant", "dropout_rate": 0.1},
+      "enqueue": [{"optimizer": "adam"}]}, "enqueue", "cannot be combined with the grid"),
+    ({"search_space": {"dropout_rate": {"low": 0.0, "high": 0.4, "step": 0.2}},
+      "enqueue": [{"dropout_rate": 0.13}]}, "enqueue.0.dropout_rate",
+     "must be 0 plus a whole number of steps (0.2)"),
 ])
 def test_submission_checks_that_need_the_data(client: httpx.Client, body: dict[str, Any],
                                               field: str, words: str) -> None:

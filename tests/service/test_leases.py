@@ -346,3 +346,23 @@ def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, prun
     assert final["trials"]["complete"] + final["trials"]["pruned"] == 6
     if sampler == "grid":
         assert len(seen) == 6  # a grid does not repeat a point while some are left
+
+
+def test_a_job_no_worker_can_run_fails_after_three_attempts(server: Api) -> None:
+    """Workers without the data release the sanity run; after three attempts the study
+    fails with the last reason instead of circling forever."""
+    with server.client() as client:
+        study = _study(client, "no-data", sanity_check=True)
+        for attempt in range(3):
+            job = _lease(client, worker=f"w{attempt}")
+            assert job is not None and job["kind"] == "sanity", job
+            r = client.post(f"/jobs/{job['job_id']}/release",
+                            json={"worker_id": f"w{attempt}",
+                                  "reason": "dataset unavailable: not here"})
+            assert r.json()["state"] == "released"
+        assert _lease(client) is None
+        final = client.get(f"/studies/{study['id']}").json()
+    assert final["status"] == "failed" and final["sanity_check"] == "failed"
+    assert final["reason"] == ("sanity check failed: sanity job did not finish in 3 "
+                               "attempts; the last: dataset unavailable: not here")
+    assert sum(final["trials"].values()) == 0

@@ -59,3 +59,40 @@ def test_api_refuses_an_unmigrated_database(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "not migrated" in done.stderr and "hpo migrate" in done.stderr
+
+
+def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
+    """A study recorded under revision 0001 (no dataset_info, no sanity or final state) is
+    leased after `hpo migrate` like a new one."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from service.db import alembic_config
+    from tests.conftest import start_api, stop
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    optuna.create_study(study_name="old", storage=url, direction="maximize")
+    engine = make_engine(url)
+    spec = ('{"search_space": {"learning_rate": {"low": 0.001, "high": 0.01, "log": true}}, '
+            '"fixed": {"optimizer": "adam"}, "model": {"family": "mlp"}, "sampler": "tpe", '
+            '"pruner": "median", "seed": null}')
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO hpo_studies (name, optuna_study_id, status, dataset, n_trials, "
+            "epochs, metric, direction, spec, slots_used, created_at) VALUES ('old', 1, "
+            "'queued', 'digits', 2, 3, 'val_accuracy', 'maximize', :spec, 0, "
+            "'2026-11-01 00:00:00')"), {"spec": spec})
+    engine.dispose()
+    server = start_api(tmp_path)  # runs `migrate` to head first
+    try:
+        with server.client() as client:
+            r = client.post("/trials/lease", json={"worker": {"id": "w"}})
+            assert r.status_code == 200, r.text
+            job = r.json()
+            assert job["kind"] == "trial" and job["dataset"]["name"] == "digits"
+            assert job["params"]["optimizer"] == "adam"
+            study = client.get("/studies/1").json()
+            assert study["sanity_check"] == "skipped" and study["final_model"]["state"] == "none"
+    finally:
+        stop(server.process)
