@@ -127,12 +127,13 @@ def test_time_limit_fails_the_trial(digits: Split) -> None:
     assert outcome.reason.startswith("time limit of 0.01s exceeded after epoch 1")
 
 
-def test_mnist_from_the_keras_cache_trains_a_cnn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_keras_data_sets_from_the_cache_train_a_cnn(tmp_path: Path, name: str) -> None:
     from tests.workers.test_data import _fake_keras_cache
 
     source = DataSource(keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path,
                         allow_downloads=False)
-    data = source.load(BUILTIN_DATASETS["mnist"])
-    outcome = train_trial(_job(GOOD, epochs=1, dataset="mnist", family="cnn"), data,
+    data = source.load(BUILTIN_DATASETS[name])
+    outcome = train_trial(_job(GOOD, epochs=1, dataset=name, family="cnn"), data,
                           lambda *_: "continue")
     assert outcome.state == "complete", outcome.reason  # (random pixels: nothing to learn)
