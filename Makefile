@@ -27,6 +27,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: lint
+	scripts/ensure-test-tools.sh
 	$(BIN)/pytest
 
 clean:

@@ -11,12 +11,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from search_space import SpaceError
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
-from service.routes import datasets, health, jobs, studies, trials
+from service.routes import datasets, health, jobs, studies, trials, workers
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_req: Request, exc: Invalid) -> JSONResponse:
         return _unprocessable([_problem(exc.loc, exc.msg, exc.value)])
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(StorageInternalError)
+    async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
+        cause = exc if isinstance(exc, OperationalError | InterfaceError) else exc.__cause__
+        if not isinstance(cause, OperationalError | InterfaceError):
+            raise exc  # not a lost connection: a bug, answered as 500
+        log.warning("database unavailable: %s", cause)
+        return JSONResponse(status_code=503, headers={"Retry-After": "2"},
+                            content={"message": "the database is unavailable; retry shortly"})
+
     @app.exception_handler(ServiceError)
     async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"message": str(exc)})
@@ -106,4 +119,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trials.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(workers.router)
     return app

@@ -32,17 +32,27 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.db import is_sqlite
     from service.errors import NotMigrated
     from service.runtime import Runtime
 
     settings = get_settings()
+    if args.processes > 1 and is_sqlite(settings.database_url):
+        print("hpo api: --processes > 1 needs PostgreSQL: SQLite allows one writer, and "
+              "with SQLite the API must be that one process", file=sys.stderr)
+        return 2
     try:  # refuse before uvicorn starts, with the fix in the message
         Runtime.open(settings).close()
     except NotMigrated as exc:
         print(f"hpo api: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=settings.log_level.lower())
+    if args.processes > 1:
+        # Each process builds its own app (engine, Optuna storage, reaper) from HPO_*.
+        uvicorn.run("service.app:create_app", factory=True, workers=args.processes,
+                    host=args.host, port=args.port, log_level=settings.log_level.lower())
+    else:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                    log_level=settings.log_level.lower())
     return 0
 
 
@@ -78,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="serve the HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--processes", type=int, default=1,
+                   help="uvicorn worker processes (more than 1 needs PostgreSQL)")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="lease and train trials until stopped")

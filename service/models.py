@@ -140,6 +140,19 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column()
 
 
+class WorkerRow(Base):
+    """A worker as the service last saw it (every protocol call refreshes ``last_seen``)."""
+
+    __tablename__ = "hpo_workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column()
+    last_seen: Mapped[datetime] = mapped_column(index=True)
+
+
 COUNTED_STATES = ("complete", "pruned", "fail")
 """Finished states that count toward a study's ``n_trials``."""
 LIVE_STATES = ("pending", "active")

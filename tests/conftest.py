@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,14 +54,17 @@ class Api:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def start_api(tmp: Path, *, port: str | None = None, **settings: str) -> Api:
-    db_url = f"sqlite:///{tmp / 'hpo.db'}"
+def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = None,
+              processes: int = 1, **settings: str) -> Api:
+    """``hpo api`` on a migrated database (a SQLite file in ``tmp`` unless given)."""
+    db_url = database_url or f"sqlite:///{tmp / 'hpo.db'}"
     migrate(db_url)
     port = port or str(free_port())
     log = tmp / "api.log"
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            hpo("api", "--host", "127.0.0.1", "--port", str(port)),
+            hpo("api", "--host", "127.0.0.1", "--port", str(port),
+                "--processes", str(processes)),
             env=child_env(database_url=db_url, **settings),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -103,12 +108,12 @@ def fresh_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
     started: list[Api] = []
 
     def start(**settings: str) -> Api:
-        server = start_api(tmp_path / f"api{len(started)}", **settings)
+        folder = tmp_path / f"api{len(started)}"
+        folder.mkdir()
+        server = start_api(folder, **settings)
         started.append(server)
         return server
 
-    (tmp_path / "api0").mkdir()
-    (tmp_path / "api1").mkdir()
     yield start
     for server in started:
         stop(server.process)
@@ -127,3 +132,76 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
             return
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+# --- PostgreSQL: a real server of our own on 127.0.0.1, in a temporary directory ---------
+
+
+def _pg_bin() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not candidates:
+        pytest.fail("PostgreSQL is not installed; `make test` installs it "
+                    "(scripts/ensure-test-tools.sh)")
+    return candidates[-1].parent
+
+
+class Postgres:
+    """A PostgreSQL server for the tests. As root it runs as the ``postgres`` user (the
+    server refuses root)."""
+
+    def __init__(self) -> None:
+        self.bin = _pg_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self._dbs = 0
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c max_connections=300")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options,
+                  "-l", str(self.root / "server.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._dbs += 1
+        name = f"hpo_test_{self._dbs}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    yield server
+    server.close()

@@ -114,7 +114,14 @@ class _EpochReporter(keras.callbacks.Callback):
         self.outcome = outcome
         self.model.stop_training = True
 
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # A stopping worker (SIGTERM) gives its trial back now, not at the epoch's end.
+        if self.outcome is None and self.should_stop():
+            self._end(Outcome("stopped", reason="stop requested"))
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.outcome is not None:
+            return
         logs = logs or {}
         self.epochs_run = epoch + 1
         loss = float(logs.get("loss", math.nan))

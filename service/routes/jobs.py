@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from service import jobs
+from service import jobs, workers_seen
 from service.errors import Invalid
 from service.models import LeaseRow
 from service.routes.deps import RuntimeDep
@@ -17,20 +17,23 @@ router = APIRouter(prefix="/jobs", tags=["worker protocol"])
 MAX_MODEL_BYTES = 2 * 1024**3
 
 
-def _result(row: LeaseRow) -> JobResult:
+def _result(rt: RuntimeDep, row: LeaseRow) -> JobResult:
+    workers_seen.seen(rt, row.worker_id, job_id=None)  # the job is over for its worker
     return JobResult(job_id=row.id, kind=row.kind, state=row.state, reason=row.reason)
 
 
 @router.post("/{job_id}/heartbeat", response_model=ActionOut)
 def heartbeat(job_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
     """Renew a job's lease while it runs."""
-    return ActionOut(action=jobs.heartbeat(rt, job_id, body.worker_id))
+    action = jobs.heartbeat(rt, job_id, body.worker_id)
+    workers_seen.seen(rt, body.worker_id)
+    return ActionOut(action=action)
 
 
 @router.post("/{job_id}/sanity", response_model=JobResult)
 def sanity(job_id: DbId, body: SanityIn, rt: RuntimeDep) -> JobResult:
     """The sanity run's verdict; a failed one ends the study ``failed`` with the detail."""
-    return _result(jobs.sanity_result(rt, job_id, body.worker_id, passed=body.passed,
+    return _result(rt, jobs.sanity_result(rt, job_id, body.worker_id, passed=body.passed,
                                       detail=body.detail))
 
 
@@ -47,17 +50,17 @@ def upload_model(
     if len(content) > MAX_MODEL_BYTES or not content.startswith(b"PK"):
         raise Invalid(("file",), "must be a .keras file (a zip archive) of at most "
                       f"{MAX_MODEL_BYTES} bytes", f"{len(content)} bytes")
-    return _result(jobs.model_result(rt, job_id, worker_id, test_value=test_value,
+    return _result(rt, jobs.model_result(rt, job_id, worker_id, test_value=test_value,
                                      content=content))
 
 
 @router.post("/{job_id}/release", response_model=JobResult)
 def release(job_id: DbId, body: JobFailIn, rt: RuntimeDep) -> JobResult:
     """This worker cannot run the job (e.g. it lacks the data set); give it to another."""
-    return _result(jobs.release(rt, job_id, body.worker_id, body.reason))
+    return _result(rt, jobs.release(rt, job_id, body.worker_id, body.reason))
 
 
 @router.post("/{job_id}/fail", response_model=JobResult)
 def fail(job_id: DbId, body: JobFailIn, rt: RuntimeDep) -> JobResult:
     """The job could not run; a failed sanity run fails the study."""
-    return _result(jobs.fail(rt, job_id, body.worker_id, body.reason))
+    return _result(rt, jobs.fail(rt, job_id, body.worker_id, body.reason))

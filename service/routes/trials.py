@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from service import leases
+from service import leases, workers_seen
 from service.models import LeaseRow
 from service.routes.deps import RuntimeDep
 from service.schemas import (
@@ -37,6 +37,8 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
     trial of the oldest open study, with its parameters and how to train it."""
     grant = leases.lease(rt, body.worker.id)
+    workers_seen.seen(rt, body.worker.id, host=body.worker.host, pid=body.worker.pid,
+                      job_id=None if grant is None else grant.job_id)
     if grant is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     study = grant.study
@@ -63,28 +65,37 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
 def report_epoch(trial_id: DbId, body: ReportIn, rt: RuntimeDep) -> ActionOut:
     """One epoch's objective value; renews the lease. Answers continue, prune or stop."""
     action = leases.report(rt, trial_id, body.worker_id, body.epoch, body.value)
+    workers_seen.seen(rt, body.worker_id)
     return ActionOut(action=action)
 
 
 @router.post("/{trial_id}/heartbeat", response_model=ActionOut)
 def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
     """Renew the lease between reports (long epochs)."""
-    return ActionOut(action=leases.heartbeat(rt, trial_id, body.worker_id))
+    action = leases.heartbeat(rt, trial_id, body.worker_id)
+    workers_seen.seen(rt, body.worker_id)
+    return ActionOut(action=action)
 
 
 @router.post("/{trial_id}/complete", response_model=TrialResult)
 def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
     """The trial's final objective value. Idempotent: a retry counts once."""
-    return _result(leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run))
+    row = leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run)
+    workers_seen.seen(rt, body.worker_id, job_id=None)
+    return _result(row)
 
 
 @router.post("/{trial_id}/fail", response_model=TrialResult)
 def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
-    return _result(leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run))
+    row = leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run)
+    workers_seen.seen(rt, body.worker_id, job_id=None)
+    return _result(row)
 
 
 @router.post("/{trial_id}/release", response_model=TrialResult)
 def release_trial(trial_id: DbId, body: ReleaseIn, rt: RuntimeDep) -> TrialResult:
     """Give the trial back unfinished; its parameters run again elsewhere."""
-    return _result(leases.release(rt, trial_id, body.worker_id, body.reason))
+    row = leases.release(rt, trial_id, body.worker_id, body.reason)
+    workers_seen.seen(rt, body.worker_id, job_id=None)
+    return _result(row)

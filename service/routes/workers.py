@@ -1,0 +1,29 @@
+"""Workers the service has seen lately."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from service import workers_seen
+from service.routes.deps import RuntimeDep
+
+router = APIRouter(prefix="/workers", tags=["workers"])
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str | None
+    pid: int | None
+    last_seen: datetime
+    current: dict[str, Any] | None
+
+
+@router.get("", response_model=list[WorkerOut])
+def list_workers(rt: RuntimeDep) -> list[WorkerOut]:
+    """Live workers (seen within two lease lengths): id, host, pid, what they hold, when
+    last seen."""
+    return [WorkerOut(**w) for w in workers_seen.live(rt)]

@@ -1,0 +1,64 @@
+"""Which workers are alive: every protocol call says a worker was seen, and what it holds."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.models import LeaseRow, WorkerRow, utcnow
+from service.runtime import Runtime
+
+_KEEP = object()
+
+
+def seen(rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | None = None,
+         job_id: int | object | None = _KEEP) -> None:
+    """Record that ``worker_id`` called now (and, when given, the job it now holds)."""
+    now = utcnow()
+    values: dict[str, Any] = {"last_seen": now}
+    if host is not None:
+        values["host"] = host
+    if pid is not None:
+        values["pid"] = pid
+    if job_id is not _KEEP:
+        values["current_job_id"] = job_id
+    with rt.sessions.begin() as s:
+        changed = cast(CursorResult[Any], s.execute(
+            update(WorkerRow).where(WorkerRow.id == worker_id).values(values)))
+    if changed.rowcount == 1:
+        return
+    try:
+        with rt.sessions.begin() as s:
+            s.add(WorkerRow(id=worker_id, first_seen=now, host=host, pid=pid,
+                            current_job_id=None if job_id is _KEEP else job_id,
+                            last_seen=now))
+    except IntegrityError:  # another API process recorded it first
+        seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+
+
+def live(rt: Runtime) -> list[dict[str, Any]]:
+    """Workers seen within two lease lengths, with the trial or job they hold."""
+    since = utcnow() - timedelta(seconds=2 * rt.settings.lease_seconds)
+    with rt.sessions() as s:
+        rows = s.execute(
+            select(WorkerRow, LeaseRow)
+            .outerjoin(LeaseRow, (LeaseRow.id == WorkerRow.current_job_id)
+                       & LeaseRow.state.in_(("pending", "active")))
+            .where(WorkerRow.last_seen >= since)
+            .order_by(WorkerRow.first_seen)
+        ).all()
+    return [
+        {
+            "id": w.id,
+            "host": w.host,
+            "pid": w.pid,
+            "last_seen": w.last_seen,
+            "current": None if lease is None else {
+                "kind": lease.kind, "job_id": lease.id, "trial_id": lease.trial_id,
+                "study_id": lease.study_id},
+        }
+        for w, lease in rows
+    ]
