@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from service.db import VERSION_TABLE, make_engine, schema_revisions
 from service.migrate import migrate
 from service.models import Base
-from tests.conftest import child_env, hpo
+from tests.conftest import Postgres, child_env, hpo
 
 
 def test_migrate_creates_service_and_optuna_tables_and_is_repeatable(tmp_path: Path) -> None:
@@ -96,3 +96,19 @@ def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
             assert study["sanity_check"] == "skipped" and study["final_model"]["state"] == "none"
     finally:
         stop(server.process)
+
+
+def test_migrations_on_postgresql_are_repeatable_and_match_the_models(postgres: Postgres
+                                                                      ) -> None:
+    url = postgres.new_database()
+    migrate(url)
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        assert schema_revisions(engine)[0] == schema_revisions(engine)[1]
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            diff = [d for d in compare_metadata(context, Base.metadata) if "hpo_" in str(d)]
+        assert diff == []
+    finally:
+        engine.dispose()

@@ -1,0 +1,25 @@
+# hpo-service: one image for the API, the workers, migrations and the Optuna dashboard.
+#   docker build -t hpo-service .                          # TensorFlow on the CPU
+#   docker build --build-arg EXTRAS=gpu -t hpo-service .   # with NVIDIA CUDA libraries
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim
+
+ARG EXTRAS=""
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hpo
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY search_space ./search_space
+COPY workers ./workers
+COPY migrations ./migrations
+RUN pip install ".[dashboard${EXTRAS:+,$EXTRAS}]"
+
+USER hpo
+ENTRYPOINT ["hpo"]
+CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

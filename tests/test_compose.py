@@ -1,0 +1,97 @@
+"""docker-compose.yml, checked by Debian's docker-compose (no Docker engine needed), and
+the constraints that make `docker compose up --scale worker=N` work."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+def _config(**env: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed; `make test` installs it "
+                    "(scripts/ensure-test-tools.sh)")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "HPO_"))}
+    return subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=60,
+                          cwd="/")
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    done = _config(POSTGRES_PASSWORD="s3cret")
+    assert done.returncode == 0, done.stderr
+    parsed: dict[str, Any] = yaml.safe_load(done.stdout)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def services(config: dict[str, Any]) -> dict[str, Any]:
+    parsed: dict[str, Any] = config["services"]
+    return parsed
+
+
+def test_compose_file_is_valid_and_has_every_part(services: dict[str, Any]) -> None:
+    assert set(services) == {"db", "migrate", "api", "worker", "dashboard"}
+
+
+def test_workers_scale(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    env = worker["environment"]
+    assert env["HPO_API_URL"] == "http://api:8000"
+    assert not any("DATABASE" in key or "PASSWORD" in key for key in env)  # no credentials
+    assert worker["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_start_order_db_then_migrate_then_api(config: dict[str, Any],
+                                              services: dict[str, Any]) -> None:
+    db, migrate, api = services["db"], services["migrate"], services["api"]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    (volume,) = db["volumes"]
+    source, target = ((volume["source"], volume["target"]) if isinstance(volume, dict)
+                      else volume.split(":")[:2])
+    assert target == "/var/lib/postgresql/data" and source in config["volumes"]  # named
+    assert migrate["command"] == ["migrate"]
+    assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    url = "postgresql+psycopg://hpo:s3cret@db:5432/hpo"
+    assert migrate["environment"]["HPO_DATABASE_URL"] == url
+    assert api["environment"]["HPO_DATABASE_URL"] == url
+    assert url in services["dashboard"]["command"]  # the dashboard reads the same database
+
+
+def test_published_ports_stay_on_loopback_by_default(services: dict[str, Any]) -> None:
+    for name in ("api", "dashboard"):
+        (port,) = services[name]["ports"]
+        host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+        assert host_ip == "127.0.0.1", (name, port)
+
+
+def test_the_database_password_is_required() -> None:
+    done = _config()
+    assert done.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in done.stderr
+
+
+def test_env_example_names_every_variable_the_compose_file_reads() -> None:
+    used = set(re.findall(r"\$\{(\w+)", (REPO / "docker-compose.yml").read_text()))
+    example = (REPO / ".env.example").read_text()
+    assert used <= set(re.findall(r"^(\w+)=", example, re.M))
+
+
+def test_dockerfile_is_slim_non_root_cpu_by_default_with_a_gpu_argument() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim$", text, re.M)
+    assert re.search(r"^USER hpo$", text, re.M)
+    assert 'ARG EXTRAS=""' in text  # CPU TensorFlow unless EXTRAS=gpu
+    assert "gpu" in (REPO / "pyproject.toml").read_text().split("[project.optional")[1]
