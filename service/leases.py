@@ -253,11 +253,13 @@ def _finish(
     attrs: dict[str, Any] = {"worker_id": worker_id, "epochs_run": epochs}
     if reason is not None:
         attrs["fail_reason"] = reason
-    rt.optuna.finish(study, trial_id, state, value=value, attrs=attrs)
-    _record(rt, row.id, study, state, value=value, reason=reason, epochs_run=epochs)
+    if rt.optuna.finish(study, trial_id, state, value=value, attrs=attrs):
+        _record(rt, row.id, study, state, value=value, reason=reason, epochs_run=epochs)
+    # else: the reaper (in this or another process) ended the trial first; it settles the
+    # lease from Optuna's record, and this call is answered as too late.
     with rt.sessions.begin() as s:
         row = s.get_one(LeaseRow, row.id)
-    if row.state != state:  # the reaper ended it first
+    if row.state != state:
         raise _gone(row)
     return row
 
@@ -293,13 +295,14 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         return
     if trial_id is not None:
         adopted = rt.optuna.result(trial_id)
+        if adopted is None and not rt.optuna.finish(
+                study, trial_id, "fail",
+                attrs={"worker_id": worker, "fail_reason": reason, "hpo_outcome": state}):
+            adopted = rt.optuna.result(trial_id)  # a result landed just before us
         if adopted is not None:
             got, value, why = adopted
             _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
             return
-        rt.optuna.finish(study, trial_id, "fail",
-                         attrs={"worker_id": worker, "fail_reason": reason,
-                                "hpo_outcome": state})
     with rt.sessions.begin() as s:
         changed = cast(CursorResult[Any], s.execute(
             update(LeaseRow)

@@ -227,18 +227,20 @@ class OptunaBridge:
         *,
         value: float | None = None,
         attrs: dict[str, Any] | None = None,
-    ) -> None:
-        """End a running trial as complete, pruned or fail; a finished one is left alone."""
-        if self.storage.get_trial(trial_id).state.is_finished():
-            return
-        for key, attr in (attrs or {}).items():
-            self.storage.set_trial_user_attr(trial_id, key, attr)
-        study = self._study(row)
-        number = self.storage.get_trial_number_from_id(trial_id)
-        if state == "complete":
-            study.tell(number, value, state=TrialState.COMPLETE, skip_if_finished=True)
-        else:
-            study.tell(number, state=_STATES[state], skip_if_finished=True)
+    ) -> bool:
+        """End a running trial as complete, pruned or fail. Returns whether the trial now
+        holds that state: False when another process ended it first (a reaper and a
+        ``complete`` racing), in which case nothing is changed."""
+        if not self.storage.get_trial(trial_id).state.is_finished():
+            for key, attr in (attrs or {}).items():
+                self.storage.set_trial_user_attr(trial_id, key, attr)
+            study = self._study(row)
+            number = self.storage.get_trial_number_from_id(trial_id)
+            if state == "complete":
+                study.tell(number, value, state=TrialState.COMPLETE, skip_if_finished=True)
+            else:
+                study.tell(number, state=_STATES[state], skip_if_finished=True)
+        return bool(self.storage.get_trial(trial_id).state == _STATES[state])
 
     def enqueue(self, row: StudyRow, params: dict[str, Any], *, replaces: int) -> None:
         """Queue ``params`` again, so a lost or released trial runs once more."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -187,3 +188,37 @@ def test_api_restart_mid_study_results_retried_and_counted_once(
     assert study["trials"]["complete"] + study["trials"]["pruned"] == 3
     assert study["trials"]["lost"] == 0  # the result came in before the lease expired
     _counted(second, "api-restart", 3)
+
+
+def test_concurrent_leases_across_api_processes_stay_within_the_budget(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    server = start_api(tmp_path, database_url=postgres.new_database(), processes=3)
+    granted: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def grab(i: int) -> None:
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                for _ in range(4):
+                    r = c.post("/trials/lease", json={"worker": {"id": f"w{i}"}})
+                    assert r.status_code in (200, 204), r.text
+                    if r.status_code == 200:
+                        granted.append(r.json())
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        with server.client() as client:
+            _submit(client, "contended", n_trials=10, sanity_check=False)
+        threads = [threading.Thread(target=grab, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop(server.process)
+    assert errors == []
+    assert len(granted) == 10
+    assert len({g["trial_id"] for g in granted}) == 10
+    assert sorted(g["number"] for g in granted) == list(range(10))
