@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 from service.config import get_settings
 
@@ -19,17 +21,40 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _wait_for_database(connect: Callable[[], None], wait_s: float) -> None:
+    """Call ``connect`` until the database answers (a database that is still starting is
+    waited for, not a reason to exit and be restarted in a loop)."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            connect()
+            return
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger("hpo").warning("database not reachable (%s); retrying in %.1fs",
+                                             exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from service.migrate import migrate
 
-    url = args.database_url or get_settings().database_url
-    migrate(url, busy_timeout_s=get_settings().sqlite_busy_timeout_s)
+    settings = get_settings()
+    url = args.database_url or settings.database_url
+    _wait_for_database(lambda: migrate(url, busy_timeout_s=settings.sqlite_busy_timeout_s),
+                       settings.db_wait_s)
     print(f"database at {url} is migrated")
     return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy.exc import OperationalError
 
     from service.app import create_app
     from service.db import is_sqlite
@@ -42,10 +67,14 @@ def cmd_api(args: argparse.Namespace) -> int:
               "with SQLite the API must be that one process", file=sys.stderr)
         return 2
     try:  # refuse before uvicorn starts, with the fix in the message
-        Runtime.open(settings).close()
+        _wait_for_database(lambda: Runtime.open(settings).close(), settings.db_wait_s)
     except NotMigrated as exc:
         print(f"hpo api: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:
+        print(f"hpo api: the database did not answer within {settings.db_wait_s:g}s: "
+              f"{exc.orig}", file=sys.stderr)
+        return 1
     if args.processes > 1:
         # Each process builds its own app (engine, Optuna storage, reaper) from HPO_*.
         uvicorn.run("service.app:create_app", factory=True, workers=args.processes,

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         gt=0,
         description="A lease not renewed (by a report or heartbeat) for this long is lost.",
     )
+    db_wait_s: float = Field(
+        default=60.0, ge=0, description="How long `hpo api` and `hpo migrate` wait for the "
+        "database to answer at start-up before giving up."
+    )
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
     )

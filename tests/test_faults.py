@@ -17,7 +17,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Api, Postgres, child_env, hpo, start_api, stop, wait_for
+from tests.conftest import (
+    Api,
+    Postgres,
+    child_env,
+    free_port,
+    hpo,
+    start_api,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -222,3 +231,34 @@ def test_concurrent_leases_across_api_processes_stay_within_the_budget(
     assert len(granted) == 10
     assert len({g["trial_id"] for g in granted}) == 10
     assert sorted(g["number"] for g in granted) == list(range(10))
+
+
+def test_api_started_before_its_database_waits_instead_of_crash_looping(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    from service.migrate import migrate
+
+    migrate(url)
+    postgres.stop("fast")
+    port = free_port()
+    log = tmp_path / "api.log"
+    try:
+        with log.open("wb") as out:
+            api = subprocess.Popen(hpo("api", "--host", "127.0.0.1", "--port", str(port)),
+                                   env=child_env(database_url=url), stdout=out,
+                                   stderr=subprocess.STDOUT)
+        wait_for(lambda: "database not reachable" in log.read_text(), 30, "a retry")
+        assert api.poll() is None  # still waiting, not exited
+    finally:
+        postgres.start()
+    try:
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 60, "the API to come up once the database is back")
+    finally:
+        stop(api)
