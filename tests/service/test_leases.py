@@ -312,8 +312,12 @@ def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
     assert len({s for _, s in first}) == 3  # each trial trains with its own seed
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "qmc", "grid"])
-@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving", "none"])
+# Every sampler with the default pruner, and every pruner with the default sampler.
+SAMPLER_PRUNER = [*((s, "median") for s in ("tpe", "random", "qmc", "grid")),
+                  *(("tpe", p) for p in ("hyperband", "successive_halving", "none"))]
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), SAMPLER_PRUNER)
 def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, pruner: str
                                                  ) -> None:
     finite = {"search_space": {"learning_rate": {"low": 0.001, "high": 0.004, "step": 0.001},
