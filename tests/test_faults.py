@@ -177,7 +177,10 @@ def test_api_restart_mid_study_results_retried_and_counted_once(
     url = postgres.new_database()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = start_api(tmp_path / "a", database_url=url, **FAST)
+    # The outage must be shorter than the lease for the worker's retried result to count
+    # (a longer one is the SIGKILL case: the trial is lost and runs again).
+    outage_proof = {"lease_seconds": "60", "reap_interval_s": "0.5"}
+    first = start_api(tmp_path / "a", database_url=url, **outage_proof)
     port = first.url.rsplit(":", 1)[1]
     with ExitStack() as stack, first.client() as client:
         stack.callback(stop, first.process)
@@ -190,7 +193,7 @@ def test_api_restart_mid_study_results_retried_and_counted_once(
         # The worker finishes its epochs meanwhile and keeps offering the result.
         wait_for(lambda: "retrying" in (tmp_path / "w.log").read_text(), 60,
                  "the worker to retry against the dead API")
-        second = start_api(tmp_path / "b", database_url=url, port=port, **FAST)
+        second = start_api(tmp_path / "b", database_url=url, port=port, **outage_proof)
         stack.callback(stop, second.process)
         wait_for(lambda: _finished(client, study_id), 240, "the study to finish")
         study = client.get(f"/studies/{study_id}").json()
