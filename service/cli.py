@@ -106,6 +106,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(args)
 
 
+def _client_command(args: argparse.Namespace) -> int:
+    from service import cli_client
+
+    url = args.api_url or get_settings().api_url
+    try:
+        with cli_client.Service(url) as svc:
+            if args.command == "submit":
+                out = cli_client.submit(svc, args.file, wait=args.wait)
+            elif args.command == "status":
+                out = cli_client.status(svc, args.name)
+            elif args.command == "trials":
+                out = cli_client.trials(svc, args.name)
+            elif args.command == "best":
+                out = cli_client.best(svc, args.name)
+            else:
+                out = cli_client.stop(svc, args.name)
+    except cli_client.CliError as exc:
+        print(f"hpo {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if out:
+        print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-idle", action="store_true",
                    help="exit when the service has no work instead of polling")
     p.set_defaults(func=cmd_worker)
+
+    for name, text in (("submit", "submit a study spec (YAML or JSON)"),
+                       ("status", "studies, or one study, as a table"),
+                       ("trials", "a study's trials as a table"),
+                       ("best", "a study's best trial and model"),
+                       ("stop", "stop a study")):
+        p = sub.add_parser(name, help=text)
+        if name == "submit":
+            p.add_argument("file", help="the study spec, .yaml/.yml or .json")
+            p.add_argument("--wait", action="store_true",
+                           help="show progress until the study ends, then its best trial")
+        else:
+            p.add_argument("name", nargs="?" if name == "status" else None,
+                           help="the study's name")
+        p.add_argument("--api-url", help="default: HPO_API_URL")
+        p.set_defaults(func=_client_command)
 
     p = sub.add_parser("up", help="the embedded default: migrate, API, local workers, demo")
     p.add_argument("--host", default="127.0.0.1")
