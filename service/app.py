@@ -18,6 +18,7 @@ from search_space import SpaceError
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
+from service.metrics import Metrics
 from service.routes import datasets, health, jobs, studies, trials, workers
 from service.runtime import Runtime
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = Runtime.open(settings)
+        rt.metrics = Metrics(rt)
         app.state.runtime = rt
         stop = threading.Event()
         reaper = threading.Thread(target=_reaper, args=(rt, stop), name="reaper", daemon=True)

@@ -211,6 +211,7 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
         ))
         if changed.rowcount != 1:
             return False
+        started = s.scalar(select(LeaseRow.created_at).where(LeaseRow.id == row_id))
         counted = s.scalar(
             select(func.count()).select_from(LeaseRow)
             .where(LeaseRow.study_id == study.id, LeaseRow.kind == "trial",
@@ -225,6 +226,8 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
                       .where(StudyRow.id == study.id, StudyRow.status == "running")
                       .values(status="completed", finished_at=now,
                               final_state="pending" if any_complete else "none"))
+    if rt.metrics is not None and started is not None:
+        rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
     log.info("trial lease %s of %s ended %s (value %s, reason %s)", row_id, study.name, state,
              value, reason)
     return True

@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,8 @@ class Runtime:
     # the service is the only writer, so it serialises its own units of work here.
     # PostgreSQL needs no process lock: leasing is a conditional UPDATE (a row lock).
     _lock: threading.RLock | None = field(default=None)
+    metrics: Any = None  # service.metrics.Metrics, attached by the app
+
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:

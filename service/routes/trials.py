@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Response, status
 
 from service import leases, workers_seen
@@ -36,7 +38,11 @@ def _result(row: LeaseRow) -> TrialResult:
 def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
     trial of the oldest open study, with its parameters and how to train it."""
+    started = time.perf_counter()
     grant = leases.lease(rt, body.worker.id)
+    rt.metrics.lease_latency.observe(time.perf_counter() - started)
+    if grant is not None:
+        rt.metrics.leases.labels(grant.kind).inc()
     workers_seen.seen(rt, body.worker.id, host=body.worker.host, pid=body.worker.pid,
                       job_id=None if grant is None else grant.job_id)
     if grant is None:
