@@ -8,17 +8,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from service import logs
 from service.config import get_settings
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per HTTP request is the access log's job, not the client's.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _wait_for_database(connect: Callable[[], None], wait_s: float) -> None:
@@ -75,13 +66,16 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"hpo api: the database did not answer within {settings.db_wait_s:g}s: "
               f"{exc.orig}", file=sys.stderr)
         return 1
+    # In JSON mode uvicorn's loggers go through ours, so every line is one JSON object.
+    uvicorn_log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if args.processes > 1:
         # Each process builds its own app (engine, Optuna storage, reaper) from HPO_*.
         uvicorn.run("service.app:create_app", factory=True, workers=args.processes,
-                    host=args.host, port=args.port, log_level=settings.log_level.lower())
+                    host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                    log_config=uvicorn_log_config)
     else:
         uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                    log_level=settings.log_level.lower())
+                    log_level=settings.log_level.lower(), log_config=uvicorn_log_config)
     return 0
 
 
@@ -186,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(get_settings().log_level)
+    settings = get_settings()
+    logs.setup(settings.log_level, settings.log_format)
     code: int = args.func(args)
     return code
 

@@ -7,6 +7,7 @@ Nothing else in the service reads ``os.environ``.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1, description="The largest data set file accepted."
     )
     log_level: str = Field(default="INFO")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object a line, with study and trial ids."
+    )
 
 
 @lru_cache(maxsize=1)

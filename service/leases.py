@@ -130,7 +130,8 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
             row.params = params
             row.state = "active"
             row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
-        log.info("leased trial %s (#%s of %s) to %s", trial_id, number, study.name, worker_id)
+        log.info("leased trial %s (#%s of %s) to %s", trial_id, number, study.name, worker_id,
+                 extra={"study": study.name, "trial": trial_id, "worker": worker_id})
         return Grant("trial", lease_id, trial_id, number, study, params,
                      rt.settings.lease_seconds)
 
@@ -229,7 +230,7 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
     if rt.metrics is not None and started is not None:
         rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
     log.info("trial lease %s of %s ended %s (value %s, reason %s)", row_id, study.name, state,
-             value, reason)
+             value, reason, extra={"study": study.name, "job": row_id})
     return True
 
 
@@ -318,7 +319,8 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
                   .values(slots_used=StudyRow.slots_used - 1))
     if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
         rt.optuna.enqueue(study, params, replaces=trial_id)
-    log.warning("trial %s of %s %s: %s", trial_id, study.name, state, reason)
+    log.warning("trial %s of %s %s: %s", trial_id, study.name, state, reason,
+                extra={"study": study.name, "trial": trial_id})
 
 
 def _settle(rt: Runtime, trial_id: int, state: str, reason: str) -> LeaseRow:

@@ -101,3 +101,32 @@ def test_worker_outlives_an_unreachable_service(tmp_path: Path) -> None:
         stop(worker)
         if server is not None:
             stop(server.process)
+
+
+def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api],
+                                             tmp_path: Path) -> None:
+    import json
+
+    server = fresh_api(log_format="json")
+    log = tmp_path / "worker.log"
+    with server.client() as client:
+        r = client.post("/studies", json={"name": "logged", "dataset": "iris", "n_trials": 1,
+                                          "epochs": 1, "sanity_check": False})
+        with log.open("wb") as out:
+            worker = subprocess.Popen(hpo("worker", "--api-url", server.url,
+                                          "--exit-when-idle"),
+                                      env=child_env(log_format="json"), stdout=out,
+                                      stderr=subprocess.STDOUT)
+        try:
+            assert worker.wait(timeout=120) == 0, log.read_text()
+        finally:
+            stop(worker)
+        trial_id = client.get(f"/studies/{r.json()['id']}/trials").json()[0]["trial_id"]
+    api_lines = [json.loads(line) for line in server.log.read_text().splitlines() if line]
+    assert api_lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in api_lines)
+    assert any(x.get("study") == "logged" and x.get("trial") == trial_id for x in api_lines)
+    assert any(x["logger"].startswith("uvicorn") for x in api_lines)  # access log too
+    worker_lines = [json.loads(line) for line in log.read_text().splitlines()
+                    if line.startswith("{")]  # (TensorFlow's C++ lines are its own)
+    about_trial = [x for x in worker_lines if x.get("trial") == trial_id]
+    assert about_trial and all(x["study"] == "logged" for x in about_trial)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from search_space.catalog import DatasetInfo
+from service.logs import log_context
 from workers.client import Rejected, ServiceClient
 from workers.config import WorkerSettings
 from workers.data import DatasetUnavailable, DataSource, Split
@@ -118,10 +119,12 @@ class Worker:
         return self._data[key]
 
     def _run_one(self, job: Assignment) -> None:
-        if job.kind == "trial":
-            self._run_trial(job)
-        else:
-            self._run_job(job)
+        with log_context(study=job.study_name, trial=job.trial_id, job=job.job_id,
+                         worker=self.identity["id"]):
+            if job.kind == "trial":
+                self._run_trial(job)
+            else:
+                self._run_job(job)
 
     def _run_trial(self, job: Assignment) -> None:
         assert job.trial_id is not None
