@@ -18,7 +18,11 @@ COPY service ./service
 COPY search_space ./search_space
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install ".[dashboard${EXTRAS:+,$EXTRAS}]"
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
+# Created here, owned by hpo: named volumes mounted on them keep that owner.
+RUN mkdir -p /home/hpo/.cache/hpo-service /home/hpo/.keras/datasets /home/hpo/artifacts \
+    && chown -R hpo:hpo /home/hpo
+ENV HPO_ARTIFACT_DIR=/home/hpo/artifacts
 
 USER hpo
 ENTRYPOINT ["hpo"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond Python packages, installed from Debian's packages when
 # missing: a PostgreSQL server (the tests start their own on 127.0.0.1 in a temporary
-# directory) and docker-compose (to validate docker-compose.yml; no Docker engine needed).
+# directory), docker-compose (to validate docker-compose.yml; no Docker engine needed) and
+# Chromium (a headless browser loads the Optuna dashboard).
 set -euo pipefail
 
 have_postgres() {
@@ -11,6 +12,7 @@ have_postgres() {
 missing=()
 have_postgres || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing from Debian's packages: ${missing[*]}"

@@ -12,9 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from search_space import SpaceError
+from service import logs
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
@@ -65,12 +67,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_req: Request, exc: Invalid) -> JSONResponse:
         return _unprocessable([_problem(exc.loc, exc.msg, exc.value)])
 
+    @app.exception_handler(DataError)
+    async def _unstorable(_req: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (e.g. a NUL byte in a text).
+        first = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
+        return _unprocessable([_problem(["body"], f"holds a value the database cannot "
+                                        f"store: {first}", None)])
+
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
     @app.exception_handler(StorageInternalError)
     async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
-        cause = exc if isinstance(exc, OperationalError | InterfaceError) else exc.__cause__
-        if not isinstance(cause, OperationalError | InterfaceError):
+        lost = OperationalError | InterfaceError | PoolTimeout
+        cause = exc if isinstance(exc, lost) else exc.__cause__
+        if not isinstance(cause, lost):
             raise exc  # not a lost connection: a bug, answered as 500
         log.warning("database unavailable: %s", cause)
         return JSONResponse(status_code=503, headers={"Retry-After": "2"},
@@ -92,6 +103,8 @@ def _reaper(rt: Runtime, stop: threading.Event) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API. Opening the database (and refusing an unmigrated one) happens at start-up."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a uvicorn child process of `--processes N`
+        logs.setup(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="trials of the demo study")
     p.add_argument("--epochs", type=int, default=20, help="epochs of each demo trial")
     p.add_argument("--no-demo", action="store_true", help="start without the demo study")
+    p.add_argument("--dashboard-port", type=int, default=8080,
+                   help="port of the Optuna dashboard")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop everything once the demo study finishes")
     p.set_defaults(func=cmd_up)

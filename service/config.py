@@ -7,6 +7,7 @@ Nothing else in the service reads ``os.environ``.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     )
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
+    )
+    artifact_dir: Path = Field(
+        default=Path("./artifacts"),
+        description="Optuna's artifact store: each trial's history.json, the best models.",
     )
     max_upload_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1, description="The largest data set file accepted."

@@ -148,6 +148,9 @@ def model_result(rt: Runtime, job_id: int, worker_id: str, *, test_value: float,
         job, _ = _own(rt, job_id, worker_id)
         if job.kind != "final":
             raise Conflict(f"job {job_id} is a {job.kind} job, not a final model")
+        if job.state == "active":
+            with rt.sessions() as s:
+                rt.optuna.attach_model(s.get_one(StudyRow, job.study_id), content)
         return _end(rt, job, "complete", None,
                     {"final_state": "ready", "test_metric": test_value}, model=content)
 

@@ -204,6 +204,9 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
     when its ``n_trials`` results are in. Returns whether this call recorded it."""
     now = utcnow()
     with rt.sessions.begin() as s:
+        # Lock the study row first: two processes recording the last two results must not
+        # each count the other's as missing (PostgreSQL; SQLite has the process lock).
+        s.execute(select(StudyRow.id).where(StudyRow.id == study.id).with_for_update())
         changed = cast(CursorResult[Any], s.execute(
             update(LeaseRow)
             .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
@@ -243,6 +246,8 @@ def _finish(
     value: float | None = None,
     reason: str | None = None,
     epochs_run: int | None = None,
+    history: dict[str, list[float]] | None = None,
+    train_val_gap: float | None = None,
 ) -> LeaseRow:
     """End an active lease with a counted result. Optuna is told first: if the service dies
     in between, the retried call (or the reaper) finds Optuna's trial finished and records
@@ -257,6 +262,10 @@ def _finish(
     attrs: dict[str, Any] = {"worker_id": worker_id, "epochs_run": epochs}
     if reason is not None:
         attrs["fail_reason"] = reason
+    if train_val_gap is not None:
+        attrs["train_val_gap"] = train_val_gap
+    if history:
+        rt.optuna.attach_history(trial_id, history)
     if rt.optuna.finish(study, trial_id, state, value=value, attrs=attrs):
         _record(rt, row.id, study, state, value=value, reason=reason, epochs_run=epochs)
     # else: the reaper (in this or another process) ended the trial first; it settles the
@@ -268,17 +277,21 @@ def _finish(
     return row
 
 
-def complete(rt: Runtime, trial_id: int, worker_id: str, value: float, epochs_run: int
-             ) -> LeaseRow:
+def complete(rt: Runtime, trial_id: int, worker_id: str, value: float, epochs_run: int, *,
+             history: dict[str, list[float]] | None = None,
+             train_val_gap: float | None = None) -> LeaseRow:
     """Record the trial's objective value; a retry answers the same and counts once."""
     with rt.unit_of_work():
-        return _finish(rt, trial_id, worker_id, "complete", value=value, epochs_run=epochs_run)
+        return _finish(rt, trial_id, worker_id, "complete", value=value, epochs_run=epochs_run,
+                       history=history, train_val_gap=train_val_gap)
 
 
-def fail(rt: Runtime, trial_id: int, worker_id: str, reason: str, epochs_run: int) -> LeaseRow:
+def fail(rt: Runtime, trial_id: int, worker_id: str, reason: str, epochs_run: int, *,
+         history: dict[str, list[float]] | None = None) -> LeaseRow:
     """Record that the trial failed (a non-finite loss, an exception); it counts as a result."""
     with rt.unit_of_work():
-        return _finish(rt, trial_id, worker_id, "fail", reason=reason, epochs_run=epochs_run)
+        return _finish(rt, trial_id, worker_id, "fail", reason=reason, epochs_run=epochs_run,
+                       history=history)
 
 
 def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:

@@ -3,11 +3,16 @@ and the ask / report / tell of a trial. Only this module touches Optuna's API.""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import tempfile
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import optuna
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from search_space import (
@@ -126,15 +131,44 @@ def _optuna_id(row: StudyRow) -> int:
 class OptunaBridge:
     """Optuna's storage in the service's database, and the studies the service drives."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float) -> None:
+    def __init__(self, url: str, *, busy_timeout_s: float,
+                 artifact_dir: Path | None = None) -> None:
         self.storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs(url, busy_timeout_s=busy_timeout_s),
             skip_table_creation=True,  # `hpo migrate` owns the schema
         )
+        self.artifacts: FileSystemArtifactStore | None = None
+        if artifact_dir is not None:
+            artifact_dir.mkdir(parents=True, exist_ok=True)
+            self.artifacts = FileSystemArtifactStore(str(artifact_dir))
 
     def close(self) -> None:
         self.storage.engine.dispose()
+
+    def _upload(self, target: optuna.Study | optuna.trial.FrozenTrial, name: str,
+                content: bytes, mimetype: str) -> None:
+        """Store a file in the artifact store, attached to a study or a running trial, so
+        the dashboard shows it and offers it for download."""
+        if self.artifacts is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(content)
+            optuna.artifacts.upload_artifact(artifact_store=self.artifacts,
+                                             file_path=str(path), study_or_trial=target,
+                                             storage=self.storage, mimetype=mimetype)
+
+    def attach_history(self, trial_id: int, history: dict[str, list[float]]) -> None:
+        """The trial's per-epoch training history, as ``history.json`` (before the trial
+        is told finished: Optuna does not change finished trials)."""
+        self._upload(self.storage.get_trial(trial_id), "history.json",
+                     json.dumps(history).encode(), "application/json")
+
+    def attach_model(self, row: StudyRow, content: bytes) -> None:
+        """The retrained best model, as the study's ``best-model.keras``."""
+        self._upload(self._study(row), f"{row.name}-best.keras", content,
+                     "application/octet-stream")
 
     def create_study(self, name: str, direction: str, note: dict[str, Any],
                      enqueue: list[dict[str, Any]]) -> int:
@@ -149,6 +183,9 @@ class OptunaBridge:
             study.set_user_attr(key, value)
         for params in enqueue:
             study.enqueue_trial(params)
+        # The dashboard shows the study's note: the spec as submitted, resolved.
+        optuna_dashboard.save_note(study, "## Submitted spec\n\n```json\n"
+                                   + json.dumps(note, indent=2) + "\n```\n")
         return int(self.storage.get_study_id_from_name(name))
 
     def has_study(self, name: str) -> bool:
@@ -200,7 +237,8 @@ class OptunaBridge:
         reason); None while the trial runs, or when the service itself failed it as lost
         or released (``hpo_outcome``)."""
         frozen = self.storage.get_trial(trial_id)
-        if not frozen.state.is_finished() or "hpo_outcome" in frozen.user_attrs:
+        if not frozen.state.is_finished() or (
+                frozen.state == TrialState.FAIL and "hpo_outcome" in frozen.user_attrs):
             return None
         if frozen.state == TrialState.COMPLETE:
             return "complete", frozen.value, None
@@ -231,15 +269,19 @@ class OptunaBridge:
         """End a running trial as complete, pruned or fail. Returns whether the trial now
         holds that state: False when another process ended it first (a reaper and a
         ``complete`` racing), in which case nothing is changed."""
-        if not self.storage.get_trial(trial_id).state.is_finished():
-            for key, attr in (attrs or {}).items():
-                self.storage.set_trial_user_attr(trial_id, key, attr)
-            study = self._study(row)
-            number = self.storage.get_trial_number_from_id(trial_id)
-            if state == "complete":
-                study.tell(number, value, state=TrialState.COMPLETE, skip_if_finished=True)
-            else:
-                study.tell(number, state=_STATES[state], skip_if_finished=True)
+        try:
+            if not self.storage.get_trial(trial_id).state.is_finished():
+                for key, attr in (attrs or {}).items():
+                    self.storage.set_trial_user_attr(trial_id, key, attr)
+                study = self._study(row)
+                number = self.storage.get_trial_number_from_id(trial_id)
+                if state == "complete":
+                    study.tell(number, value, state=TrialState.COMPLETE,
+                               skip_if_finished=True)
+                else:
+                    study.tell(number, state=_STATES[state], skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process ended it between our look and our write
         return bool(self.storage.get_trial(trial_id).state == _STATES[state])
 
     def enqueue(self, row: StudyRow, params: dict[str, Any], *, replaces: int) -> None:

@@ -145,11 +145,14 @@ class TrialOut(BaseModel):
     duration_s: float | None
 
 
+WORKER_ID = r"^[^\x00-\x1f\x7f]+$"  # printable: stored in a text column
+
+
 class WorkerInfo(BaseModel):
     model_config = _FORBID
-    id: str = Field(min_length=1, max_length=128)
-    host: str | None = Field(None, max_length=255)
-    pid: int | None = None
+    id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
+    host: str | None = Field(None, max_length=255, pattern=WORKER_ID)
+    pid: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
 class LeaseRequest(BaseModel):
@@ -180,7 +183,7 @@ class LeaseOut(BaseModel):
 
 class WorkerCall(BaseModel):
     model_config = _FORBID
-    worker_id: str = Field(min_length=1, max_length=128)
+    worker_id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
 
 
 class ReportIn(WorkerCall):
@@ -189,14 +192,24 @@ class ReportIn(WorkerCall):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+History = dict[Annotated[str, Field(max_length=64)],
+               Annotated[list[float], Field(max_length=100_000)]]
+
+
 class CompleteIn(WorkerCall):
     value: float = Field(allow_inf_nan=False)
     epochs_run: int = Field(0, ge=0, le=100_000)
+    history: History | None = Field(None, max_length=32,
+                                    description="Per-epoch metrics, stored as history.json.")
+    train_val_gap: float | None = Field(
+        None, allow_inf_nan=False,
+        description="Training minus validation metric at the last epoch.")
 
 
 class FailIn(WorkerCall):
     reason: str = Field(min_length=1, max_length=4000)
     epochs_run: int = Field(0, ge=0, le=100_000)
+    history: History | None = Field(None, max_length=32)
 
 
 class ReleaseIn(WorkerCall):

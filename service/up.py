@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +31,12 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # (they release their trials to the still-running API) before the API.
     return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env,
                             start_new_session=True)
+
+
+def _dashboard_command() -> str:
+    """optuna-dashboard from this environment (it is a dependency)."""
+    beside = Path(sys.executable).parent / "optuna-dashboard"
+    return str(beside) if beside.exists() else shutil.which("optuna-dashboard") or str(beside)
 
 
 def _wait_healthy(api: subprocess.Popen[bytes], url: str, timeout_s: float = 60.0) -> None:
@@ -124,6 +132,15 @@ def up(args: argparse.Namespace) -> int:
             procs.append(_spawn(["worker", "--api-url", url, "--tf-threads", str(threads)],
                                 env))
         print(f"{args.workers} local workers, {threads} TensorFlow thread(s) each", flush=True)
+        if not args.no_dashboard:
+            procs.append(subprocess.Popen(
+                [_dashboard_command(), "--host", args.host, "--port",
+                 str(args.dashboard_port), "--artifact-dir", str(settings.artifact_dir),
+                 settings.database_url],
+                env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            print(f"Optuna dashboard at http://{args.host}:{args.dashboard_port}/dashboard",
+                  flush=True)
         code = 0
         if not args.no_demo:
             with httpx.Client(base_url=url, timeout=30) as client:

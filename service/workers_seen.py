@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any, cast
 
@@ -11,12 +12,23 @@ from sqlalchemy.exc import IntegrityError
 from service.models import LeaseRow, WorkerRow, utcnow
 from service.runtime import Runtime
 
+log = logging.getLogger(__name__)
 _KEEP = object()
 
 
 def seen(rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | None = None,
          job_id: int | object | None = _KEEP) -> None:
-    """Record that ``worker_id`` called now (and, when given, the job it now holds)."""
+    """Record that ``worker_id`` called now (and, when given, the job it now holds).
+    Best effort: bookkeeping never fails the call it accompanies (a lease already granted
+    must reach its worker)."""
+    try:
+        _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+    except Exception:
+        log.warning("could not record worker %s as seen", worker_id, exc_info=True)
+
+
+def _seen(rt: Runtime, worker_id: str, *, host: str | None, pid: int | None,
+          job_id: int | object | None) -> None:
     now = utcnow()
     values: dict[str, Any] = {"last_seen": now}
     if host is not None:
@@ -36,7 +48,7 @@ def seen(rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | Non
                             current_job_id=None if job_id is _KEEP else job_id,
                             last_seen=now))
     except IntegrityError:  # another API process recorded it first
-        seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+        _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
 
 
 def live(rt: Runtime) -> list[dict[str, Any]]:

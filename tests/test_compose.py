@@ -95,3 +95,16 @@ def test_dockerfile_is_slim_non_root_cpu_by_default_with_a_gpu_argument() -> Non
     assert re.search(r"^USER hpo$", text, re.M)
     assert 'ARG EXTRAS=""' in text  # CPU TensorFlow unless EXTRAS=gpu
     assert "gpu" in (REPO / "pyproject.toml").read_text().split("[project.optional")[1]
+
+
+def test_api_and_dashboard_share_the_artifact_store(services: dict[str, Any]) -> None:
+    def mounts(service: dict[str, Any]) -> set[str]:
+        return {v if isinstance(v, str) else f"{v['source']}:{v['target']}"
+                for v in service.get("volumes", [])}
+
+    shared = "artifacts:/home/hpo/artifacts"
+    assert any(m.startswith(shared) for m in mounts(services["api"]))
+    assert any(m.startswith(shared) for m in mounts(services["dashboard"]))
+    assert "/home/hpo/artifacts" in services["dashboard"]["command"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "chown -R hpo:hpo /home/hpo" in dockerfile  # volumes writable by the non-root user

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     done = subprocess.run(
-        hpo("up", "--port", str(free_port()), "--exit-when-done"),
+        hpo("up", "--port", str(free_port()), "--dashboard-port", str(free_port()),
+            "--exit-when-done"),
         env=child_env(),  # the defaults: ./hpo.db, 2 workers, 20 trials x 20 epochs
         cwd=tmp_path,
         capture_output=True,
@@ -31,6 +32,7 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     assert best is not None, done.stdout
     assert float(best.group(1)) >= 0.95, done.stdout
     assert "20/20 trials done" in done.stdout
+    assert re.search(r"Optuna dashboard at http://127\.0\.0\.1:\d+/dashboard", done.stdout)
     for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate",
                  "kernel_initializer"):
         assert f"  {name} = " in done.stdout
@@ -47,7 +49,8 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
 def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Path) -> None:
     port = free_port()
     up = subprocess.Popen(
-        hpo("up", "--port", str(port), "--workers", "1", "--trials", "2", "--epochs", "500"),
+        hpo("up", "--port", str(port), "--workers", "1", "--trials", "2", "--epochs", "500",
+            "--no-dashboard"),
         env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )

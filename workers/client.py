@@ -8,7 +8,9 @@ Every call is retried with exponential backoff while the service is unreachable 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import threading
 import time
 from typing import Any
 
@@ -19,6 +21,13 @@ from workers.training import Assignment
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {500, 502, 503, 504}
+
+
+def _finite(history: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
+    """JSON has no NaN: a diverged epoch's values are left out of the history."""
+    if not history:
+        return None
+    return {k: [v for v in vs if math.isfinite(v)] for k, vs in history.items()}
 
 
 class Rejected(RuntimeError):
@@ -39,9 +48,13 @@ class ServiceClient:
         worker: dict[str, Any],
         timeout_s: float = 30.0,
         retry_max_s: float = 300.0,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.worker = worker
         self.retry_max_s = retry_max_s
+        # A stopping worker (SIGTERM) makes one more try of each call, not retry_max_s of
+        # them: it must exit within its grace period.
+        self.stopping = stopping or threading.Event()
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
 
     def close(self) -> None:
@@ -58,11 +71,10 @@ class ServiceClient:
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"{method} {path} failed for {self.retry_max_s:g}s: "
-                                      f"{problem}")
+            if time.monotonic() + delay > deadline or self.stopping.is_set():
+                raise ConnectionError(f"{method} {path} failed: {problem}")
             log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay * random.uniform(0.8, 1.2))
+            self.stopping.wait(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 15.0)
         if response.status_code >= 400:
             try:
@@ -95,11 +107,16 @@ class ServiceClient:
     def heartbeat(self, trial_id: int) -> str:
         return str(self._trial_call(trial_id, "heartbeat")["action"])
 
-    def complete(self, trial_id: int, *, value: float, epochs_run: int) -> dict[str, Any]:
-        return self._trial_call(trial_id, "complete", value=value, epochs_run=epochs_run)
+    def complete(self, trial_id: int, *, value: float, epochs_run: int,
+                 history: dict[str, list[float]] | None = None,
+                 train_val_gap: float | None = None) -> dict[str, Any]:
+        return self._trial_call(trial_id, "complete", value=value, epochs_run=epochs_run,
+                                history=_finite(history), train_val_gap=train_val_gap)
 
-    def fail(self, trial_id: int, *, reason: str, epochs_run: int) -> dict[str, Any]:
-        return self._trial_call(trial_id, "fail", reason=reason, epochs_run=epochs_run)
+    def fail(self, trial_id: int, *, reason: str, epochs_run: int,
+             history: dict[str, list[float]] | None = None) -> dict[str, Any]:
+        return self._trial_call(trial_id, "fail", reason=reason, epochs_run=epochs_run,
+                                history=_finite(history))
 
     def release(self, trial_id: int, *, reason: str) -> dict[str, Any]:
         return self._trial_call(trial_id, "release", reason=reason)

@@ -63,13 +63,14 @@ class Worker:
             "host": host,
             "pid": os.getpid(),
         }
+        self._stopping = threading.Event()
         self.client = ServiceClient(
             settings.api_url,
             worker=self.identity,
             timeout_s=settings.request_timeout_s,
             retry_max_s=settings.retry_max_s,
+            stopping=self._stopping,
         )
-        self._stopping = threading.Event()
         self._data: dict[tuple[str, str | None], Split] = {}
         self.source = DataSource(
             keras_dir=settings.keras_datasets_dir,
@@ -132,30 +133,34 @@ class Worker:
         log.info("trial %s (#%s of %s) leased: %s", trial_id, job.number, job.study_name,
                  job.params)
         started = time.monotonic()
-        try:
-            data = self._dataset(job.dataset)
-        except DatasetUnavailable as exc:
-            self._hand_back(job, Outcome("fail", reason=str(exc)))
-            return
-        except Exception as exc:  # unreadable data fails the trial, never the worker
-            log.exception("loading %s failed", job.dataset.name)
-            self._hand_back(job, Outcome("fail", reason=f"loading the data set failed: "
-                                         f"{type(exc).__name__}: {exc}"))
-            return
+        # The lease is renewed from now on: loading the data can take a while.
         beat = _Heartbeat(lambda: self.client.heartbeat(trial_id),
                           max(job.lease_seconds / 3, 0.5))
         with beat:
-
-            def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
-                return self.client.report(trial_id, epoch, value, metrics)
-
-            outcome = train_trial(
-                job, data, report, lambda: self._stopping.is_set() or beat.stop_requested
-            )
+            try:
+                data = self._dataset(job.dataset)
+            except DatasetUnavailable as exc:
+                outcome = Outcome("fail", reason=str(exc))
+            except Exception as exc:  # unreadable data fails the trial, never the worker
+                log.exception("loading %s failed", job.dataset.name)
+                outcome = Outcome("fail", reason=f"loading the data set failed: "
+                                  f"{type(exc).__name__}: {exc}")
+            else:
+                outcome = self._train(job, data, beat)
         log.info("trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
                  trial_id, outcome.state, outcome.epochs_run, time.monotonic() - started,
                  outcome.value, outcome.reason)
         self._hand_back(job, outcome)
+
+    def _train(self, job: Assignment, data: Split, beat: _Heartbeat) -> Outcome:
+        trial_id = job.trial_id
+        assert trial_id is not None
+
+        def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
+            return self.client.report(trial_id, epoch, value, metrics)
+
+        return train_trial(job, data, report,
+                           lambda: self._stopping.is_set() or beat.stop_requested)
 
     def _run_job(self, job: Assignment) -> None:
         """A sanity run or a final model; any failure is reported, never raised."""
@@ -198,10 +203,12 @@ class Worker:
                 if outcome.state == "complete":
                     assert outcome.value is not None
                     self.client.complete(job.trial_id, value=outcome.value,
-                                         epochs_run=outcome.epochs_run)
+                                         epochs_run=outcome.epochs_run,
+                                         history=outcome.history,
+                                         train_val_gap=outcome.train_val_gap)
                 elif outcome.state == "fail":
                     self.client.fail(job.trial_id, reason=outcome.reason or "unknown",
-                                     epochs_run=outcome.epochs_run)
+                                     epochs_run=outcome.epochs_run, history=outcome.history)
                 elif outcome.state == "stopped":
                     self.client.release(job.trial_id,
                                         reason=outcome.reason or "worker stopping")

@@ -74,6 +74,8 @@ class Outcome:
     reason: str | None = None
     epochs_run: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    train_val_gap: float | None = None
+    """Training minus validation metric at the last epoch (overfitting shows here)."""
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -192,7 +194,10 @@ def train_trial(
             verbose=0,
             callbacks=[reporter, *schedule_callbacks(job.params)],
         )
-        history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+        # Absolute errors back in the target's units, like the reported values.
+        scale = {"mae": data.y_std, "val_mae": data.y_std}
+        history = {k: [float(v) * scale.get(k, 1.0) for v in vs]
+                   for k, vs in fit.history.items() if k != "learning_rate"}
     except Exception as exc:  # the trial failed; the worker goes on
         log.exception("trial %s failed while building or training", job.trial_id)
         text = f"{type(exc).__name__}: {exc}".strip()
@@ -204,6 +209,9 @@ def train_trial(
     outcome = reporter.outcome or Outcome("complete", value=reporter.last_value)
     outcome.epochs_run = reporter.epochs_run
     outcome.history = history
+    train_key = job.metric.removeprefix("val_")
+    if history.get(train_key) and history.get(job.metric):
+        outcome.train_val_gap = history[train_key][-1] - history[job.metric][-1]
     if outcome.state == "complete" and outcome.value is None:
         outcome = Outcome("fail", reason="training ran no epoch", history=history)
     return outcome

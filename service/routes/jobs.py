@@ -14,7 +14,7 @@ from service.schemas import ActionOut, DbId, JobFailIn, JobResult, SanityIn, Wor
 
 router = APIRouter(prefix="/jobs", tags=["worker protocol"])
 
-MAX_MODEL_BYTES = 2 * 1024**3
+MAX_MODEL_BYTES = 512 * 1024**2  # well under PostgreSQL's 1 GB bytea limit
 
 
 def _result(rt: RuntimeDep, row: LeaseRow) -> JobResult:

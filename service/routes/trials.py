@@ -86,7 +86,8 @@ def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
 @router.post("/{trial_id}/complete", response_model=TrialResult)
 def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
     """The trial's final objective value. Idempotent: a retry counts once."""
-    row = leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run)
+    row = leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run,
+                          history=body.history, train_val_gap=body.train_val_gap)
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
 
@@ -94,7 +95,8 @@ def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialRes
 @router.post("/{trial_id}/fail", response_model=TrialResult)
 def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
-    row = leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run)
+    row = leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run,
+                      history=body.history)
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
 
