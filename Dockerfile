@@ -1,6 +1,7 @@
 # hpo-service: one image for the API, the workers, migrations and the Optuna dashboard.
 #   docker build -t hpo-service .                          # TensorFlow on the CPU
 #   docker build --build-arg EXTRAS=gpu -t hpo-service .   # with NVIDIA CUDA libraries
+#   docker build --build-arg EXTRAS=tensorboard ...       # TensorBoard logs per trial
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim
 

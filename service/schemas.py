@@ -65,6 +65,9 @@ class StudyCreate(BaseModel):
     sanity_check: bool = Field(
         True, description="Before any trial, check that the model can overfit a handful "
         "of training rows; if it cannot, the study fails instead of spending its budget.")
+    tensorboard: bool = Field(
+        False, description="Workers write TensorBoard logs of each trial under their "
+        "artifact directory (workers need the `tensorboard` extra).")
 
 
 class DatasetOut(BaseModel):
@@ -179,6 +182,7 @@ class LeaseOut(BaseModel):
     seed: int
     lease_seconds: float
     trial_time_limit_s: float | None
+    tensorboard: bool
 
 
 class WorkerCall(BaseModel):

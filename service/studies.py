@@ -67,6 +67,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
         "seed": body.seed,
         "dataset_info": info.to_json(),
         "trial_time_limit_s": body.trial_time_limit_s,
+        "tensorboard": body.tensorboard,
     }
     with rt.unit_of_work():
         if rt.optuna.has_study(body.name):

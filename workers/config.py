@@ -38,4 +38,8 @@ class WorkerSettings(BaseSettings):
         default=Path.home() / ".cache" / "hpo-service",
         description="Where uploaded data sets are cached, by content hash.",
     )
+    artifact_dir: Path = Field(
+        default=Path("./artifacts"),
+        description="Where TensorBoard logs go (tensorboard/<study>/trial-<n>).",
+    )
     log_level: str = Field(default="INFO")

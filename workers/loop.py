@@ -159,8 +159,11 @@ class Worker:
         def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
             return self.client.report(trial_id, epoch, value, metrics)
 
+        tensorboard_dir = (self.settings.artifact_dir / "tensorboard" / job.study_name
+                           / f"trial-{job.number:04d}")
         return train_trial(job, data, report,
-                           lambda: self._stopping.is_set() or beat.stop_requested)
+                           lambda: self._stopping.is_set() or beat.stop_requested,
+                           tensorboard_dir=tensorboard_dir)
 
     def _run_job(self, job: Assignment) -> None:
         """A sanity run or a final model; any failure is reported, never raised."""

@@ -9,11 +9,13 @@ intermediate values, and a non-finite loss ending the trial at once as a failure
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import keras
@@ -45,6 +47,7 @@ class Assignment:
     time_limit_s: float | None = None
     kind: str = "trial"
     job_id: int = 0
+    tensorboard: bool = False
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Assignment:
@@ -62,6 +65,7 @@ class Assignment:
             seed=int(body["seed"]),
             lease_seconds=float(body["lease_seconds"]),
             time_limit_s=body.get("trial_time_limit_s"),
+            tensorboard=bool(body.get("tensorboard", False)),
         )
 
 
@@ -170,11 +174,23 @@ def compiled_model(job: Assignment, data: Split) -> keras.Model:
     return model
 
 
+def _tensorboard(log_dir: Path | None) -> list[keras.callbacks.Callback]:
+    if log_dir is None:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        log.warning("the study asks for TensorBoard logs, but this worker lacks the "
+                    "tensorboard package (pip install 'hpo-service[tensorboard]')")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+
+
 def train_trial(
     job: Assignment,
     data: Split,
     report: Reporter,
     should_stop: Callable[[], bool] = lambda: False,
+    *,
+    tensorboard_dir: Path | None = None,
 ) -> Outcome:
     """Train the trial's model on ``data`` and say how it ended. Never raises for a
     failure of the trial itself (a bad configuration, a non-finite loss, out of memory):
@@ -192,7 +208,8 @@ def train_trial(
             batch_size=int(job.params.get("batch_size", 64)),
             shuffle=True,
             verbose=0,
-            callbacks=[reporter, *schedule_callbacks(job.params)],
+            callbacks=[reporter, *schedule_callbacks(job.params),
+                       *_tensorboard(tensorboard_dir if job.tensorboard else None)],
         )
         # Absolute errors back in the target's units, like the reported values.
         scale = {"mae": data.y_std, "val_mae": data.y_std}

@@ -64,6 +64,7 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
         seed=grant.seed,
         lease_seconds=grant.lease_seconds,
         trial_time_limit_s=study.spec.get("trial_time_limit_s"),
+        tensorboard=bool(study.spec.get("tensorboard", False)),
     )
 
 

@@ -137,3 +137,16 @@ def test_keras_data_sets_from_the_cache_train_a_cnn(tmp_path: Path, name: str) -
     outcome = train_trial(_job(GOOD, epochs=1, dataset=name, family="cnn"), data,
                           lambda *_: "continue")
     assert outcome.state == "complete", outcome.reason  # (random pixels: nothing to learn)
+
+
+def test_tensorboard_logs_only_when_the_study_asks(digits: Split, tmp_path: Path) -> None:
+    import dataclasses
+
+    logs = tmp_path / "tb"
+    train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue", tensorboard_dir=logs)
+    assert not logs.exists()
+    asked = dataclasses.replace(_job(GOOD, epochs=2), tensorboard=True)
+    outcome = train_trial(asked, digits, lambda *_: "continue", tensorboard_dir=logs)
+    assert outcome.state == "complete"
+    events = sorted(p.parent.name for p in logs.rglob("events.out.tfevents.*"))
+    assert events == ["train", "validation"]
