@@ -112,7 +112,11 @@ def test_a_browser_shows_the_study(dashboard: str, tmp_path: Path) -> None:
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True,
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "shown" in dom.stdout  # the study's name on its page
+    # What the rendered page shows (after its scripts ran): the study's name and id in the
+    # header, the optimisation history, and the importance of the searched parameters.
+    for words in (f"shown (id={study_id})", "History", "Hyperparameter Importance",
+                  "learning_rate", "dropout_rate"):
+        assert words in dom.stdout, words
     shot = tmp_path / "dashboard.png"
     done = subprocess.run([*flags, f"--screenshot={shot}", page], capture_output=True,
                           text=True, timeout=120)
