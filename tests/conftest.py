@@ -84,6 +84,16 @@ def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = 
     raise RuntimeError(f"hpo api did not come up:\n{log.read_text()}")
 
 
+def start_worker(api_url: str, log: Path, *args: str, **settings: str
+                 ) -> subprocess.Popen[bytes]:
+    """A real ``hpo worker`` process against ``api_url``, its output in ``log``; settings
+    become HPO_* variables (polling every 0.3 s unless given)."""
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(hpo("worker", "--api-url", api_url, *args),
+                                env=child_env(**{"poll_interval_s": "0.3", **settings}),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()

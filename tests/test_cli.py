@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, child_env, free_port, hpo, stop
+from tests.conftest import Api, child_env, free_port, hpo, start_worker, stop
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,7 @@ def test_submit_wait_then_status_trials_best_stop(fresh_api: Callable[..., Api],
     spec.write_text("name: cli-iris\ndataset: iris\nn_trials: 3\nepochs: 4\n"
                     "fixed:\n  optimizer: adam\n  learning_rate: 0.01\n")
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(hpo("worker", "--api-url", server.url),
-                                  env=child_env(poll_interval_s="0.3"), stdout=out,
-                                  stderr=subprocess.STDOUT)
+    worker = start_worker(server.url, log)
     try:
         done = _hpo(server.url, "submit", str(spec), "--wait", timeout=240)
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api, child_env, free_port, hpo, stop, wait_for
+from tests.conftest import Api, free_port, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Pa
                 "name": "shown", "dataset": "digits", "n_trials": 3, "epochs": 3,
                 "fixed": {"optimizer": "adam", "lr_schedule": "constant"}})
             study_id = r.json()["id"]
-            log = root / "worker.log"
-            with log.open("wb") as out:
-                worker = subprocess.Popen(hpo("worker", "--api-url", server.url),
-                                          env=child_env(poll_interval_s="0.3"), stdout=out,
-                                          stderr=subprocess.STDOUT)
+            worker = start_worker(server.url, root / "worker.log")
             try:
                 wait_for(lambda: client.get(f"/studies/{study_id}").json()["final_model"]
                          ["state"] == "ready", 180, "the study and its final model")

@@ -3,7 +3,6 @@ HTTP, Keras training on digits, the results read back with optuna.load_study."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Api, child_env, free_port, hpo, start_api, stop, wait_for
+from tests.conftest import Api, free_port, start_api, start_worker, stop, wait_for
 
 BRIEF = {"learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"}
 
@@ -28,9 +27,7 @@ def test_study_over_http_trained_by_a_worker_read_back_with_optuna(
         assert r.status_code == 201, r.text
         study_id = r.json()["id"]
         log = tmp_path / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(hpo("worker", "--api-url", server.url, "--exit-when-idle"),
-                                      env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        worker = start_worker(server.url, log, "--exit-when-idle")
         try:
             assert worker.wait(timeout=240) == 0, log.read_text()
         finally:
@@ -58,10 +55,7 @@ def test_worker_keeps_polling_until_told_to_stop(fresh_api: Callable[..., Api],
                                                  tmp_path: Path) -> None:
     server = fresh_api()
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(hpo("worker", "--api-url", server.url),
-                                  env=child_env(poll_interval_s="0.2"), stdout=out,
-                                  stderr=subprocess.STDOUT)
+    worker = start_worker(server.url, log, poll_interval_s="0.2")
     try:
         with server.client() as client:
             r = client.post("/studies", json={"name": "late", "dataset": "digits",
@@ -81,11 +75,8 @@ def test_worker_outlives_an_unreachable_service(tmp_path: Path) -> None:
     server_dir = tmp_path / "api"
     server_dir.mkdir()
     port = free_port()  # nothing listens here yet
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            hpo("worker", "--api-url", f"http://127.0.0.1:{port}"),
-            env=child_env(poll_interval_s="0.5", retry_max_s="1"),
-            stdout=out, stderr=subprocess.STDOUT)
+    worker = start_worker(f"http://127.0.0.1:{port}", log, poll_interval_s="0.5",
+                          retry_max_s="1")
     server = None
     try:
         wait_for(lambda: "leasing a trial failed" in log.read_text(), 60,
@@ -112,11 +103,7 @@ def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api],
     with server.client() as client:
         r = client.post("/studies", json={"name": "logged", "dataset": "iris", "n_trials": 1,
                                           "epochs": 1, "sanity_check": False})
-        with log.open("wb") as out:
-            worker = subprocess.Popen(hpo("worker", "--api-url", server.url,
-                                          "--exit-when-idle"),
-                                      env=child_env(log_format="json"), stdout=out,
-                                      stderr=subprocess.STDOUT)
+        worker = start_worker(server.url, log, "--exit-when-idle", log_format="json")
         try:
             assert worker.wait(timeout=120) == 0, log.read_text()
         finally:

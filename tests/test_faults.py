@@ -24,6 +24,7 @@ from tests.conftest import (
     free_port,
     hpo,
     start_api,
+    start_worker,
     stop,
     wait_for,
 )
@@ -48,11 +49,7 @@ def pg_api(postgres: Postgres, tmp_path: Path, request: pytest.FixtureRequest
 
 
 def _worker(api_url: str, log: Path, **settings: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(hpo("worker", "--api-url", api_url),
-                                env=child_env(**{"poll_interval_s": "0.3",
-                                                 "retry_max_s": "5", **settings}),
-                                stdout=out, stderr=subprocess.STDOUT)
+    return start_worker(api_url, log, **{"retry_max_s": "5", **settings})
 
 
 def _submit(client: httpx.Client, name: str, **spec: Any) -> int:

@@ -4,7 +4,6 @@ pruning, non-finite losses, regression, uploads, the sanity run and the best mod
 from __future__ import annotations
 
 import io
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from sklearn.datasets import load_iris
 
-from tests.conftest import Api, child_env, hpo, stop, wait_for
+from tests.conftest import Api, start_worker, stop, wait_for
 from workers.data import load
 
 pytestmark = pytest.mark.slow
@@ -31,10 +30,7 @@ GOOD = {"optimizer": "adam", "learning_rate": 0.003, "kernel_initializer": "he_n
 def worker(api: Api, tmp_path: Path, **settings: str) -> Iterator[Path]:
     """One `hpo worker` process against ``api``; yields its log file."""
     log = tmp_path / f"worker-{len(list(tmp_path.glob('worker-*')))}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(hpo("worker", "--api-url", api.url),
-                                   env=child_env(poll_interval_s="0.3", **settings),
-                                   stdout=out, stderr=subprocess.STDOUT)
+    process = start_worker(api.url, log, **settings)
     try:
         yield log
     finally:
