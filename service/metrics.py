@@ -9,18 +9,18 @@ handed out, lease latency, trial durations) count what this process did; with
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from service.models import LeaseRow, StudyRow, WorkerRow, utcnow
+from service import workers_seen
+from service.models import StudyRow
 from service.runtime import Runtime
+from service.studies import trial_counts
 
 STUDY_STATUSES = ("queued", "running", "completed", "stopped", "failed")
-TRIAL_STATES = ("running", "complete", "pruned", "fail", "lost", "released")
 
 
 class _FromDatabase(Collector):
@@ -33,23 +33,15 @@ class _FromDatabase(Collector):
         with self.rt.sessions() as s:
             by_status = dict(s.execute(select(StudyRow.status, func.count())
                                        .group_by(StudyRow.status)).all())
-            by_state = dict(s.execute(
-                select(LeaseRow.state, func.count())
-                .where(LeaseRow.kind == "trial", LeaseRow.trial_id.is_not(None))
-                .group_by(LeaseRow.state)).all())
-            since = utcnow() - timedelta(seconds=2 * self.rt.settings.lease_seconds)
-            live = s.scalar(select(func.count()).select_from(WorkerRow)
-                            .where(WorkerRow.last_seen >= since)) or 0
         for status in STUDY_STATUSES:
             studies.add_metric([status], by_status.get(status, 0))
-        by_state["running"] = by_state.pop("active", 0) + by_state.pop("pending", 0)
-        for state in TRIAL_STATES:
-            trials.add_metric([state], by_state.get(state, 0))
+        for state, n in trial_counts(self.rt).items():
+            trials.add_metric([state], n)
         yield studies
         yield trials
         workers = GaugeMetricFamily("hpo_live_workers", "Workers seen within two lease "
                                     "lengths.")
-        workers.add_metric([], live)
+        workers.add_metric([], workers_seen.count_live(self.rt))
         yield workers
 
 

@@ -125,15 +125,20 @@ def list_all(rt: Runtime) -> list[StudyRow]:
         return list(s.scalars(select(StudyRow).order_by(StudyRow.id)).all())
 
 
-def trial_counts(rt: Runtime, study_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(("running", "complete", "pruned", "fail", "lost", "released"), 0)
+TRIAL_STATES = ("running", "complete", "pruned", "fail", "lost", "released")
+
+
+def trial_counts(rt: Runtime, study_id: int | None = None) -> dict[str, int]:
+    """Trials by state (pending and active count as running), of one study or of all."""
+    counts = dict.fromkeys(TRIAL_STATES, 0)
+    query = (select(LeaseRow.state, func.count())
+             .where(LeaseRow.kind == "trial",
+                    LeaseRow.trial_id.is_not(None))  # not slots that never became trials
+             .group_by(LeaseRow.state))
+    if study_id is not None:
+        query = query.where(LeaseRow.study_id == study_id)
     with rt.sessions() as s:
-        for state, n in s.execute(
-            select(LeaseRow.state, func.count())
-            .where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial",
-                   LeaseRow.trial_id.is_not(None))  # not slots that never became trials
-            .group_by(LeaseRow.state)
-        ):
+        for state, n in s.execute(query):
             counts["running" if state in ("pending", "active") else state] += n
     return counts
 

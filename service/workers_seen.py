@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.models import LeaseRow, WorkerRow, utcnow
@@ -51,9 +51,20 @@ def _seen(rt: Runtime, worker_id: str, *, host: str | None, pid: int | None,
         _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
 
 
+def _live_since(rt: Runtime) -> datetime:
+    """A worker seen after this is live: within two lease lengths."""
+    return utcnow() - timedelta(seconds=2 * rt.settings.lease_seconds)
+
+
+def count_live(rt: Runtime) -> int:
+    with rt.sessions() as s:
+        return s.scalar(select(func.count()).select_from(WorkerRow)
+                        .where(WorkerRow.last_seen >= _live_since(rt))) or 0
+
+
 def live(rt: Runtime) -> list[dict[str, Any]]:
     """Workers seen within two lease lengths, with the trial or job they hold."""
-    since = utcnow() - timedelta(seconds=2 * rt.settings.lease_seconds)
+    since = _live_since(rt)
     with rt.sessions() as s:
         rows = s.execute(
             select(WorkerRow, LeaseRow)
