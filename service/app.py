@@ -14,12 +14,15 @@ from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_space import SpaceError
 from service import logs
+from service.auth import Tokens
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
+from service.limits import SCOPE_KEY, BodyLimits
 from service.metrics import Metrics
 from service.routes import datasets, health, jobs, studies, trials, workers
 from service.runtime import Runtime
@@ -65,7 +68,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Invalid)
     async def _invalid(_req: Request, exc: Invalid) -> JSONResponse:
-        return _unprocessable([_problem(exc.loc, exc.msg, exc.value)])
+        response = _unprocessable([_problem(exc.loc, exc.msg, exc.value)])
+        response.status_code = exc.status  # 422, or 413 for a file over its limit
+        return response
 
     @app.exception_handler(DataError)
     async def _unstorable(_req: Request, exc: DataError) -> JSONResponse:
@@ -89,7 +94,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"message": str(exc)})
+        return JSONResponse(status_code=exc.status, content={"message": str(exc)},
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (404 for an unknown path, 405, 413 from the body limit)
+        # in the same shape as ours.
+        if exc.status_code == 413 and SCOPE_KEY in req.scope:  # a body without a length
+            return req.scope[SCOPE_KEY].answer()
+        return JSONResponse(status_code=exc.status_code, content={"message": str(exc.detail)},
+                            headers=exc.headers)
 
 
 def _reaper(rt: Runtime, stop: threading.Event) -> None:
@@ -101,8 +116,14 @@ def _reaper(rt: Runtime, stop: threading.Event) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API. Opening the database (and refusing an unmigrated one) happens at start-up."""
+    """The API. Opening the database (and refusing an unmigrated one) happens at start-up.
+
+    Raises:
+        ValueError: the tokens are missing, too short or the same (``hpo api`` says so
+            before it gets here).
+    """
     settings = settings or get_settings()
+    tokens = Tokens(settings)
     if not logging.getLogger().handlers:  # a uvicorn child process of `--processes N`
         logs.setup(settings.log_level, settings.log_format)
 
@@ -128,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.tokens = tokens
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)

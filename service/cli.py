@@ -48,11 +48,18 @@ def cmd_api(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
     from service.app import create_app
+    from service.auth import token_problems
     from service.db import is_sqlite
     from service.errors import NotMigrated
     from service.runtime import Runtime
 
     settings = get_settings()
+    problems = token_problems(settings)
+    if problems:
+        print(f"hpo api: {'; '.join(problems)}. Every route but /healthz needs a token: set "
+              "both (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+              "or run `hpo up`, which generates them.", file=sys.stderr)
+        return 2
     if args.processes > 1 and is_sqlite(settings.database_url):
         print("hpo api: --processes > 1 needs PostgreSQL: SQLite allows one writer, and "
               "with SQLite the API must be that one process", file=sys.stderr)
@@ -88,10 +95,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"api_url": args.api_url})
     if args.tf_threads is not None:
         settings = settings.model_copy(update={"tf_threads": args.tf_threads})
-    worker = Worker(settings)
+    try:
+        worker = Worker(settings)
+    except ValueError as exc:
+        print(f"hpo worker: {exc}", file=sys.stderr)
+        return 2
     worker.install_signal_handlers()
     worker.run(max_trials=args.max_trials, exit_when_idle=args.exit_when_idle)
-    return 0
+    return worker.exit_code
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -103,9 +114,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _client_command(args: argparse.Namespace) -> int:
     from service import cli_client
 
-    url = args.api_url or get_settings().api_url
+    settings = get_settings()
+    url = args.api_url or settings.api_url
+    token = settings.api_token.get_secret_value() if settings.api_token else None
     try:
-        with cli_client.Service(url) as svc:
+        with cli_client.Service(url, token) as svc:
             if args.command == "submit":
                 out = cli_client.submit(svc, args.file, wait=args.wait)
             elif args.command == "status":
@@ -166,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_client_command)
 
     p = sub.add_parser("up", help="the embedded default: migrate, API, local workers, demo")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the API's address (the dashboard stays on 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--trials", type=int, default=20, help="trials of the demo study")

@@ -1,5 +1,6 @@
 """The user-facing CLI commands: submit, status, trials, best, stop. They speak HTTP to the
-service at ``HPO_API_URL``; an error from the service is one clear line and exit code 1."""
+service at ``HPO_API_URL`` with the user token ``HPO_API_TOKEN``; an error from the service
+is one clear line and exit code 1."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ class CliError(Exception):
 
 
 class Service:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise CliError("HPO_API_TOKEN is not set: the service needs the user token "
+                           "(`hpo up` prints it when it starts)")
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=30)
+        self._http = httpx.Client(base_url=self.url, timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"})
 
     def __enter__(self) -> Service:
         return self
@@ -39,6 +44,8 @@ class Service:
                 message = r.json().get("message") or r.text
             except ValueError:
                 message = r.text
+            if r.status_code == 401:
+                message += " (is HPO_API_TOKEN the service's user token?)"
             raise CliError(f"{message} (HTTP {r.status_code})")
         return r.json()
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,8 +46,33 @@ class Settings(BaseSettings):
         default=Path("./artifacts"),
         description="Optuna's artifact store: each trial's history.json, the best models.",
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of users: studies, data sets, reads. `hpo api` refuses to "
+        "start without it; `hpo up` generates one.",
+    )
+    worker_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of workers: the trial protocol (/trials, /jobs). Must "
+        "differ from the user token.",
+    )
     max_upload_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1, description="The largest data set file accepted."
+    )
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024,
+        description="The largest request body, uploads aside (they have their own limits).",
+    )
+    max_trials: int = Field(
+        default=10_000, ge=1, le=10_000, description="The largest n_trials of a study."
+    )
+    max_epochs: int = Field(
+        default=1_000, ge=1, le=1_000, description="The largest epochs of a study."
+    )
+    max_model_params: int = Field(
+        default=10_000_000, ge=1,
+        description="The most parameters a trial's model may have: checked when a study is "
+        "submitted (built-in families) and by workers before training (every family).",
     )
     log_level: str = Field(default="INFO")
     log_format: Literal["text", "json"] = Field(

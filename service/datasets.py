@@ -22,7 +22,7 @@ from sqlalchemy.orm import defer
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo, Task
 from search_space.splits import split_rows
-from service.errors import Conflict, Invalid, NotFound
+from service.errors import Conflict, Invalid, NotFound, TooLarge
 from service.models import DatasetRow, LeaseRow, StudyRow, utcnow
 from service.runtime import Runtime
 
@@ -178,8 +178,8 @@ def parse_upload(*, filename: str, content: bytes, label_column: str | None,
             values, too few rows for a stratified split, or over the size limit.
     """
     if len(content) > max_bytes:
-        raise _invalid("file", f"is larger than the limit of {max_bytes} bytes",
-                       f"{len(content)} bytes")
+        raise TooLarge(("file",), f"is larger than the limit of {max_bytes} bytes "
+                       "(HPO_MAX_UPLOAD_BYTES)", f"more than {max_bytes} bytes")
     is_npz = filename.lower().endswith(".npz") or content[:2] == b"PK"
     if is_npz:
         x, raw_y, image = _parse_npz(content, max_bytes)

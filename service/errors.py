@@ -32,5 +32,11 @@ class Invalid(ServiceError):
         super().__init__(f"{'.'.join(map(str, loc))} {msg}, got {value!r}")
 
 
+class TooLarge(Invalid):
+    """A value (an uploaded file) is over its size limit."""
+
+    status = 413
+
+
 class NotMigrated(RuntimeError):
     """The database lacks the service's tables or has an older revision of them."""

@@ -245,3 +245,37 @@ class TrialResult(BaseModel):
     state: str
     value: float | None
     reason: str | None
+
+
+class ProblemOut(BaseModel):
+    """One thing wrong with a request: where, what, and the value given."""
+
+    loc: list[str | int] = Field(description="Path of the field, e.g. [\"search_space\", "
+                                 "\"learning_rate\", \"low\"].")
+    field: str = Field(description="The same path, dotted.")
+    msg: str = Field(description="What is wrong and what is allowed.")
+    input: Any = Field(None, description="The value given (null when missing).")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: one readable ``message``; 422s also list each problem."""
+
+    message: str
+    detail: list[ProblemOut] | None = None
+
+
+_ERROR_TEXT = {
+    401: "No valid token for this route (the same answer whatever was wrong).",
+    404: "No such study, trial, job or data set.",
+    409: "Conflicts with the current state (a taken name, a lease held by another "
+         "worker, a repeated Idempotency-Key still in progress).",
+    413: "The request body, or an uploaded file, is larger than allowed.",
+    422: "A value is not allowed: the message names the field, the value and what is "
+         "allowed.",
+    503: "The database is unavailable; retry after the Retry-After seconds.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error answers, all of them ``ErrorOut``."""
+    return {s: {"model": ErrorOut, "description": _ERROR_TEXT[s]} for s in statuses}

@@ -3,6 +3,10 @@
 Migrates the database, starts the API and local workers as child processes, submits a demo
 study on ``digits`` over the documented space, shows its progress, prints the best trial,
 and keeps serving until Ctrl-C (or exits once the demo is done with ``--exit-when-done``).
+
+The API listens on 127.0.0.1 unless ``--host`` says otherwise; the dashboard, which has
+no authentication of its own, always does. Tokens not set in ``HPO_API_TOKEN`` and
+``HPO_WORKER_TOKEN`` are generated for this run and printed once.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
-from service.config import get_settings
+from service.auth import generate_token, token_problems
+from service.config import Settings, get_settings
 from service.migrate import migrate
 
 DEMO_SEED = 42
@@ -113,13 +119,39 @@ def _follow(client: httpx.Client, study_id: int) -> dict[str, Any]:
         time.sleep(1.0)
 
 
+def _tokens(settings: Settings) -> tuple[str, str]:
+    """The user and worker tokens: the configured ones, or fresh ones printed once."""
+    given = {"HPO_API_TOKEN": settings.api_token, "HPO_WORKER_TOKEN": settings.worker_token}
+    tokens = {name: secret.get_secret_value() if secret else "" for name, secret in given.items()}
+    fresh = [name for name, value in tokens.items() if not value]
+    for name in fresh:
+        tokens[name] = generate_token()
+    problems = token_problems(settings.model_copy(update={
+        "api_token": SecretStr(tokens["HPO_API_TOKEN"]),
+        "worker_token": SecretStr(tokens["HPO_WORKER_TOKEN"])}))
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    if fresh:
+        print("Generated for this run (shown once; export them to use the CLI or to add "
+              "workers):", flush=True)
+        for name in fresh:
+            print(f"  export {name}={tokens[name]}", flush=True)
+    return tokens["HPO_API_TOKEN"], tokens["HPO_WORKER_TOKEN"]
+
+
 def up(args: argparse.Namespace) -> int:
     settings = get_settings()
+    try:
+        user_token, worker_token = _tokens(settings)
+    except RuntimeError as exc:
+        print(f"hpo up: {exc}", file=sys.stderr)
+        return 2
     migrate(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
     url = f"http://{args.host}:{args.port}"
     # The children log warnings only, so the progress lines stay readable.
     env = {"HPO_LOG_LEVEL": "WARNING", **os.environ, "HPO_API_URL": url,
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+           "TF_CPP_MIN_LOG_LEVEL": "2", "HPO_API_TOKEN": user_token,
+           "HPO_WORKER_TOKEN": worker_token}
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -134,16 +166,17 @@ def up(args: argparse.Namespace) -> int:
         print(f"{args.workers} local workers, {threads} TensorFlow thread(s) each", flush=True)
         if not args.no_dashboard:
             procs.append(subprocess.Popen(
-                [_dashboard_command(), "--host", args.host, "--port",
+                [_dashboard_command(), "--host", "127.0.0.1", "--port",
                  str(args.dashboard_port), "--artifact-dir", str(settings.artifact_dir),
                  settings.database_url],
                 env=env, start_new_session=True,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            print(f"Optuna dashboard at http://{args.host}:{args.dashboard_port}/dashboard",
+            print(f"Optuna dashboard at http://127.0.0.1:{args.dashboard_port}/dashboard",
                   flush=True)
         code = 0
         if not args.no_demo:
-            with httpx.Client(base_url=url, timeout=30) as client:
+            with httpx.Client(base_url=url, timeout=30,
+                              headers={"Authorization": f"Bearer {user_token}"}) as client:
                 spec = demo_spec(args.trials, args.epochs)
                 created = client.post("/studies", json=spec).raise_for_status().json()
                 print(f"submitted demo study {created['name']} (id {created['id']}): "

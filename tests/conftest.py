@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,24 @@ import pytest
 from service.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
+
+USER_TOKEN = "test-user-token-0123456789"
+WORKER_TOKEN = "test-worker-token-0123456789"
+"""Every API and worker the tests start uses these unless a test gives its own."""
+WORKER_PREFIXES = ("/trials", "/jobs")
+
+
+class TokenByRoute(httpx.Auth):
+    """The token a route takes: the worker token on the trial protocol, the user token
+    elsewhere. (tests/service/test_auth.py checks each route refuses the other one.)"""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        worker = request.url.path.startswith(WORKER_PREFIXES)
+        request.headers["Authorization"] = f"Bearer {WORKER_TOKEN if worker else USER_TOKEN}"
+        yield request
+
+
+AUTH = TokenByRoute()
 
 
 def free_port() -> int:
@@ -32,7 +50,8 @@ def child_env(**settings: str) -> dict[str, str]:
     """The environment of a child process: this one's, with HPO_* settings on top, TensorFlow
     quiet and on one thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "HPO_TF_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "HPO_TF_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": WORKER_TOKEN})
     env.update({f"HPO_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -51,7 +70,8 @@ class Api:
     log: Path
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        """A client sending the right test token for each route."""
+        return httpx.Client(base_url=self.url, timeout=30, auth=AUTH)
 
 
 def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = None,

@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import (
+    AUTH,
     Api,
     Postgres,
     child_env,
@@ -216,7 +217,7 @@ def test_concurrent_leases_across_api_processes_stay_within_the_budget(
 
     def grab(i: int) -> None:
         try:
-            with httpx.Client(base_url=server.url, timeout=60) as c:
+            with httpx.Client(base_url=server.url, timeout=60, auth=AUTH) as c:
                 for _ in range(4):
                     r = c.post("/trials/lease", json={"worker": {"id": f"w{i}"}})
                     assert r.status_code in (200, 204), r.text

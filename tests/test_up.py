@@ -32,6 +32,7 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     assert best is not None, done.stdout
     assert float(best.group(1)) >= 0.95, done.stdout
     assert "20/20 trials done" in done.stdout
+    assert "Generated" not in done.stdout  # the tokens it was given, not new ones
     assert re.search(r"Optuna dashboard at http://127\.0\.0\.1:\d+/dashboard", done.stdout)
     for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate",
                  "kernel_initializer"):
@@ -47,19 +48,27 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Path) -> None:
+    """Also: with no tokens set, `hpo up` generates both, prints them once, and they work."""
     port = free_port()
+    env = {k: v for k, v in child_env().items() if not k.endswith("_TOKEN")}
     up = subprocess.Popen(
         hpo("up", "--port", str(port), "--workers", "1", "--trials", "2", "--epochs", "500",
             "--no-dashboard"),
-        env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )
+    assert up.stdout is not None
+    printed = "".join(up.stdout.readline() for _ in range(3))
+    tokens = dict(re.findall(r"export (HPO_\w+_TOKEN)=(\S+)", printed))
+    assert set(tokens) == {"HPO_API_TOKEN", "HPO_WORKER_TOKEN"}, printed
+    assert len(set(tokens.values())) == 2 and all(len(t) >= 32 for t in tokens.values())
     try:
         url = f"http://127.0.0.1:{port}"
+        user = {"Authorization": f"Bearer {tokens['HPO_API_TOKEN']}"}
 
         def running() -> bool:
             try:
-                studies = httpx.get(f"{url}/studies", timeout=2).json()
+                studies = httpx.get(f"{url}/studies", timeout=2, headers=user).json()
             except httpx.TransportError:
                 return False
             return bool(studies) and studies[0]["trials"]["running"] == 1
@@ -71,6 +80,7 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
         if up.poll() is None:
             up.kill()
     assert up.returncode == 0, out
+    assert "export HPO_" not in out  # printed once, at the start
     with pytest.raises(httpx.TransportError):  # the API is down too
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/hpo.db")

@@ -38,6 +38,10 @@ class Rejected(RuntimeError):
         super().__init__(f"HTTP {status}: {message}")
 
 
+class Unauthorized(Rejected):
+    """The service refused the worker token (401): misconfigured, so the worker stops."""
+
+
 class ServiceClient:
     """Calls of one worker; ``worker`` identifies it in every request."""
 
@@ -46,6 +50,7 @@ class ServiceClient:
         base_url: str,
         *,
         worker: dict[str, Any],
+        token: str,
         timeout_s: float = 30.0,
         retry_max_s: float = 300.0,
         stopping: threading.Event | None = None,
@@ -55,7 +60,8 @@ class ServiceClient:
         # A stopping worker (SIGTERM) makes one more try of each call, not retry_max_s of
         # them: it must exit within its grace period.
         self.stopping = stopping or threading.Event()
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                  headers={"Authorization": f"Bearer {token}"})
 
     def close(self) -> None:
         self._http.close()
@@ -81,6 +87,8 @@ class ServiceClient:
                 message = str(response.json().get("message") or response.json())
             except ValueError:
                 message = response.text
+            if response.status_code == 401:
+                raise Unauthorized(401, message)
             raise Rejected(response.status_code, message)
         return response
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,8 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HPO_", env_file=".env", extra="ignore")
 
     api_url: str = Field(default="http://127.0.0.1:8000", description="The service's URL.")
+    worker_token: SecretStr | None = Field(
+        default=None, description="The service's HPO_WORKER_TOKEN; sent as a bearer token.")
     tf_threads: int = Field(
         default=0,
         ge=0,

@@ -14,7 +14,7 @@ from types import FrameType
 
 from search_space.catalog import DatasetInfo
 from service.logs import log_context
-from workers.client import Rejected, ServiceClient
+from workers.client import Rejected, ServiceClient, Unauthorized
 from workers.config import WorkerSettings
 from workers.data import DatasetUnavailable, DataSource, Split
 from workers.jobs import sanity_check, train_final
@@ -64,9 +64,14 @@ class Worker:
             "pid": os.getpid(),
         }
         self._stopping = threading.Event()
+        if settings.worker_token is None or not settings.worker_token.get_secret_value():
+            raise ValueError("HPO_WORKER_TOKEN is not set: the service needs the worker "
+                             "token on every call of the trial protocol")
+        self.exit_code = 0
         self.client = ServiceClient(
             settings.api_url,
             worker=self.identity,
+            token=settings.worker_token.get_secret_value(),
             timeout_s=settings.request_timeout_s,
             retry_max_s=settings.retry_max_s,
             stopping=self._stopping,
@@ -97,6 +102,12 @@ class Worker:
             while not self._stopping.is_set() and (max_trials is None or done < max_trials):
                 try:
                     job = self.client.lease()
+                except Unauthorized:
+                    log.error("the service at %s refused this worker's token: is "
+                              "HPO_WORKER_TOKEN the service's worker token?",
+                              self.settings.api_url)
+                    self.exit_code = 2
+                    break
                 except (Rejected, ConnectionError) as exc:
                     # The service is down or refuses us for now: wait, then ask again.
                     log.error("leasing a trial failed: %s", exc)

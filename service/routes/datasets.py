@@ -7,13 +7,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from service import datasets
+from service.auth import USER, USER_OR_WORKER
 from service.routes.deps import RuntimeDep
-from service.schemas import NAME_PATTERN, DatasetOut
+from service.schemas import NAME_PATTERN, DatasetOut, error_responses
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"],
+                   responses=error_responses(401, 404, 409, 413, 422, 503))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut,
+             dependencies=[USER])
 def upload_dataset(
     rt: RuntimeDep,
     name: Annotated[str, Form(pattern=NAME_PATTERN, min_length=1, max_length=128,
@@ -34,13 +37,13 @@ def upload_dataset(
     return DatasetOut(**datasets.create(rt, name=name, parsed=parsed).to_json())
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], dependencies=[USER])
 def list_datasets(rt: RuntimeDep) -> list[DatasetOut]:
     """The built-in data sets and every upload."""
     return [DatasetOut(**info.to_json()) for info in datasets.list_all(rt)]
 
 
-@router.get("/{name}/file", response_class=Response,
+@router.get("/{name}/file", response_class=Response, dependencies=[USER_OR_WORKER],
             responses={200: {"content": {"application/octet-stream": {}}}})
 def download_dataset(name: str, rt: RuntimeDep) -> Response:
     """An uploaded data set as normalised NPZ (x, y); workers cache it by its SHA-256."""

@@ -7,14 +7,23 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from service import jobs, workers_seen
+from service.auth import WORKER
 from service.errors import Invalid
+from service.limits import MAX_MODEL_BYTES
 from service.models import LeaseRow
 from service.routes.deps import RuntimeDep
-from service.schemas import ActionOut, DbId, JobFailIn, JobResult, SanityIn, WorkerCall
+from service.schemas import (
+    ActionOut,
+    DbId,
+    JobFailIn,
+    JobResult,
+    SanityIn,
+    WorkerCall,
+    error_responses,
+)
 
-router = APIRouter(prefix="/jobs", tags=["worker protocol"])
-
-MAX_MODEL_BYTES = 512 * 1024**2  # well under PostgreSQL's 1 GB bytea limit
+router = APIRouter(prefix="/jobs", tags=["worker protocol"], dependencies=[WORKER],
+                   responses=error_responses(401, 404, 409, 413, 422, 503))
 
 
 def _result(rt: RuntimeDep, row: LeaseRow) -> JobResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from service import jobs, studies
+from service.auth import USER
 from service.models import LeaseRow, StudyRow
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
@@ -16,9 +17,11 @@ from service.schemas import (
     StudyOut,
     TrialCounts,
     TrialOut,
+    error_responses,
 )
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[USER],
+                   responses=error_responses(401, 404, 409, 413, 422, 503))
 
 
 def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Response, status
 
 from service import leases, workers_seen
+from service.auth import WORKER
 from service.models import LeaseRow
 from service.routes.deps import RuntimeDep
 from service.schemas import (
@@ -20,9 +21,11 @@ from service.schemas import (
     ReportIn,
     TrialResult,
     WorkerCall,
+    error_responses,
 )
 
-router = APIRouter(prefix="/trials", tags=["worker protocol"])
+router = APIRouter(prefix="/trials", tags=["worker protocol"], dependencies=[WORKER],
+                   responses=error_responses(401, 404, 409, 413, 422, 503))
 
 
 def _result(row: LeaseRow) -> TrialResult:

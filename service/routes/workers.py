@@ -9,9 +9,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service import workers_seen
+from service.auth import USER
 from service.routes.deps import RuntimeDep
+from service.schemas import error_responses
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[USER],
+                   responses=error_responses(401, 503))
 
 
 class WorkerOut(BaseModel):

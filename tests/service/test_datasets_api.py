@@ -125,12 +125,18 @@ def test_bad_files_are_422_with_the_reason(
     assert name not in [d["name"] for d in client.get("/datasets").json()]
 
 
-def test_over_the_size_limit_is_422(fresh_api: Callable[..., Api]) -> None:
+def test_over_the_size_limit_is_413(fresh_api: Callable[..., Api]) -> None:
     server = fresh_api(max_upload_bytes="3000")
     with server.client() as client:
         r = _upload(client, "big", "big.csv", _csv(400), label_column="y")
-        assert r.status_code == 422
+        assert r.status_code == 413
+        assert r.json()["detail"][0]["field"] == "file"
         assert "larger than the limit of 3000 bytes" in r.json()["message"]
+        # Far over the limit: refused by its Content-Length, before the body is read.
+        r = _upload(client, "huge", "huge.csv", b"x" * (2 * 1024 * 1024), label_column="y")
+        assert r.status_code == 413
+        assert "HPO_MAX_UPLOAD_BYTES (3000)" in r.json()["message"]
+        assert {"big", "huge"}.isdisjoint(d["name"] for d in client.get("/datasets").json())
         # A small archive that unpacks to far more than the limit is refused unread.
         out = io.BytesIO()
         np.savez_compressed(out, x=np.zeros((20_000, 10)), y=np.zeros(20_000, np.int8))
