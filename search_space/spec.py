@@ -17,6 +17,9 @@ from typing import Any
 
 from search_space.params import PARAMS, PARAMS_BY_NAME, SEARCH, ParamDef
 
+MAX_CHOICES = 64
+"""The most choices a categorical parameter may list."""
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -235,6 +238,10 @@ def _parse_choices(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
         problems.append(Problem((*loc, "choices"),
                                 f"must be a non-empty list of {_allowed_text(p)}", choices))
         return None, problems
+    if len(choices) > MAX_CHOICES:
+        problems.append(Problem((*loc, "choices"), f"must list at most {MAX_CHOICES} values",
+                                f"{len(choices)} values"))
+        return None, problems
     for i, value in enumerate(choices):
         why = _invalid(p, value)
         if why is not None:
@@ -282,6 +289,11 @@ class SearchSpace:
         for section, given in (("search_space", search_space), ("fixed", fixed)):
             if not isinstance(given, Mapping):
                 problems.append(Problem((section,), "must be an object", given))
+                continue
+            if len(given) > len(PARAMS):  # more than there are: not worth listing each
+                problems.append(Problem((section,), f"names {len(given)} parameters; there "
+                                        f"are {len(PARAMS)} (known: {names})",
+                                        f"{len(given)} names"))
                 continue
             for name in given:
                 if name not in PARAMS_BY_NAME:

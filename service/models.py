@@ -17,6 +17,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -151,6 +152,22 @@ class WorkerRow(Base):
     current_job_id: Mapped[int | None] = mapped_column(Integer)
     first_seen: Mapped[datetime] = mapped_column()
     last_seen: Mapped[datetime] = mapped_column(index=True)
+
+
+class IdempotencyRow(Base):
+    """A request made with an ``Idempotency-Key``: its fingerprint, and the answer once
+    there is one (``status_code`` NULL: still being processed)."""
+
+    __tablename__ = "hpo_idempotency_keys"
+    __table_args__ = (UniqueConstraint("route", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column()
 
 
 COUNTED_STATES = ("complete", "pruned", "fail")

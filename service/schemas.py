@@ -21,8 +21,10 @@ DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit int
 
 class ModelSpec(BaseModel):
     model_config = _FORBID
-    family: Literal["mlp", "cnn"] = Field(
-        "mlp", description="mlp: dense layers; cnn: conv blocks for image data.")
+    family: str = Field(
+        "mlp", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
+        description="mlp: dense layers; cnn: conv blocks for image data; or a custom "
+        "family registered by an installed package (entry-point group hpo.models).")
 
 
 class StudyCreate(BaseModel):
@@ -183,6 +185,8 @@ class LeaseOut(BaseModel):
     lease_seconds: float
     trial_time_limit_s: float | None
     tensorboard: bool
+    max_model_params: int = Field(description="Workers refuse to train a bigger model "
+                                  "(HPO_MAX_MODEL_PARAMS).")
 
 
 class WorkerCall(BaseModel):

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from search_space import METRICS, SearchSpace, SpaceError
 from search_space.catalog import DEFAULT_METRIC, metric_fits
+from search_space.families import family_names
 from service import datasets
 from service.errors import Conflict, Invalid, NotFound
 from service.models import LeaseRow, StudyRow, utcnow
@@ -28,12 +29,22 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
         SpaceError, Invalid: the spec is invalid (422).
         Conflict: a study of that name exists (409).
     """
+    limits = rt.settings
+    if body.n_trials > limits.max_trials:
+        raise Invalid(("n_trials",), f"must be at most {limits.max_trials} "
+                      "(HPO_MAX_TRIALS)", body.n_trials)
+    if body.epochs > limits.max_epochs:
+        raise Invalid(("epochs",), f"must be at most {limits.max_epochs} (HPO_MAX_EPOCHS)",
+                      body.epochs)
     info = datasets.resolve(rt, body.dataset)
     if info is None:
         known = ", ".join(d.name for d in datasets.list_all(rt))
         raise Invalid(("dataset",), f"must be one of {known} (or upload it first)",
                       body.dataset)
     family = body.model.family
+    if family not in family_names():
+        raise Invalid(("model", "family"), f"must be one of {', '.join(family_names())}",
+                      family)
     if family == "cnn" and info.image_shape is None:
         raise Invalid(("model", "family"), f"needs image data, but dataset {info.name!r} is "
                       f"tabular ({info.n_features} features); use mlp", family)

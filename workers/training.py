@@ -21,6 +21,7 @@ from typing import Any, Literal
 import keras
 
 from search_space.catalog import DatasetInfo
+from search_space.families import BUILTIN_FAMILIES, load_builder
 from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
 from workers.data import Split
 
@@ -48,6 +49,7 @@ class Assignment:
     kind: str = "trial"
     job_id: int = 0
     tensorboard: bool = False
+    max_model_params: int | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Assignment:
@@ -66,6 +68,7 @@ class Assignment:
             lease_seconds=float(body["lease_seconds"]),
             time_limit_s=body.get("trial_time_limit_s"),
             tensorboard=bool(body.get("tensorboard", False)),
+            max_model_params=body.get("max_model_params"),
         )
 
 
@@ -152,17 +155,27 @@ class _EpochReporter(keras.callbacks.Callback):
                               f"after epoch {epoch + 1} ({elapsed:.1f}s)"))
 
 
+class ModelTooLarge(ValueError):
+    """The trial's model has more parameters than the service allows."""
+
+
 def compiled_model(job: Assignment, data: Split) -> keras.Model:
     """The trial's model, compiled for its task (seeded: the same job builds the same)."""
     keras.utils.set_random_seed(job.seed)
-    model = build_model(
-        job.params,
-        n_features=data.n_features,
-        n_outputs=int(data.info.n_classes or 1),
-        family=job.model_family,
-        image_shape=data.info.image_shape,
-        seed=job.seed,
-    )
+    shape: dict[str, Any] = {"n_features": data.n_features,
+                             "n_outputs": int(data.info.n_classes or 1),
+                             "image_shape": data.info.image_shape, "seed": job.seed}
+    if job.model_family in BUILTIN_FAMILIES:
+        model = build_model(job.params, family=job.model_family, **shape)
+    else:
+        model = load_builder(job.model_family)(dict(job.params), **shape)
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model family {job.model_family!r} built a "
+                            f"{type(model).__name__}, not a keras.Model")
+    size = model.count_params()
+    if job.max_model_params is not None and size > job.max_model_params:
+        raise ModelTooLarge(f"the model has {size} parameters, more than the service's "
+                            f"limit of {job.max_model_params} (HPO_MAX_MODEL_PARAMS)")
     if data.info.task == "classification":
         loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics: list[keras.metrics.Metric] = [

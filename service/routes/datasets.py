@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from service import datasets
 from service.auth import USER, USER_OR_WORKER
+from service.idempotency import IdempotencyKey, respond_once
 from service.routes.deps import RuntimeDep
 from service.schemas import NAME_PATTERN, DatasetOut, error_responses
 
@@ -28,13 +30,22 @@ def upload_dataset(
     task: Annotated[Literal["classification", "regression"] | None, Form(
         description="Default: integer or text labels classify, fractional ones regress."
     )] = None,
-) -> DatasetOut:
-    """Upload a data set. 422 naming the reason for a bad file; 409 for a taken name."""
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Upload a data set. 422 naming the reason for a bad file; 413 for one over the limit;
+    409 for a taken name. With an ``Idempotency-Key``, a retry gets the first answer."""
     limit = rt.settings.max_upload_bytes
     content = file.file.read(limit + 1)
-    parsed = datasets.parse_upload(filename=file.filename or "", content=content,
-                                   label_column=label_column, task=task, max_bytes=limit)
-    return DatasetOut(**datasets.create(rt, name=name, parsed=parsed).to_json())
+
+    def create() -> DatasetOut:
+        parsed = datasets.parse_upload(filename=file.filename or "", content=content,
+                                       label_column=label_column, task=task, max_bytes=limit)
+        return DatasetOut(**datasets.create(rt, name=name, parsed=parsed).to_json())
+
+    request = {"name": name, "filename": file.filename, "label_column": label_column,
+               "task": task, "sha256": hashlib.sha256(content).hexdigest()}
+    return respond_once(rt, "POST /datasets", idempotency_key, request, create,
+                        status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[DatasetOut], dependencies=[USER])

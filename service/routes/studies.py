@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from service import jobs, studies
 from service.auth import USER
+from service.idempotency import IdempotencyKey, respond_once
 from service.models import LeaseRow, StudyRow
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
@@ -82,10 +83,17 @@ def _trial_out(row: LeaseRow) -> TrialOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyOut)
-def create_study(body: StudyCreate, rt: RuntimeDep) -> StudyOut:
-    """Submit a study. 409 if the name is taken; 422 naming the field if the spec is invalid."""
-    row, warnings = studies.create(rt, body)
-    return _study_out(rt, row, warnings)
+def create_study(body: StudyCreate, rt: RuntimeDep,
+                 idempotency_key: IdempotencyKey = None) -> Response:
+    """Submit a study. 409 if the name is taken; 422 naming the field if the spec is invalid.
+    With an ``Idempotency-Key``, a retry gets the first answer."""
+
+    def create() -> StudyOut:
+        row, warnings = studies.create(rt, body)
+        return _study_out(rt, row, warnings)
+
+    return respond_once(rt, "POST /studies", idempotency_key, body, create,
+                        status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[StudyOut])

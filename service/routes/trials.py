@@ -68,6 +68,7 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
         lease_seconds=grant.lease_seconds,
         trial_time_limit_s=study.spec.get("trial_time_limit_s"),
         tensorboard=bool(study.spec.get("tensorboard", False)),
+        max_model_params=rt.settings.max_model_params,
     )
 
 

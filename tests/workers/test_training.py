@@ -150,3 +150,16 @@ def test_tensorboard_logs_only_when_the_study_asks(digits: Split, tmp_path: Path
     assert outcome.state == "complete"
     events = sorted(p.parent.name for p in logs.rglob("events.out.tfevents.*"))
     assert events == ["train", "validation"]
+
+
+def test_a_model_over_the_size_limit_fails_before_training(digits: Split) -> None:
+    """Custom families cannot be sized at submission; the worker counts before it fits."""
+    from dataclasses import replace
+
+    reports: list[int] = []
+    job = replace(_job(GOOD), max_model_params=1000)  # the mlp has ~13k parameters
+    outcome = train_trial(job, digits, lambda epoch, *_: reports.append(epoch) or "continue")
+    assert outcome.state == "fail" and reports == []
+    assert outcome.reason is not None
+    assert "more than the service's limit of 1000 (HPO_MAX_MODEL_PARAMS)" in outcome.reason
+    assert outcome.epochs_run == 0
