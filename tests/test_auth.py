@@ -1,0 +1,128 @@
+"""Who may call what. The walk goes over every operation of the OpenAPI schema, so a new
+route is checked the day it is added: without a token, with a wrong one, with another
+scheme, and with the other role's token, each is a 401 that says nothing more; with its own
+token it is not."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    USER_TOKEN,
+    WORKER_PREFIXES,
+    WORKER_TOKEN,
+    Api,
+    child_env,
+    free_port,
+    hpo,
+    start_worker,
+)
+
+OPEN = {("GET", "/healthz")}
+EITHER = {("GET", "/datasets/{name}/file")}
+
+
+def _operations(client: httpx.Client) -> list[tuple[str, str]]:
+    schema: dict[str, Any] = client.get("/openapi.json").json()
+    return sorted((method.upper(), path) for path, ops in schema["paths"].items()
+                  for method in ops)
+
+
+def _role(method: str, path: str) -> str:
+    if (method, path) in OPEN:
+        return "open"
+    if (method, path) in EITHER:
+        return "either"
+    return "worker" if path.startswith(WORKER_PREFIXES) else "user"
+
+
+def _call(api: Api, method: str, path: str, token: str | None,
+          scheme: str = "Bearer") -> httpx.Response:
+    url = path.replace("{name}", "digits")
+    for param in ("{study_id}", "{trial_id}", "{job_id}"):
+        url = url.replace(param, "1")
+    headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
+    # An empty body: a refusal must come before the body is even validated.
+    return httpx.request(method, api.url + url, headers=headers, timeout=30,
+                         json={} if method == "POST" else None)
+
+
+def test_every_route_refuses_missing_wrong_and_foreign_tokens(api: Api) -> None:
+    with api.client() as c:
+        operations = _operations(c)
+    assert len(operations) >= 20, operations  # the walk is not vacuous
+    refusal = None
+    for method, path in operations:
+        role = _role(method, path)
+        if role == "open":
+            assert _call(api, method, path, None).status_code == 200
+            continue
+        own = WORKER_TOKEN if role == "worker" else USER_TOKEN
+        foreign = {"user": [WORKER_TOKEN], "worker": [USER_TOKEN], "either": []}[role]
+        attempts = [_call(api, method, path, None),
+                    _call(api, method, path, "wrong-" + own),
+                    _call(api, method, path, own[:-1]),
+                    _call(api, method, path, own, scheme="Basic"),
+                    *(_call(api, method, path, t) for t in foreign)]
+        for r in attempts:
+            assert r.status_code == 401, (method, path, r.status_code, r.text)
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+            # One answer for every refusal: nothing tells a missing token from a wrong one.
+            refusal = refusal or r.json()
+            assert r.json() == refusal, (method, path)
+        for token in ([USER_TOKEN, WORKER_TOKEN] if role == "either" else [own]):
+            r = _call(api, method, path, token)
+            assert r.status_code != 401, (method, path, r.text)
+
+
+def test_the_schema_declares_each_routes_token(api: Api) -> None:
+    with api.client() as c:
+        schema = c.get("/openapi.json").json()
+    assert set(schema["components"]["securitySchemes"]) == {"UserToken", "WorkerToken"}
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            declared = {name for requirement in op.get("security", [])
+                        for name in requirement}
+            expected = {"open": set(), "either": {"UserToken", "WorkerToken"},
+                        "user": {"UserToken"}, "worker": {"WorkerToken"}}[
+                _role(method.upper(), path)]
+            assert declared == expected, (method, path, declared)
+
+
+def test_a_worker_token_cannot_submit_and_a_user_token_cannot_lease(api: Api) -> None:
+    study = {"name": "not-yours", "dataset": "digits", "n_trials": 1, "epochs": 1}
+    as_worker = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+    as_user = {"Authorization": f"Bearer {USER_TOKEN}"}
+    assert httpx.post(f"{api.url}/studies", json=study, headers=as_worker).status_code == 401
+    lease = {"worker": {"id": "intruder"}}
+    assert httpx.post(f"{api.url}/trials/lease", json=lease, headers=as_user).status_code == 401
+    assert httpx.post(f"{api.url}/studies", json=study, headers=as_user).status_code == 201
+    r = httpx.post(f"{api.url}/trials/lease", json=lease, headers=as_worker)
+    assert r.status_code == 200 and r.json()["study_name"] == "not-yours"
+
+
+@pytest.mark.parametrize(("tokens", "words"), [
+    ({}, "HPO_API_TOKEN is not set; HPO_WORKER_TOKEN is not set"),
+    ({"HPO_API_TOKEN": "short", "HPO_WORKER_TOKEN": WORKER_TOKEN}, "shorter than 16"),
+    ({"HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": USER_TOKEN}, "must differ"),
+])
+def test_the_api_refuses_to_start_without_two_good_tokens(
+        tmp_path: Path, tokens: dict[str, str], words: str) -> None:
+    env = {k: v for k, v in child_env().items() if not k.endswith("_TOKEN")} | tokens
+    env["HPO_DATABASE_URL"] = f"sqlite:///{tmp_path}/hpo.db"
+    done = subprocess.run(hpo("api", "--port", str(free_port())), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert words in done.stderr and "hpo up" in done.stderr, done.stderr
+
+
+def test_a_worker_with_a_wrong_token_stops_and_says_why(api: Api, tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    worker = start_worker(api.url, log, worker_token="not-the-worker-token-at-all")
+    assert worker.wait(timeout=60) == 2, log.read_text()
+    assert "refused this worker's token" in log.read_text()
