@@ -6,6 +6,7 @@ imported only by workers) the Keras model builder. No FastAPI, no database.
 
 from search_space.catalog import BUILTIN_DATASETS, METRICS, MODEL_FAMILIES, DatasetInfo
 from search_space.params import BRIEF_PARAMS, PARAMS, PARAMS_BY_NAME, ParamDef
+from search_space.size import max_param_count, param_count
 from search_space.spec import (
     Choices,
     Fixed,
@@ -32,4 +33,6 @@ __all__ = [
     "Problem",
     "SearchSpace",
     "SpaceError",
+    "max_param_count",
+    "param_count",
 ]

@@ -14,17 +14,7 @@ from typing import Any
 
 import keras
 
-from search_space.params import PARAMS_BY_NAME, SEARCH
-
-
-def _param(params: Mapping[str, Any], name: str) -> Any:
-    """The trial's value of ``name``, or its documented fixed default."""
-    if name in params:
-        return params[name]
-    default = PARAMS_BY_NAME[name].default
-    if default is SEARCH:
-        raise KeyError(f"trial parameters lack {name!r}, which has no fixed default")
-    return default
+from search_space.size import CNN_DENSE_UNITS, CNN_FILTERS, hidden_widths, param_value
 
 
 def kernel_initializer(name: str, seed: int | None) -> keras.initializers.Initializer:
@@ -47,23 +37,17 @@ def bias_initializer(name: str) -> keras.initializers.Initializer:
     return keras.initializers.Zeros()
 
 
-def hidden_widths(first: int, layers: int) -> list[int]:
-    """Widths of the hidden layers: halving from ``first``, never below 16 (or ``first``)."""
-    floor = min(first, 16)
-    return [max(first >> i, floor) for i in range(layers)]
-
-
 class _Layers:
     """The layer settings shared by every hidden layer of a trial's model."""
 
     def __init__(self, params: Mapping[str, Any], seed: int | None) -> None:
-        self.activation = _param(params, "activation")
-        self.dropout = float(_param(params, "dropout_rate"))
-        self.batch_norm = bool(_param(params, "batch_norm"))
-        l2 = float(_param(params, "l2"))
+        self.activation = param_value(params, "activation")
+        self.dropout = float(param_value(params, "dropout_rate"))
+        self.batch_norm = bool(param_value(params, "batch_norm"))
+        l2 = float(param_value(params, "l2"))
         self.regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
-        self.kernel_init = _param(params, "kernel_initializer")
-        self.bias_init = _param(params, "bias_initializer")
+        self.kernel_init = param_value(params, "kernel_initializer")
+        self.bias_init = param_value(params, "bias_initializer")
         self.seed = seed
         self._n = 0
 
@@ -122,10 +106,6 @@ class _Layers:
         )(x)
 
 
-CNN_FILTERS = (32, 64)
-CNN_DENSE_UNITS = 128
-
-
 def build_model(
     params: Mapping[str, Any],
     *,
@@ -156,8 +136,8 @@ def build_model(
         x = keras.layers.Flatten(name="flatten")(x)
         x = layers.dense(x, CNN_DENSE_UNITS, "head")
     elif family == "mlp":
-        widths = hidden_widths(int(_param(params, "hidden_units")),
-                               int(_param(params, "hidden_layers")))
+        widths = hidden_widths(int(param_value(params, "hidden_units")),
+                               int(param_value(params, "hidden_layers")))
         for i, width in enumerate(widths):
             x = layers.dense(x, width, str(i))
     else:
@@ -167,16 +147,16 @@ def build_model(
 
 def build_optimizer(params: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     """The optimizer named by ``optimizer``, at ``learning_rate``, with ``clipnorm``."""
-    name = _param(params, "optimizer")
-    lr = float(_param(params, "learning_rate"))
-    clipnorm = _param(params, "clipnorm")
+    name = param_value(params, "optimizer")
+    lr = float(param_value(params, "learning_rate"))
+    clipnorm = param_value(params, "clipnorm")
     common: dict[str, Any] = {"learning_rate": lr}
     if clipnorm is not None:
         common["clipnorm"] = float(clipnorm)
     if name == "sgd":
         return keras.optimizers.SGD(**common)
     if name == "momentum":
-        return keras.optimizers.SGD(momentum=float(_param(params, "momentum")), **common)
+        return keras.optimizers.SGD(momentum=float(param_value(params, "momentum")), **common)
     classes = {
         "adagrad": keras.optimizers.Adagrad,
         "rmsprop": keras.optimizers.RMSprop,
@@ -191,10 +171,10 @@ def schedule_callbacks(params: Mapping[str, Any], *, monitor: str = "val_loss"
     """Callbacks that apply ``lr_schedule``: exponential decay per epoch
     (``lr = learning_rate * lr_decay_rate ** epoch``), or halving when ``monitor`` (the
     validation loss) stops falling."""
-    schedule = _param(params, "lr_schedule")
-    base = float(_param(params, "learning_rate"))
+    schedule = param_value(params, "lr_schedule")
+    base = float(param_value(params, "learning_rate"))
     if schedule == "exponential":
-        rate = float(_param(params, "lr_decay_rate"))
+        rate = float(param_value(params, "lr_decay_rate"))
         return [keras.callbacks.LearningRateScheduler(lambda epoch, _lr: base * rate**epoch)]
     if schedule == "plateau":
         return [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,

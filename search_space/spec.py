@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from search_space.params import PARAMS, PARAMS_BY_NAME, SEARCH, ParamDef
@@ -52,6 +53,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 256:  # str() of a huge int raises
+        return f"an integer of {value.bit_length()} bits"
     return str(value)
 
 
@@ -175,6 +178,17 @@ def _allowed_text(p: ParamDef) -> str:
     return f"{kind} in {p.bounds.describe()}"
 
 
+MAX_STEPS = 10**9
+"""A stepped range holds at most this many values (a tiny step is a mistake)."""
+
+
+def _divisible(high: float, low: float, step: float) -> bool:
+    """Whether ``high - low`` is a whole number of steps, checked in decimal as Optuna does
+    (it would otherwise narrow the range and warn on every trial)."""
+    exact = (Decimal(str(high)) - Decimal(str(low))) / Decimal(str(step))
+    return exact == exact.to_integral_value()
+
+
 def _on_step(value: float, low: float, step: float) -> bool:
     steps = (value - low) / step
     return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
@@ -214,7 +228,10 @@ def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
     if log is True and step is not None and not (p.kind == "int" and step == 1):
         problems.append(Problem((*loc, "step"), "cannot be combined with log: true "
                                 "(except step 1 for an integer)", step))
-    if step is not None and not problems and not _on_step(high, low, step):
+    if step is not None and not problems and (high - low) / step > MAX_STEPS:
+        problems.append(Problem((*loc, "step"), f"is too small: [low, high] would hold more "
+                                f"than {MAX_STEPS} steps", step))
+    elif step is not None and not problems and not _divisible(high, low, step):
         problems.append(Problem((*loc, "high"), f"must be low ({_show(low)}) plus a "
                                 f"whole number of steps ({_show(step)})", high))
     if problems:
@@ -401,7 +418,8 @@ class SearchSpace:
                 if isinstance(dim, IntRange):
                     value = low + (int(value) - low) // dim.step * dim.step
                 elif dim.step is not None:
-                    value = low + round((value - low) / dim.step) * dim.step
+                    # (float error can put low + k * step just past high)
+                    value = min(low + round((value - low) / dim.step) * dim.step, high)
                 params[name] = value
         return params
 

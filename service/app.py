@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -30,8 +31,20 @@ from service.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+def _echo(value: Any) -> Any:
+    """A value given in a request, as it can go back in a JSON answer."""
+    if isinstance(value, bytes):
+        return value[:200].decode("utf-8", "replace")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):  # NaN, a set, an object: its text
+        return repr(value)[:200]
+    return value
+
+
 def _problem(loc: tuple[Any, ...] | list[Any], msg: str, value: Any) -> dict[str, Any]:
-    return {"loc": list(loc), "field": ".".join(str(p) for p in loc), "msg": msg, "input": value}
+    return {"loc": list(loc), "field": ".".join(str(p) for p in loc), "msg": msg,
+            "input": _echo(value)}
 
 
 def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
@@ -51,6 +64,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             kind = err.get("type")
             loc = [p for p in err["loc"] if p != "body"] or ["body"]
             msg, value = err["msg"], err.get("input")
+            if isinstance(value, bytes) and loc == ["body"]:
+                # A JSON route sent a body of another Content-Type: FastAPI left it unparsed.
+                return JSONResponse(status_code=415, content={
+                    "message": "the body must be JSON: send it with the header "
+                               "'Content-Type: application/json'"})
             if kind == "extra_forbidden":
                 msg = "is not an allowed field"
             elif kind == "json_invalid":

@@ -269,11 +269,13 @@ class ErrorOut(BaseModel):
 
 
 _ERROR_TEXT = {
+    400: "The body could not be parsed at all (not UTF-8 JSON, or broken multipart data).",
     401: "No valid token for this route (the same answer whatever was wrong).",
     404: "No such study, trial, job or data set.",
     409: "Conflicts with the current state (a taken name, a lease held by another "
          "worker, a repeated Idempotency-Key still in progress).",
     413: "The request body, or an uploaded file, is larger than allowed.",
+    415: "A JSON body sent without 'Content-Type: application/json'.",
     422: "A value is not allowed: the message names the field, the value and what is "
          "allowed.",
     503: "The database is unavailable; retry after the Retry-After seconds.",

@@ -9,8 +9,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from search_space import METRICS, SearchSpace, SpaceError
-from search_space.catalog import DEFAULT_METRIC, metric_fits
+from search_space.catalog import DEFAULT_METRIC, DatasetInfo, metric_fits
 from search_space.families import family_names
+from search_space.size import max_param_count
 from service import datasets
 from service.errors import Conflict, Invalid, NotFound
 from service.models import LeaseRow, StudyRow, utcnow
@@ -60,6 +61,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
             raise Invalid(("enqueue",), "cannot be combined with the grid sampler, which "
                           "already enumerates every point of the space", len(body.enqueue))
     check_samplable(space)
+    _check_model_size(space, info, limits.max_model_params, body)
     problems = [p for i, params in enumerate(body.enqueue)
                 for p in space.check_params(params, ("enqueue", i))]
     if problems:
@@ -121,6 +123,27 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     log.info("study %s (%s) created: %d trials of %d epochs on %s", row.id, row.name,
              row.n_trials, row.epochs, row.dataset)
     return row, warnings
+
+
+def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int,
+                      body: StudyCreate) -> None:
+    """Refuse a space whose largest model is over the limit (built-in families; workers
+    check custom ones before they train)."""
+    largest = max_param_count(space, n_features=info.n_features,
+                              n_outputs=int(info.n_classes or 1), image_shape=info.image_shape)
+    if largest is None or largest <= limit:
+        return
+    given = {**(body.fixed or {}), **(body.search_space or {})}
+    field = next((name for name in ("hidden_units", "hidden_layers", "batch_norm")
+                  if name in given and space.can_be_active(name)), None)
+    if field is None:
+        loc: tuple[str, ...] = ("model", "family")
+        value: Any = space.family
+    else:
+        loc = ("search_space" if field in (body.search_space or {}) else "fixed", field)
+        value = given[field]
+    raise Invalid(loc, f"makes the largest model on dataset {info.name!r} {largest} "
+                  f"parameters, more than the limit of {limit} (HPO_MAX_MODEL_PARAMS)", value)
 
 
 def get(rt: Runtime, study_id: int) -> StudyRow:

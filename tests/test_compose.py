@@ -25,9 +25,13 @@ def _config(**env: str) -> subprocess.CompletedProcess[str]:
                           cwd="/")
 
 
+SECRETS = {"POSTGRES_PASSWORD": "s3cret", "HPO_API_TOKEN": "user-token-0123456789",
+           "HPO_WORKER_TOKEN": "worker-token-0123456789"}
+
+
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    done = _config(POSTGRES_PASSWORD="s3cret")
+    done = _config(**SECRETS)
     assert done.returncode == 0, done.stderr
     parsed: dict[str, Any] = yaml.safe_load(done.stdout)
     return parsed
@@ -49,6 +53,8 @@ def test_workers_scale(services: dict[str, Any]) -> None:
     env = worker["environment"]
     assert env["HPO_API_URL"] == "http://api:8000"
     assert not any("DATABASE" in key or "PASSWORD" in key for key in env)  # no credentials
+    assert env["HPO_WORKER_TOKEN"] == SECRETS["HPO_WORKER_TOKEN"]
+    assert "HPO_API_TOKEN" not in env  # a worker host cannot submit or read studies
     assert worker["depends_on"]["api"]["condition"] == "service_healthy"
 
 
@@ -70,17 +76,34 @@ def test_start_order_db_then_migrate_then_api(config: dict[str, Any],
     assert url in services["dashboard"]["command"]  # the dashboard reads the same database
 
 
+def _host_ip(port: dict[str, Any] | str) -> str:
+    return str(port["host_ip"] if isinstance(port, dict) else port.split(":")[0])
+
+
 def test_published_ports_stay_on_loopback_by_default(services: dict[str, Any]) -> None:
     for name in ("api", "dashboard"):
         (port,) = services[name]["ports"]
-        host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
-        assert host_ip == "127.0.0.1", (name, port)
+        assert _host_ip(port) == "127.0.0.1", (name, port)
 
 
-def test_the_database_password_is_required() -> None:
-    done = _config()
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_the_password_and_both_tokens_are_required(missing: str) -> None:
+    done = _config(**{k: v for k, v in SECRETS.items() if k != missing})
     assert done.returncode != 0
-    assert "set POSTGRES_PASSWORD in .env" in done.stderr
+    assert f"set {missing} in .env" in done.stderr
+
+
+def test_the_api_has_both_tokens_and_the_dashboard_stays_on_loopback() -> None:
+    done = _config(**SECRETS, HPO_BIND="0.0.0.0")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    env = services["api"]["environment"]
+    assert env["HPO_API_TOKEN"] == SECRETS["HPO_API_TOKEN"]
+    assert env["HPO_WORKER_TOKEN"] == SECRETS["HPO_WORKER_TOKEN"]
+    (api_port,) = services["api"]["ports"]
+    (dashboard_port,) = services["dashboard"]["ports"]
+    assert _host_ip(api_port) == "0.0.0.0"
+    assert _host_ip(dashboard_port) == "127.0.0.1"
 
 
 def test_env_example_names_every_variable_the_compose_file_reads() -> None:

@@ -14,7 +14,7 @@ from service.routes.deps import RuntimeDep
 from service.schemas import NAME_PATTERN, DatasetOut, error_responses
 
 router = APIRouter(prefix="/datasets", tags=["datasets"],
-                   responses=error_responses(401, 404, 409, 413, 422, 503))
+                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut,

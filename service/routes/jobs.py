@@ -23,7 +23,7 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/jobs", tags=["worker protocol"], dependencies=[WORKER],
-                   responses=error_responses(401, 404, 409, 413, 422, 503))
+                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
 
 
 def _result(rt: RuntimeDep, row: LeaseRow) -> JobResult:

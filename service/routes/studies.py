@@ -22,7 +22,7 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[USER],
-                   responses=error_responses(401, 404, 409, 413, 422, 503))
+                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
 
 
 def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:
