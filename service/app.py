@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_space import SpaceError
 from service import logs
-from service.auth import Tokens
+from service.auth import AuthGate, Tokens
 from service.config import Settings, get_settings
 from service.errors import Invalid, ServiceError
 from service.leases import reap_expired
@@ -170,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens = tokens
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(AuthGate, tokens=tokens)  # (added last: runs first)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)

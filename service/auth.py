@@ -17,7 +17,10 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import ServiceError
@@ -108,6 +111,53 @@ def _either(request: Request, given: Annotated[Credentials, Depends(_user_scheme
     user, worker = _matches(given, tokens.user), _matches(given, tokens.worker)
     if not (user or worker):
         raise Unauthorized()
+
+
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                          "/redoc"})
+"""Open to anyone: liveness, and the API's description (which opens nothing)."""
+
+
+def role_of(method: str, path: str) -> str:
+    """Who may call ``method path``: open, user, worker or either. The routes declare the
+    same through their dependencies (for OpenAPI); tests/test_auth.py checks both."""
+    if path in PUBLIC_PATHS:
+        return "open"
+    if path.startswith(("/trials/", "/jobs/")):
+        return "worker"
+    if method in ("GET", "HEAD") and path.startswith("/datasets/") and path.endswith("/file"):
+        return "either"
+    return "user"
+
+
+class AuthGate:
+    """Pure ASGI middleware: refuses a request without the token its route takes before a
+    byte of its body is read or parsed, so no one without a token can make the service
+    spool an upload or learn how it validates bodies."""
+
+    def __init__(self, app: ASGIApp, tokens: Tokens) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    def _allowed(self, role: str, scope: Scope) -> bool:
+        if role == "open":
+            return True
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = (HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+                 if scheme.lower() == "bearer" and token else None)
+        user, worker = _matches(given, self.tokens.user), _matches(given, self.tokens.worker)
+        return {"user": user, "worker": worker, "either": user or worker}[role]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._allowed(
+                role_of(scope["method"], scope["path"]), scope):
+            refusal = Unauthorized()
+            response = JSONResponse(status_code=refusal.status, headers=refusal.headers,
+                                    content={"message": str(refusal)})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 USER = Depends(_user)

@@ -80,6 +80,20 @@ def test_every_route_refuses_missing_wrong_and_foreign_tokens(api: Api) -> None:
             assert r.status_code != 401, (method, path, r.text)
 
 
+def test_the_token_is_checked_before_the_body_is_read(api: Api) -> None:
+    """No token: a 401 even for a body that would be a 422 (bad JSON) or a 413 (too big),
+    so nothing is parsed or spooled for someone without a token."""
+    broken = httpx.post(f"{api.url}/studies", content=b'{"name": ',
+                        headers={"Content-Type": "application/json"})
+    assert broken.status_code == 401, broken.text
+    huge = httpx.post(f"{api.url}/studies", content=b"x" * (3 * 1024 * 1024),
+                      headers={"Content-Type": "application/json"})
+    assert huge.status_code == 401, huge.text
+    upload = httpx.post(f"{api.url}/jobs/1/model", files={"file": ("m.keras", b"PK" * 1000)},
+                        headers={"Authorization": f"Bearer {USER_TOKEN}"})
+    assert upload.status_code == 401, upload.text
+
+
 def test_the_schema_declares_each_routes_token(api: Api) -> None:
     with api.client() as c:
         schema = c.get("/openapi.json").json()

@@ -58,6 +58,15 @@ def test_workers_scale(services: dict[str, Any]) -> None:
     assert worker["depends_on"]["api"]["condition"] == "service_healthy"
 
 
+def test_workers_reach_the_api_only(services: dict[str, Any]) -> None:
+    """Not the database, and not the dashboard (no authentication of its own)."""
+    nets = {name: set(service["networks"]) for name, service in services.items()}
+    assert nets["worker"] & nets["api"]
+    for other in ("db", "dashboard", "migrate"):
+        assert not nets["worker"] & nets[other], other
+    assert nets["api"] & nets["db"] and nets["dashboard"] & nets["db"]
+
+
 def test_start_order_db_then_migrate_then_api(config: dict[str, Any],
                                               services: dict[str, Any]) -> None:
     db, migrate, api = services["db"], services["migrate"], services["api"]

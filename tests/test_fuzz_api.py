@@ -34,7 +34,7 @@ from service.config import Settings
 from tests.conftest import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop
 from tests.search_space.test_spec_properties import random_dimension, random_fixed, section
 
-FUZZ_EXAMPLES = int(os.environ.get("HPO_FUZZ_EXAMPLES", "40"))
+FUZZ_EXAMPLES = int(os.environ.get("HPO_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 

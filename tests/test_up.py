@@ -58,11 +58,16 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
         text=True,
     )
     assert up.stdout is not None
-    printed = "".join(up.stdout.readline() for _ in range(3))
-    tokens = dict(re.findall(r"export (HPO_\w+_TOKEN)=(\S+)", printed))
-    assert set(tokens) == {"HPO_API_TOKEN", "HPO_WORKER_TOKEN"}, printed
-    assert len(set(tokens.values())) == 2 and all(len(t) >= 32 for t in tokens.values())
     try:
+        printed = ""
+        while printed.count("export HPO_") < 2 and len(printed) < 20_000:
+            line = up.stdout.readline()
+            if not line:
+                break
+            printed += line
+        tokens = dict(re.findall(r"export (HPO_\w+_TOKEN)=(\S+)", printed))
+        assert set(tokens) == {"HPO_API_TOKEN", "HPO_WORKER_TOKEN"}, printed
+        assert len(set(tokens.values())) == 2 and all(len(t) >= 32 for t in tokens.values())
         url = f"http://127.0.0.1:{port}"
         user = {"Authorization": f"Bearer {tokens['HPO_API_TOKEN']}"}
 
@@ -79,6 +84,8 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
     finally:
         if up.poll() is None:
             up.kill()
+            up.wait()
+        up.stdout.close()
     assert up.returncode == 0, out
     assert "export HPO_" not in out  # printed once, at the start
     with pytest.raises(httpx.TransportError):  # the API is down too

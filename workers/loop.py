@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from search_space.catalog import DatasetInfo
+from search_space.families import FamilyUnavailable
 from service.logs import log_context
 from workers.client import Rejected, ServiceClient, Unauthorized
 from workers.config import WorkerSettings
@@ -195,7 +196,7 @@ class Worker:
         except (Rejected, ConnectionError) as exc:
             log.error("%s job %s: the service did not take the result: %s", job.kind,
                       job.job_id, exc)
-        except DatasetUnavailable as exc:  # another worker may have the data
+        except (DatasetUnavailable, FamilyUnavailable) as exc:  # another worker may have it
             log.error("%s job %s: %s", job.kind, job.job_id, exc)
             try:
                 self.client.job_release(job.job_id, reason=str(exc))

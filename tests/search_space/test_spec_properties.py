@@ -208,7 +208,7 @@ def _check_accepted(space: SearchSpace, seed: int) -> None:
         assert model.predict(np.zeros((2, N_FEATURES)), verbose=0).shape == (2, N_OUTPUTS)
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(search_space=section(random_dimension), fixed=section(random_fixed),
        family=st.sampled_from(MODEL_FAMILIES), seed=st.integers(0, 2**32 - 1))

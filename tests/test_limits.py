@@ -1,25 +1,28 @@
 """Limits that keep a request from exhausting the service or a worker, each answered with a
-4xx that names the field, the value and the limit, on SQLite and PostgreSQL."""
+4xx that names the field, the value and the limit. (They are checked before the database
+is touched, so SQLite stands for both backends here.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import start_api, stop
 
 STUDY = {"name": "limits", "dataset": "digits", "n_trials": 4, "epochs": 3}
 
 
-@pytest.fixture
-def limited(fresh_api: Callable[..., Api]) -> Iterator[httpx.Client]:
-    server = fresh_api(max_trials="50", max_epochs="30", max_model_params="200000",
-                       max_body_bytes="4096")
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    server = start_api(Path(tmp_path_factory.mktemp("limits")), max_trials="50",
+                       max_epochs="30", max_model_params="200000", max_body_bytes="4096")
     with server.client() as client:
         yield client
+    stop(server.process)
 
 
 def _problem(r: httpx.Response, status: int = 422) -> dict[str, Any]:
