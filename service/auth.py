@@ -79,6 +79,12 @@ class Tokens:
         self.user = _digest(settings.api_token.get_secret_value())
         self.worker = _digest(settings.worker_token.get_secret_value())
 
+    def allow(self, role: str, given: HTTPAuthorizationCredentials | None) -> bool:
+        """Whether ``given`` opens a route of ``role`` (user, worker or either). Both
+        tokens are compared whatever the role, so the answer takes as long either way."""
+        user, worker = _matches(given, self.user), _matches(given, self.worker)
+        return {"user": user, "worker": worker, "either": user or worker}[role]
+
 
 # Both schemes read the same header; two names document which token a route takes.
 _user_scheme = HTTPBearer(scheme_name="UserToken", auto_error=False,
@@ -95,21 +101,18 @@ def _tokens(request: Request) -> Tokens:
 
 
 def _user(request: Request, given: Annotated[Credentials, Depends(_user_scheme)]) -> None:
-    if not _matches(given, _tokens(request).user):
+    if not _tokens(request).allow("user", given):
         raise Unauthorized()
 
 
 def _worker(request: Request, given: Annotated[Credentials, Depends(_worker_scheme)]) -> None:
-    if not _matches(given, _tokens(request).worker):
+    if not _tokens(request).allow("worker", given):
         raise Unauthorized()
 
 
 def _either(request: Request, given: Annotated[Credentials, Depends(_user_scheme)],
             _also: Annotated[Credentials, Depends(_worker_scheme)]) -> None:
-    tokens = _tokens(request)
-    # Both compared, so the answer takes as long whichever token it is.
-    user, worker = _matches(given, tokens.user), _matches(given, tokens.worker)
-    if not (user or worker):
+    if not _tokens(request).allow("either", given):
         raise Unauthorized()
 
 
@@ -146,8 +149,7 @@ class AuthGate:
         scheme, _, token = header.partition(" ")
         given = (HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
                  if scheme.lower() == "bearer" and token else None)
-        user, worker = _matches(given, self.tokens.user), _matches(given, self.tokens.worker)
-        return {"user": user, "worker": worker, "either": user or worker}[role]
+        return self.tokens.allow(role, given)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._allowed(
