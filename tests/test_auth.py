@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
+from tests.support import (
     USER_TOKEN,
     WORKER_PREFIXES,
     WORKER_TOKEN,

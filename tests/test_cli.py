@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, child_env, free_port, hpo, start_worker, stop
+from tests.support import Api, child_env, free_port, hpo, start_worker, stop
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def _config(**env: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, Api, start_worker, stop, wait_for
+from tests.support import REPO, Api, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api, free_port, start_worker, stop, wait_for
+from tests.support import Api, free_port, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Path, int]]:
     """A study run to the end (sanity run, trials, final model) by a real worker."""
-    from tests.conftest import start_api
+    from tests.support import start_api
 
     root = tmp_path_factory.mktemp("dash")
     artifacts = root / "artifacts"

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Api, free_port, start_api, start_worker, stop, wait_for
+from tests.support import Api, free_port, start_api, start_worker, stop, wait_for
 
 BRIEF = {"learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"}
 

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import (
+from tests.support import (
     AUTH,
     Api,
     Postgres,

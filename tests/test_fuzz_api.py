@@ -31,8 +31,8 @@ from schemathesis.specs.openapi.checks import (
 from search_space import MODEL_FAMILIES
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop
 from tests.search_space.test_spec_properties import random_dimension, random_fixed, section
+from tests.support import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop
 
 FUZZ_EXAMPLES = int(os.environ.get("HPO_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

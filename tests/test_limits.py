@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import start_api, stop
+from tests.support import start_api, stop
 
 STUDY = {"name": "limits", "dataset": "digits", "n_trials": 4, "epochs": 3}
 

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 from sklearn.datasets import load_iris
 
-from tests.conftest import Api, start_worker, stop, wait_for
+from tests.support import Api, start_worker, stop, wait_for
 from workers.data import load
 
 pytestmark = pytest.mark.slow

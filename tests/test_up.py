@@ -12,7 +12,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.conftest import child_env, free_port, hpo, wait_for
+from tests.support import child_env, free_port, hpo, wait_for
 
 pytestmark = pytest.mark.slow
 

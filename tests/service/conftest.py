@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Postgres, start_api, stop
+from tests.support import Api, Postgres, start_api, stop
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Api
+from tests.support import Api
 
 
 def _upload(client: httpx.Client, name: str, filename: str, content: bytes,

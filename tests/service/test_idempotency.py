@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Api
+from tests.support import Api
 
 
 def _study(name: str, **overrides: Any) -> dict[str, Any]:

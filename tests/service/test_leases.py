@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import Api, wait_for
+from tests.support import Api, wait_for
 
 WORKER = {"worker": {"id": "w1", "host": "test", "pid": 1}}
 

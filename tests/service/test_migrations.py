@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from service.db import VERSION_TABLE, make_engine, schema_revisions
 from service.migrate import migrate
 from service.models import Base
-from tests.conftest import Postgres, child_env, hpo
+from tests.support import Postgres, child_env, hpo
 
 
 def test_migrate_creates_service_and_optuna_tables_and_is_repeatable(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
     from sqlalchemy import text
 
     from service.db import alembic_config
-    from tests.conftest import start_api, stop
+    from tests.support import start_api, stop
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     command.upgrade(alembic_config(url), "0001")

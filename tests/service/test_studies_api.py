@@ -8,7 +8,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.conftest import Api
+from tests.support import Api
 
 GOOD = {
     "name": "good",

@@ -1,0 +1,202 @@
+"""Real parts for the tests and the benchmarks: a real uvicorn on 127.0.0.1 over a SQLite
+file or a PostgreSQL server of our own, and real worker processes. No pytest here: the
+benchmarks (``make bench``) use it without the test extras."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from service.migrate import migrate
+
+REPO = Path(__file__).resolve().parent.parent
+
+USER_TOKEN = "test-user-token-0123456789"
+WORKER_TOKEN = "test-worker-token-0123456789"
+"""Every API and worker the tests start uses these unless a test gives its own."""
+WORKER_PREFIXES = ("/trials", "/jobs")
+
+
+class TokenByRoute(httpx.Auth):
+    """The token a route takes: the worker token on the trial protocol, the user token
+    elsewhere. (tests/service/test_auth.py checks each route refuses the other one.)"""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        worker = request.url.path.startswith(WORKER_PREFIXES)
+        request.headers["Authorization"] = f"Bearer {WORKER_TOKEN if worker else USER_TOKEN}"
+        yield request
+
+
+AUTH = TokenByRoute()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """The environment of a child process: this one's, with HPO_* settings on top, TensorFlow
+    quiet and on one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "HPO_TF_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": WORKER_TOKEN})
+    env.update({f"HPO_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def hpo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+@dataclass
+class Api:
+    """A running ``hpo api`` process on a migrated SQLite file."""
+
+    url: str
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> httpx.Client:
+        """A client sending the right test token for each route."""
+        return httpx.Client(base_url=self.url, timeout=30, auth=AUTH)
+
+
+def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = None,
+              processes: int = 1, **settings: str) -> Api:
+    """``hpo api`` on a migrated database (a SQLite file in ``tmp`` unless given)."""
+    db_url = database_url or f"sqlite:///{tmp / 'hpo.db'}"
+    migrate(db_url)
+    port = port or str(free_port())
+    log = tmp / "api.log"
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            hpo("api", "--host", "127.0.0.1", "--port", str(port),
+                "--processes", str(processes)),
+            env=child_env(database_url=db_url, **settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hpo api exited {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return Api(url, db_url, process, log)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"hpo api did not come up:\n{log.read_text()}")
+
+
+def start_worker(api_url: str, log: Path, *args: str, **settings: str
+                 ) -> subprocess.Popen[bytes]:
+    """A real ``hpo worker`` process against ``api_url``, its output in ``log``; settings
+    become HPO_* variables (polling every 0.3 s unless given)."""
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(hpo("worker", "--api-url", api_url, *args),
+                                env=child_env(**{"poll_interval_s": "0.3", **settings}),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+# --- PostgreSQL: a real server of our own on 127.0.0.1, in a temporary directory ---------
+
+
+def _pg_bin() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not candidates:
+        raise RuntimeError("PostgreSQL is not installed; `make test` and `make bench` "
+                           "install it (scripts/ensure-test-tools.sh)")
+    return candidates[-1].parent
+
+
+class Postgres:
+    """A PostgreSQL server of our own. As root it runs as the ``postgres`` user (the server
+    refuses root). ``durable=False`` (the tests) turns fsync off; the benchmarks keep
+    PostgreSQL's defaults."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
+        self.bin = _pg_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self._dbs = 0
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                   "-c max_connections=300" + ("" if self.durable else " -c fsync=off"))
+        self._run("pg_ctl", "-D", str(self.data), "-o", options,
+                  "-l", str(self.root / "server.log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._dbs += 1
+        name = f"hpo_test_{self._dbs}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
