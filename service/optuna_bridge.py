@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -145,6 +146,12 @@ class OptunaBridge:
         # 100 trials). Only finished trials are cached: they never change, so several API
         # processes on one database still agree; running trials are read from the database.
         self.storage = optuna.storages._CachedStorage(self.rdb)
+        # The sampler of each unseeded study, kept for the life of the process: TPE keeps
+        # the study's search space up to date incrementally, where a new sampler for every
+        # lease recomputed it over every trial. Optuna shares one sampler between threads
+        # itself (``optimize(n_jobs=...)``).
+        self._samplers: dict[tuple[int, str], optuna.samplers.BaseSampler] = {}
+        self._samplers_lock = threading.Lock()
         self.artifacts: FileSystemArtifactStore | None = None
         if artifact_dir is not None:
             artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -224,12 +231,7 @@ class OptunaBridge:
         optuna_id = _optuna_id(row)
         family = row.spec["model"]["family"]
         space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"], family=family)
-        study.sampler = make_sampler(
-            row.spec["sampler"],
-            base_seed=row.spec.get("seed"),
-            index=self.storage.get_n_trials(optuna_id),
-            grid=grid_of(space) if row.spec["sampler"] == "grid" else None,
-        )
+        study.sampler = self._sampler(row, optuna_id, space)
         trial = study.ask()
         try:
             params = suggest(trial, space)
@@ -238,6 +240,25 @@ class OptunaBridge:
             raise
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
         return int(trial_id), trial.number, params
+
+    def _sampler(self, row: StudyRow, optuna_id: int,
+                 space: SearchSpace) -> optuna.samplers.BaseSampler:
+        """The sampler for the study's next trial: a new one seeded from the trial count
+        for a seeded study (the same draw whichever process asks), else the study's own."""
+        name, seed = row.spec["sampler"], row.spec.get("seed")
+
+        def new(index: int) -> optuna.samplers.BaseSampler:
+            return make_sampler(name, base_seed=seed, index=index,
+                                grid=grid_of(space) if name == "grid" else None)
+
+        if seed is not None:
+            return new(self.storage.get_n_trials(optuna_id))
+        key = (optuna_id, row.name)
+        with self._samplers_lock:
+            sampler = self._samplers.get(key)
+            if sampler is None:
+                sampler = self._samplers[key] = new(0)
+        return sampler
 
     def result(self, trial_id: int) -> tuple[str, float | None, str | None] | None:
         """The result Optuna holds for a trial the service has not recorded: (state, value,

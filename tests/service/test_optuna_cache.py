@@ -1,7 +1,11 @@
-"""The service keeps one cache of finished trials per process (``OptunaBridge.storage``):
-without it every lease and every epoch report re-read the whole study from the database
-(see benchmarks/RESULTS.md, feeding workers). Finished trials never change, so the cache
-is safe with several API processes; running trials must still be read every time."""
+"""What the service keeps of Optuna per process, and why it stays right with several API
+processes on one database (see benchmarks/RESULTS.md, feeding workers):
+
+- one cache of finished trials (``OptunaBridge.storage``): without it every lease and
+  every epoch report re-read the whole study. Finished trials never change; running
+  trials must still be read every time.
+- one sampler per unseeded study; a seeded study's draw must stay the same whichever
+  process serves the lease, so it gets a sampler seeded from the trial count each time."""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import text
 
+from search_space import SearchSpace
 from service.migrate import migrate
+from service.models import StudyRow
 from service.optuna_bridge import OptunaBridge
 from tests.service.conftest import BACKENDS, _database_url
 
@@ -63,3 +69,38 @@ def test_finished_trials_are_read_once_running_ones_every_time(database_url: str
     finally:
         mine.close()
         other.close()
+
+
+def _row(bridge: OptunaBridge, name: str, seed: int | None) -> StudyRow:
+    spec = {"sampler": "tpe", "pruner": "median", "seed": seed, "search_space": {},
+            "fixed": {}, "model": {"family": "mlp"}}
+    optuna_id = bridge.create_study(name, "maximize", {}, [])
+    return StudyRow(id=1, name=name, optuna_study_id=optuna_id, epochs=3, spec=spec)
+
+
+def _draw(bridges: list[OptunaBridge], row: StudyRow, n: int) -> list[dict[str, object]]:
+    """``n`` trials asked in turn of ``bridges`` (API processes), each told a value."""
+    drawn = []
+    for i in range(n):
+        bridge = bridges[i % len(bridges)]
+        trial_id, _number, params = bridge.ask(row)
+        bridge.finish(row, trial_id, "complete", value=float(i % 5) / 5)
+        drawn.append(params)
+    return drawn
+
+
+def test_a_seeded_draw_is_the_same_whichever_process_serves_it(database_url: str) -> None:
+    bridges = [OptunaBridge(database_url, busy_timeout_s=10) for _ in range(3)]
+    try:
+        one = _draw(bridges[:1], _row(bridges[0], "one-process", 11), 14)
+        two = _draw(bridges[1:], _row(bridges[1], "two-processes", 11), 14)
+        assert one == two  # past TPE's 10 random start-up trials too
+        # An unseeded study keeps its sampler (and TPE its search space) between leases.
+        unseeded = _row(bridges[0], "unseeded", None)
+        _draw(bridges[:1], unseeded, 2)
+        space, study_id = SearchSpace.parse({}, {}), unseeded.optuna_study_id or 0
+        assert (bridges[0]._sampler(unseeded, study_id, space)
+                is bridges[0]._sampler(unseeded, study_id, space))
+    finally:
+        for bridge in bridges:
+            bridge.close()
