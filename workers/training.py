@@ -8,7 +8,6 @@ intermediate values, and a non-finite loss ending the trial at once as a failure
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import math
@@ -233,9 +232,9 @@ def train_trial(
         text = f"{type(exc).__name__}: {exc}".strip()
         return Outcome("fail", reason=text[:2000], epochs_run=reporter.epochs_run)
     finally:
-        # Free the graph, the model and the optimizer before the next trial.
+        # Free the graph, the model and the optimizer before the next trial (this also runs
+        # the garbage collector: one collection, not two, at about 0.2 s each here).
         keras.backend.clear_session(free_memory=True)
-        gc.collect()
     outcome = reporter.outcome or Outcome("complete", value=reporter.last_value)
     outcome.epochs_run = reporter.epochs_run
     outcome.history = history
