@@ -117,7 +117,7 @@ def test_three_workers_share_one_study_exactly(pg_api: Api, tmp_path: Path) -> N
 @pytest.mark.short_lease
 def test_sigkill_mid_trial_loses_nothing(pg_api: Api, tmp_path: Path) -> None:
     with ExitStack() as stack, pg_api.client() as client:
-        study_id = _submit(client, "killed", n_trials=3, epochs=60, sanity_check=False)
+        study_id = _submit(client, "killed", n_trials=2, epochs=40, sanity_check=False)
         doomed = _worker(pg_api.url, tmp_path / "doomed.log")
         stack.callback(stop, doomed)
         wait_for(lambda: _running_trial(client, study_id) is not None, 90, "a trial to run")
@@ -131,13 +131,13 @@ def test_sigkill_mid_trial_loses_nothing(pg_api: Api, tmp_path: Path) -> None:
         study = client.get(f"/studies/{study_id}").json()
         trials = client.get(f"/studies/{study_id}/trials").json()
     assert study["trials"]["lost"] == 1
-    assert study["trials"]["complete"] + study["trials"]["pruned"] == 3
+    assert study["trials"]["complete"] + study["trials"]["pruned"] == 2
     lost = next(t for t in trials if t["state"] == "lost")
     assert lost["trial_id"] == victim["trial_id"] and lost["reason"].startswith("lost:")
     # The lost trial's parameters ran again, to a result.
     assert any(t["params"] == lost["params"] and t["state"] in ("complete", "pruned")
                for t in trials)
-    _counted(pg_api, "killed", 3)
+    _counted(pg_api, "killed", 2)
 
 
 def test_sigterm_releases_the_trial_at_once_and_exits_0(pg_api: Api, tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_sigterm_releases_the_trial_at_once_and_exits_0(pg_api: Api, tmp_path: P
 
 def test_database_restart_mid_study(postgres: Postgres, pg_api: Api, tmp_path: Path) -> None:
     with ExitStack() as stack, pg_api.client() as client:
-        study_id = _submit(client, "db-restart", n_trials=4, epochs=25)
+        study_id = _submit(client, "db-restart", n_trials=3, epochs=20)
         w = _worker(pg_api.url, tmp_path / "w.log", retry_max_s="60")
         stack.callback(stop, w)
         wait_for(lambda: _running_trial(client, study_id) is not None, 90, "a trial to run")
@@ -173,8 +173,8 @@ def test_database_restart_mid_study(postgres: Postgres, pg_api: Api, tmp_path: P
         wait_for(lambda: _finished(client, study_id), 240, "the study to finish")
         assert w.poll() is None  # the worker rode it out
         study = client.get(f"/studies/{study_id}").json()
-    assert study["trials"]["complete"] + study["trials"]["pruned"] == 4
-    _counted(pg_api, "db-restart", 4)
+    assert study["trials"]["complete"] + study["trials"]["pruned"] == 3
+    _counted(pg_api, "db-restart", 3)
 
 
 def test_api_restart_mid_study_results_retried_and_counted_once(
