@@ -15,20 +15,29 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-bench
 
 up: $(VENV)/.installed
 	$(BIN)/hpo up
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check service search_space workers migrations tests
+	$(BIN)/ruff check service search_space workers migrations tests benchmarks
 	$(BIN)/mypy
 
 test: lint
 	scripts/ensure-test-tools.sh
 	$(BIN)/pytest
+
+# All five benchmarks at full size (about 30 minutes on 2 cores): benchmarks/RESULTS.md.
+bench: $(VENV)/.installed-bench
+	scripts/ensure-test-tools.sh postgresql
+	$(BIN)/python -m benchmarks --size full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,17 +2,21 @@
 # What `make test` needs beyond Python packages, installed from Debian's packages when
 # missing: a PostgreSQL server (the tests start their own on 127.0.0.1 in a temporary
 # directory), docker-compose (to validate docker-compose.yml; no Docker engine needed) and
-# Chromium (a headless browser loads the Optuna dashboard).
+# Chromium (a headless browser loads the Optuna dashboard). With arguments, only those of
+# the three (`make bench` needs only postgresql).
 set -euo pipefail
+wanted=("${@:-postgresql docker-compose chromium}")
+wanted=(${wanted[*]})
+want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 have_postgres() {
   command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
 missing=()
-have_postgres || missing+=(postgresql)
-command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+want postgresql && { have_postgres || missing+=(postgresql); }
+want docker-compose && { command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose); }
+want chromium && { command -v chromium >/dev/null 2>&1 || missing+=(chromium); }
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing from Debian's packages: ${missing[*]}"

@@ -1,0 +1,86 @@
+"""Scaling: trials per minute with 1 and with 2 worker processes on this machine.
+
+Real ``hpo worker`` processes (TensorFlow on one thread each, as the tests pin them) are
+started and idle against a real ``hpo api`` (SQLite) before the study is submitted, so
+their start is not counted; the clock runs from the submission until the study holds
+all its results. The study is the default space on ``digits``, random sampler, no pruner
+(every trial the same length), no sanity run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import create_study, get_study, main, running_api, wait_study
+from tests.support import start_worker, stop
+
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {"trials": 2, "epochs": 1, "workers": [1, 2]},
+    "full": {"trials": 24, "epochs": 10, "workers": [1, 2]},
+}
+
+def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
+    """Until ``expected`` workers have asked for work (GET /workers)."""
+    from benchmarks.common import user_client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with user_client(api) as c:
+            seen = c.get("/workers").json()
+        if len(seen) >= expected:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"{expected} workers did not come up in {timeout_s}s")
+
+
+def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    rows = []
+    workers: list[Any] = []
+    with running_api(tmp / "api") as api:
+        try:
+            for n in params["workers"]:
+                # Top up to n idle workers (the ones of the last round stay), then submit.
+                workers += [start_worker(api.url, tmp / f"worker{i}.log", "--tf-threads", "1",
+                                         poll_interval_s="0.2")
+                            for i in range(len(workers), n)]
+                _wait_idle(api, n)
+                started = time.monotonic()
+                study = create_study(api, name=f"scaling-{n}", dataset="digits",
+                                     n_trials=params["trials"], epochs=params["epochs"],
+                                     sampler="random", pruner="none", seed=n,
+                                     sanity_check=False)
+                done = wait_study(api, study["id"], ("completed", "failed"), timeout_s=1800)
+                elapsed = time.monotonic() - started
+                if done["status"] != "completed":
+                    raise RuntimeError(f"study scaling-{n} {done['status']}: "
+                                       f"{done.get('reason')}")
+                rows.append({"workers": n, "trials": params["trials"],
+                             "epochs": params["epochs"], "seconds": round(elapsed, 2),
+                             "trials_per_min": round(60 * params["trials"] / elapsed, 2)})
+                print(f"  {n} worker(s): {rows[-1]['trials_per_min']} trials/min", flush=True)
+                # The finished study's final model is retrained next; let it go first.
+                _wait_final(api, study["id"])
+        finally:
+            for w in workers:
+                stop(w)
+    base = rows[0]["trials_per_min"]
+    for row in rows:
+        row["speedup"] = round(row["trials_per_min"] / base, 3)
+    return {"rows": rows}
+
+
+def _wait_final(api: Any, study_id: int, timeout_s: float = 600) -> None:
+    """Until the study's final model is retrained (or failed): it would share the cores
+    with the next round's trials otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if get_study(api, study_id)["final_model"]["state"] in ("ready", "failed", "none"):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"the final model of study {study_id} took over {timeout_s}s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main("scaling", SIZES, run))
