@@ -18,7 +18,7 @@ from tests.support import start_worker, stop
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 2, "epochs": 1, "workers": [1, 2]},
-    "full": {"trials": 24, "epochs": 10, "workers": [1, 2]},
+    "full": {"trials": 16, "epochs": 10, "workers": [1, 2]},
 }
 
 def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
