@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,27 @@ from service.app import create_app
 from service.config import Settings
 from tests.search_space.test_spec_properties import random_dimension, random_fixed, section
 from tests.support import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop
+
+
+def _describe_schemathesis_lambdas_now() -> None:
+    """Work around a CPython 3.11 bug seen in CI: Hypothesis describes a strategy's lambdas
+    by parsing their module's source, and the first time it did so for schemathesis's
+    JSON-schema strategies it was deep inside a recursive draw, where ``ast.parse`` raised
+    "SystemError: AST constructor recursion depth mismatch" and failed the test as flaky.
+    Parsed here, at the top of the stack, the module's syntax tree is in Hypothesis's cache
+    before any draw. (Internals of both libraries: if they move, this does nothing.)"""
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        from hypothesis.internal.reflection import get_pretty_function_description
+        from schemathesis.generation.jsonschema import strategy
+
+        get_pretty_function_description(strategy._TYPE_CHECKS["null"])
+    except (ImportError, AttributeError, KeyError):
+        pass
+
+
+_describe_schemathesis_lambdas_now()
 
 FUZZ_EXAMPLES = int(os.environ.get("HPO_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
