@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def postgres_version() -> str | None:
                              text=True, check=True, timeout=30).stdout
     except (RuntimeError, OSError, subprocess.SubprocessError):
         return None
-    return out.strip().rsplit(" ", 1)[-1]
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18"
+    found = re.search(r"\(PostgreSQL\) (\S+)", out)
+    return found.group(1) if found else out.strip()
 
 
 def machine() -> dict[str, Any]:
