@@ -33,7 +33,6 @@ from tests.support import (
     WORKER_TOKEN,
     Api,
     Postgres,
-    child_env,
     start_api,
     stop,
 )
@@ -120,10 +119,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(values), "max": max(values)}
 
 
-def results_path(out: Path, name: str) -> Path:
-    return out / f"{name}.json"
-
-
 def main(name: str, sizes: dict[str, dict[str, Any]], run: Runner,
          argv: list[str] | None = None) -> int:
     """The command line of one benchmark: run it at ``--size`` and write its JSON."""
@@ -151,7 +146,7 @@ def main(name: str, sizes: dict[str, dict[str, Any]], run: Runner,
         "result": result,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = results_path(args.out, name)
+    path = args.out / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
     print(f"[{name}] done in {document['duration_s']} s: {path}", flush=True)
     return 0
@@ -214,11 +209,6 @@ def wait_study(api: Api, study_id: int, statuses: tuple[str, ...], timeout_s: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"study {study_id} still {study['status']} after {timeout_s}s")
         time.sleep(interval_s)
-
-
-def worker_env(**settings: str) -> dict[str, str]:
-    """A worker process's environment: the test tokens, TensorFlow on one thread."""
-    return child_env(**settings)
 
 
 def in_process_worker(api_url: str, tmp: Path, *, client_class: type | None = None,

@@ -51,6 +51,14 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, out: Path, name: str) -> list[str]:
+    """Write the figure as ``<name>.png`` in ``out``; the Markdown lines that show it."""
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)
+    return ["", f"![{name}]({name}.png)"]
+
+
 # --- one section per benchmark: (markdown lines, headline facts) ------------------------
 
 
@@ -87,10 +95,7 @@ def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]
     ax.set_ylabel("seconds")
     ax.set_title(f"One trial of {p['epochs']} epochs: bare vs. in the service")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "overhead.png", dpi=110)
-    plt.close(fig)
-    lines += ["", "![overhead](overhead.png)"]
+    lines += _save(plt, fig, out, "overhead")
     return lines, {"overhead_ratio": s["median_ratio"],
                    "overhead_per_epoch_ms": s["median_overhead_per_epoch_ms"]}
 
@@ -131,10 +136,7 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
         ax.set_ylabel(what)
     a2.set_yscale("log")
     a1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "feeding.png", dpi=110)
-    plt.close(fig)
-    lines += ["", "![feeding](feeding.png)"]
+    lines += _save(plt, fig, out, "feeding")
     head = {}
     for r in res["rows"]:
         head[f"leases_per_s_{r['backend']}_{r['trials']}"] = r["service"]["leases_per_s"]
@@ -167,10 +169,7 @@ def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.invert_yaxis()
     ax.set_xlabel(f"test accuracy of the best configuration ({p['budget']} epochs budget)")
-    fig.tight_layout()
-    fig.savefig(out / "quality.png", dpi=110)
-    plt.close(fig)
-    lines += ["", "![quality](quality.png)"]
+    lines += _save(plt, fig, out, "quality")
     head = {r["method"]: r["test_accuracy"]["mean"] for r in res["summary"]}
     return lines, {"test_accuracy": head}
 
@@ -205,10 +204,7 @@ def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     ax.set_xlabel("trials finished")
     ax.set_ylabel("worker RSS, MiB")
     ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=110)
-    plt.close(fig)
-    lines += ["", "![memory](memory.png)"]
+    lines += _save(plt, fig, out, "memory")
     return lines, {"rss_mib_after": after}
 
 
