@@ -86,7 +86,7 @@ def _optuna_worker(database_url: str, reports: int, index: int, cycles: int, go:
 
     from search_space import SearchSpace
     from search_space.optuna_space import suggest
-    from service.optuna_bridge import make_pruner
+    from service.storage.optuna_adapter import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(1000 + index)

@@ -1,10 +1,11 @@
-"""Alembic environment: runs online against the URL ``service.db.alembic_config`` sets."""
+"""Alembic environment: runs online against the URL that
+``service.storage.engine.alembic_config`` sets."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.db import VERSION_TABLE, make_engine
+from service.storage.engine import VERSION_TABLE, make_engine
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")

@@ -1,4 +1,4 @@
-"""Domain errors. The HTTP layer (``service.app``) maps them to status codes; nothing
+"""Domain errors. The HTTP layer (``service.api.app``) maps them to status codes; nothing
 below it imports FastAPI."""
 
 from __future__ import annotations

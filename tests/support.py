@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from service.migrate import migrate
+from service.storage.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -246,7 +246,7 @@ def test_api_started_before_its_database_waits_instead_of_crash_looping(
     postgres: Postgres, tmp_path: Path
 ) -> None:
     url = postgres.new_database()
-    from service.migrate import migrate
+    from service.storage.migrate import migrate
 
     migrate(url)
     postgres.stop("fast")

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from search_space import MODEL_FAMILIES
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.search_space.test_spec_properties import random_dimension, random_fixed, section
 from tests.support import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from service.db import VERSION_TABLE, make_engine, schema_revisions
-from service.migrate import migrate
-from service.models import Base
+from service.storage.engine import VERSION_TABLE, make_engine, schema_revisions
+from service.storage.migrate import migrate
+from service.storage.tables import Base
 from tests.support import Postgres, child_env, hpo
 
 
@@ -67,7 +67,7 @@ def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
     from alembic import command
     from sqlalchemy import text
 
-    from service.db import alembic_config
+    from service.storage.engine import alembic_config
     from tests.support import start_api, stop
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

@@ -17,9 +17,9 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from search_space import SearchSpace
-from service.migrate import migrate
-from service.models import StudyRow
-from service.optuna_bridge import OptunaBridge
+from service.storage.migrate import migrate
+from service.storage.optuna_adapter import OptunaBridge
+from service.storage.tables import StudyRow
 from tests.service.conftest import BACKENDS, _database_url
 
 

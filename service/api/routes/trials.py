@@ -6,11 +6,9 @@ import time
 
 from fastapi import APIRouter, Response, status
 
-from service import leases, workers_seen
-from service.auth import WORKER
-from service.models import LeaseRow
-from service.routes.deps import RuntimeDep
-from service.schemas import (
+from service.api.auth import WORKER
+from service.api.deps import RuntimeDep
+from service.api.schemas import (
     ActionOut,
     CompleteIn,
     DbId,
@@ -23,6 +21,8 @@ from service.schemas import (
     WorkerCall,
     error_responses,
 )
+from service.domain import leases, workers_seen
+from service.storage.tables import LeaseRow
 
 router = APIRouter(prefix="/trials", tags=["worker protocol"], dependencies=[WORKER],
                    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))

@@ -33,7 +33,7 @@ def _wait_for_database(connect: Callable[[], None], wait_s: float) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from service.migrate import migrate
+    from service.storage.migrate import migrate
 
     settings = get_settings()
     url = args.database_url or settings.database_url
@@ -47,11 +47,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
     from sqlalchemy.exc import OperationalError
 
-    from service.app import create_app
-    from service.auth import token_problems
-    from service.db import is_sqlite
+    from service.api.app import create_app
+    from service.api.auth import token_problems
     from service.errors import NotMigrated
-    from service.runtime import Runtime
+    from service.storage.engine import is_sqlite
+    from service.storage.runtime import Runtime
 
     settings = get_settings()
     problems = token_problems(settings)
@@ -77,7 +77,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     uvicorn_log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     if args.processes > 1:
         # Each process builds its own app (engine, Optuna storage, reaper) from HPO_*.
-        uvicorn.run("service.app:create_app", factory=True, workers=args.processes,
+        uvicorn.run("service.api.app:create_app", factory=True, workers=args.processes,
                     host=args.host, port=args.port, log_level=settings.log_level.lower(),
                     log_config=uvicorn_log_config)
     else:
@@ -106,13 +106,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from service.up import up
+    from service.cli.up import up
 
     return up(args)
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    from service import cli_client
+    from service.cli import client_commands as cli_client
 
     settings = get_settings()
     url = args.api_url or settings.api_url

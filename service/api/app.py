@@ -19,14 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_space import SpaceError
 from service import logs
-from service.auth import AuthGate, Tokens
+from service.api.auth import AuthGate, Tokens
+from service.api.limits import SCOPE_KEY, BodyLimits
+from service.api.metrics import Metrics
+from service.api.routes import datasets, health, jobs, studies, trials, workers
 from service.config import Settings, get_settings
+from service.domain.leases import reap_expired
 from service.errors import Invalid, ServiceError
-from service.leases import reap_expired
-from service.limits import SCOPE_KEY, BodyLimits
-from service.metrics import Metrics
-from service.routes import datasets, health, jobs, studies, trials, workers
-from service.runtime import Runtime
+from service.storage.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from service import jobs, workers_seen
-from service.auth import WORKER
-from service.errors import Invalid
-from service.limits import MAX_MODEL_BYTES
-from service.models import LeaseRow
-from service.routes.deps import RuntimeDep
-from service.schemas import (
+from service.api.auth import WORKER
+from service.api.deps import RuntimeDep
+from service.api.limits import MAX_MODEL_BYTES
+from service.api.schemas import (
     ActionOut,
     DbId,
     JobFailIn,
@@ -21,6 +18,9 @@ from service.schemas import (
     WorkerCall,
     error_responses,
 )
+from service.domain import jobs, workers_seen
+from service.errors import Invalid
+from service.storage.tables import LeaseRow
 
 router = APIRouter(prefix="/jobs", tags=["worker protocol"], dependencies=[WORKER],
                    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))

@@ -7,7 +7,7 @@ import logging
 import optuna
 from alembic import command
 
-from service.db import alembic_config, engine_kwargs
+from service.storage.engine import alembic_config, engine_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from service import workers_seen
-from service.models import StudyRow
-from service.runtime import Runtime
-from service.studies import trial_counts
+from service.domain import workers_seen
+from service.domain.studies import trial_counts
+from service.storage.runtime import Runtime
+from service.storage.tables import StudyRow
 
 STUDY_STATUSES = ("queued", "running", "completed", "stopped", "failed")
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from service import jobs, studies
-from service.auth import USER
-from service.idempotency import IdempotencyKey, respond_once
-from service.models import LeaseRow, StudyRow
-from service.routes.deps import RuntimeDep
-from service.runtime import Runtime
-from service.schemas import (
+from service.api.auth import USER
+from service.api.deps import RuntimeDep
+from service.api.idempotency import IdempotencyKey, respond_once
+from service.api.schemas import (
     BestTrial,
     DbId,
     FinalModel,
@@ -20,6 +17,9 @@ from service.schemas import (
     TrialOut,
     error_responses,
 )
+from service.domain import jobs, studies
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, StudyRow
 
 router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[USER],
                    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))

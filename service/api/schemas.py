@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.optuna_bridge import PrunerName, SamplerName
+from service.storage.optuna_adapter import PrunerName, SamplerName
 
 Metric = Literal["val_accuracy", "val_loss", "val_mae"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

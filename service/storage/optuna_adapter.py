@@ -25,8 +25,8 @@ from search_space import (
     SpaceError,
 )
 from search_space.optuna_space import suggest
-from service.db import engine_kwargs
-from service.models import StudyRow
+from service.storage.engine import engine_kwargs
+from service.storage.tables import StudyRow
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service import workers_seen
-from service.auth import USER
-from service.routes.deps import RuntimeDep
-from service.schemas import error_responses
+from service.api.auth import USER
+from service.api.deps import RuntimeDep
+from service.api.schemas import error_responses
+from service.domain import workers_seen
 
 router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[USER],
                    responses=error_responses(401, 503))

@@ -12,9 +12,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db import is_sqlite, make_engine, schema_revisions
 from service.errors import NotMigrated
-from service.optuna_bridge import OptunaBridge
+from service.storage.engine import is_sqlite, make_engine, schema_revisions
+from service.storage.optuna_adapter import OptunaBridge
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Runtime:
     # the service is the only writer, so it serialises its own units of work here.
     # PostgreSQL needs no process lock: leasing is a conditional UPDATE (a row lock).
     _lock: threading.RLock | None = field(default=None)
-    metrics: Any = None  # service.metrics.Metrics, attached by the app
+    metrics: Any = None  # service.api.metrics.Metrics, attached by the app
 
 
     @classmethod

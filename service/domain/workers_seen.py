@@ -9,8 +9,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.models import LeaseRow, WorkerRow, utcnow
-from service.runtime import Runtime
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, WorkerRow, utcnow
 
 log = logging.getLogger(__name__)
 _KEEP = object()

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from service import datasets
-from service.auth import USER, USER_OR_WORKER
-from service.idempotency import IdempotencyKey, respond_once
-from service.routes.deps import RuntimeDep
-from service.schemas import NAME_PATTERN, DatasetOut, error_responses
+from service.api.auth import USER, USER_OR_WORKER
+from service.api.deps import RuntimeDep
+from service.api.idempotency import IdempotencyKey, respond_once
+from service.api.schemas import NAME_PATTERN, DatasetOut, error_responses
+from service.domain import datasets
 
 router = APIRouter(prefix="/datasets", tags=["datasets"],
                    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from service.auth import generate_token, token_problems
+from service.api.auth import generate_token, token_problems
 from service.config import Settings, get_settings
-from service.migrate import migrate
+from service.storage.migrate import migrate
 
 DEMO_SEED = 42
 

@@ -20,11 +20,11 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from service import jobs
+from service.domain import jobs
 from service.errors import Conflict, NotFound
-from service.models import COUNTED_STATES, LIVE_STATES, LeaseRow, StudyRow, utcnow
-from service.optuna_bridge import derive_seed
-from service.runtime import Runtime
+from service.storage.optuna_adapter import derive_seed
+from service.storage.runtime import Runtime
+from service.storage.tables import COUNTED_STATES, LIVE_STATES, LeaseRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 

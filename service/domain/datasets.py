@@ -23,8 +23,8 @@ from sqlalchemy.orm import defer
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo, Task
 from search_space.splits import split_rows
 from service.errors import Conflict, Invalid, NotFound, TooLarge
-from service.models import DatasetRow, LeaseRow, StudyRow, utcnow
-from service.runtime import Runtime
+from service.storage.runtime import Runtime
+from service.storage.tables import DatasetRow, LeaseRow, StudyRow, utcnow
 
 MIN_ROWS_PER_CLASS = 5
 """A stratified 70/15/15 split needs a few rows of every class in every part."""

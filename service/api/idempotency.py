@@ -27,8 +27,8 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import Conflict, Invalid
-from service.models import IdempotencyRow, utcnow
-from service.runtime import Runtime
+from service.storage.runtime import Runtime
+from service.storage.tables import IdempotencyRow, utcnow
 
 log = logging.getLogger(__name__)
 

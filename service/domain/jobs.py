@@ -23,10 +23,10 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from search_space import SearchSpace
-from service import studies
+from service.domain import studies
 from service.errors import Conflict, NotFound
-from service.models import LeaseRow, ModelRow, StudyRow, utcnow
-from service.runtime import Runtime
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, ModelRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 

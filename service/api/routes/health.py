@@ -6,9 +6,9 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from service.auth import USER
-from service.routes.deps import RuntimeDep
-from service.schemas import error_responses
+from service.api.auth import USER
+from service.api.deps import RuntimeDep
+from service.api.schemas import error_responses
 
 router = APIRouter(tags=["health"])
 

@@ -12,12 +12,12 @@ from search_space import METRICS, SearchSpace, SpaceError
 from search_space.catalog import DEFAULT_METRIC, DatasetInfo, metric_fits
 from search_space.families import family_names
 from search_space.size import max_param_count
-from service import datasets
+from service.api.schemas import StudyCreate
+from service.domain import datasets
 from service.errors import Conflict, Invalid, NotFound
-from service.models import LeaseRow, StudyRow, utcnow
-from service.optuna_bridge import DuplicateStudy, check_samplable, grid_of
-from service.runtime import Runtime
-from service.schemas import StudyCreate
+from service.storage.optuna_adapter import DuplicateStudy, check_samplable, grid_of
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
 
