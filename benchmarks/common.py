@@ -41,8 +41,17 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 """One JSON file per benchmark; ``benchmarks.report`` turns them into RESULTS.md."""
 
-PACKAGES = ("tensorflow", "keras", "optuna", "fastapi", "uvicorn", "sqlalchemy", "psycopg",
-            "keras-tuner", "numpy")
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "optuna",
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "psycopg",
+    "keras-tuner",
+    "numpy",
+)
 
 Runner = Callable[[str, dict[str, Any], Path], dict[str, Any]]
 
@@ -82,8 +91,13 @@ def postgres_version() -> str | None:
     from tests.support import _pg_bin
 
     try:
-        out = subprocess.run([str(_pg_bin() / "postgres"), "--version"], capture_output=True,
-                             text=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(_pg_bin() / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
     except (RuntimeError, OSError, subprocess.SubprocessError):
         return None
     # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18"
@@ -102,34 +116,59 @@ def machine() -> dict[str, Any]:
     versions["python"] = platform.python_version()
     versions["postgresql"] = postgres_version()
     versions["sqlite"] = __import__("sqlite3").sqlite_version
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
-            "os": platform.platform(), "versions": versions}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib(),
+        "os": platform.platform(),
+        "versions": versions,
+    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
     """p50 / p95 / p99 / mean / max of ``values`` (milliseconds in, milliseconds out)."""
     if not values:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"),
-                "mean": float("nan"), "max": float("nan")}
+        return {
+            "p50": float("nan"),
+            "p95": float("nan"),
+            "p99": float("nan"),
+            "mean": float("nan"),
+            "max": float("nan"),
+        }
     if len(values) == 1:
         cuts = [values[0]] * 99
     else:
         cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
-            "mean": statistics.fmean(values), "max": max(values)}
+    return {
+        "p50": cuts[49],
+        "p95": cuts[94],
+        "p99": cuts[98],
+        "mean": statistics.fmean(values),
+        "max": max(values),
+    }
 
 
-def main(name: str, sizes: dict[str, dict[str, Any]], run: Runner,
-         argv: list[str] | None = None) -> int:
+def main(
+    name: str, sizes: dict[str, dict[str, Any]], run: Runner, argv: list[str] | None = None
+) -> int:
     """The command line of one benchmark: run it at ``--size`` and write its JSON."""
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}",
-                                     description=(sys.modules[run.__module__].__doc__ or "")
-                                     .strip().splitlines()[0])
-    parser.add_argument("--size", choices=sorted(sizes), default="full",
-                        help="smoke: seconds, to keep the benchmark runnable (the test suite); "
-                        "full: the figures of RESULTS.md")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help=f"where {name}.json goes (default: {RESULTS_DIR})")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}",
+        description=(sys.modules[run.__module__].__doc__ or "").strip().splitlines()[0],
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(sizes),
+        default="full",
+        help="smoke: seconds, to keep the benchmark runnable (the test suite); "
+        "full: the figures of RESULTS.md",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where {name}.json goes (default: {RESULTS_DIR})",
+    )
     args = parser.parse_args(argv)
     params = sizes[args.size]
     started = time.monotonic()
@@ -199,8 +238,9 @@ def get_study(api: Api, study_id: int) -> dict[str, Any]:
     return study
 
 
-def wait_study(api: Api, study_id: int, statuses: tuple[str, ...], timeout_s: float,
-               interval_s: float = 0.1) -> dict[str, Any]:
+def wait_study(
+    api: Api, study_id: int, statuses: tuple[str, ...], timeout_s: float, interval_s: float = 0.1
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         study = get_study(api, study_id)
@@ -211,8 +251,9 @@ def wait_study(api: Api, study_id: int, statuses: tuple[str, ...], timeout_s: fl
         time.sleep(interval_s)
 
 
-def in_process_worker(api_url: str, tmp: Path, *, client_class: type | None = None,
-                      **client_args: Any) -> Any:
+def in_process_worker(
+    api_url: str, tmp: Path, *, client_class: type | None = None, **client_args: Any
+) -> Any:
     """A real ``workers.loop.Worker`` in this process (pin TensorFlow first: it leaves it),
     optionally talking through a ``ServiceClient`` subclass that measures its calls."""
     from pydantic import SecretStr
@@ -220,14 +261,25 @@ def in_process_worker(api_url: str, tmp: Path, *, client_class: type | None = No
     from workers.config import WorkerSettings
     from workers.loop import Worker
 
-    settings = WorkerSettings(api_url=api_url, worker_token=SecretStr(WORKER_TOKEN),
-                              tf_threads=0, poll_interval_s=0.2, allow_downloads=False,
-                              cache_dir=tmp / "cache", artifact_dir=tmp / "artifacts")
+    settings = WorkerSettings(
+        api_url=api_url,
+        worker_token=SecretStr(WORKER_TOKEN),
+        tf_threads=0,
+        poll_interval_s=0.2,
+        allow_downloads=False,
+        cache_dir=tmp / "cache",
+        artifact_dir=tmp / "artifacts",
+    )
     worker = Worker(settings)
     if client_class is not None:
         worker.client.close()
-        worker.client = client_class(api_url, worker=worker.identity, token=WORKER_TOKEN,
-                                     stopping=worker._stopping, **client_args)
+        worker.client = client_class(
+            api_url,
+            worker=worker.identity,
+            token=WORKER_TOKEN,
+            stopping=worker._stopping,
+            **client_args,
+        )
         worker.source.fetch = worker.client.fetch_dataset
     return worker
 

@@ -33,10 +33,20 @@ from benchmarks.common import (
 from tests.support import WORKER_TOKEN
 
 SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {"workers": 2, "sizes": [10], "window": 6, "reports": 2,
-              "backends": ["sqlite", "postgresql"]},
-    "full": {"workers": 8, "sizes": [100, 1000, 5000], "window": 96, "reports": 3,
-             "backends": ["sqlite", "postgresql"]},
+    "smoke": {
+        "workers": 2,
+        "sizes": [10],
+        "window": 6,
+        "reports": 2,
+        "backends": ["sqlite", "postgresql"],
+    },
+    "full": {
+        "workers": 8,
+        "sizes": [100, 1000, 5000],
+        "window": 96,
+        "reports": 3,
+        "backends": ["sqlite", "postgresql"],
+    },
 }
 
 STUDY = "feeding"
@@ -46,14 +56,14 @@ STUDY = "feeding"
 # --- one simulated worker (a process of its own) -----------------------------------------
 
 
-def _service_worker(url: str, reports: int, index: int, cycles: int,
-                    go: Any, out: Any) -> None:
+def _service_worker(url: str, reports: int, index: int, cycles: int, go: Any, out: Any) -> None:
     """Lease, report, complete, ``cycles`` times; puts (lease ms list, first, last)."""
     rng = random.Random(index)
     worker_id = f"sim-{index}"
     latencies = []
-    with httpx.Client(base_url=url, timeout=120,
-                      headers={"Authorization": f"Bearer {WORKER_TOKEN}"}) as c:
+    with httpx.Client(
+        base_url=url, timeout=120, headers={"Authorization": f"Bearer {WORKER_TOKEN}"}
+    ) as c:
         c.get("/healthz").raise_for_status()  # connected
         out.put("ready")
         go.wait()
@@ -67,20 +77,24 @@ def _service_worker(url: str, reports: int, index: int, cycles: int,
             trial_id = r.json()["trial_id"]
             value = rng.random()
             for epoch in range(1, reports + 1):
-                r = c.post(f"/trials/{trial_id}/report",
-                           json={"worker_id": worker_id, "epoch": epoch, "value": value})
+                r = c.post(
+                    f"/trials/{trial_id}/report",
+                    json={"worker_id": worker_id, "epoch": epoch, "value": value},
+                )
                 r.raise_for_status()
                 if r.json()["action"] != "continue":
                     break
             else:
-                c.post(f"/trials/{trial_id}/complete",
-                       json={"worker_id": worker_id, "value": value,
-                             "epochs_run": reports}).raise_for_status()
+                c.post(
+                    f"/trials/{trial_id}/complete",
+                    json={"worker_id": worker_id, "value": value, "epochs_run": reports},
+                ).raise_for_status()
     out.put((latencies, first, time.time()))
 
 
-def _optuna_worker(database_url: str, reports: int, index: int, cycles: int, go: Any,
-                   out: Any) -> None:
+def _optuna_worker(
+    database_url: str, reports: int, index: int, cycles: int, go: Any, out: Any
+) -> None:
     """The same loop with plain Optuna: ask + suggest, report + should_prune, tell."""
     import optuna
 
@@ -91,9 +105,12 @@ def _optuna_worker(database_url: str, reports: int, index: int, cycles: int, go:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(1000 + index)
     space = SearchSpace.parse(None, None)
-    study = optuna.load_study(study_name=STUDY, storage=database_url,
-                              sampler=optuna.samplers.TPESampler(),
-                              pruner=make_pruner("median", reports))
+    study = optuna.load_study(
+        study_name=STUDY,
+        storage=database_url,
+        sampler=optuna.samplers.TPESampler(),
+        pruner=make_pruner("median", reports),
+    )
     study.get_trials(deepcopy=False)  # connected
     latencies = []
     out.put("ready")
@@ -140,8 +157,7 @@ def _drive(target: Any, args: tuple[Any, ...], workers: int, window: int) -> dic
     out = ctx.Queue()
     per = [window // workers + (1 if i < window % workers else 0) for i in range(workers)]
     go = ctx.Event()  # every process imported and connected before the clock starts
-    procs = [ctx.Process(target=target, args=(*args, i, per[i], go, out))
-             for i in range(workers)]
+    procs = [ctx.Process(target=target, args=(*args, i, per[i], go, out)) for i in range(workers)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -155,9 +171,12 @@ def _drive(target: Any, args: tuple[Any, ...], workers: int, window: int) -> dic
             raise RuntimeError(f"a simulated worker exited {p.exitcode}")
     latencies = [ms for lat, _, _ in results for ms in lat]
     elapsed = max(end for _, _, end in results) - min(first for _, first, _ in results)
-    return {"leases": len(latencies), "seconds": round(elapsed, 3),
-            "leases_per_s": round(len(latencies) / elapsed, 2),
-            "lease_ms": {k: round(v, 2) for k, v in percentiles(latencies).items()}}
+    return {
+        "leases": len(latencies),
+        "seconds": round(elapsed, 3),
+        "leases_per_s": round(len(latencies) / elapsed, 2),
+        "lease_ms": {k: round(v, 2) for k, v in percentiles(latencies).items()},
+    }
 
 
 def _fill_storage(database_url: str) -> Any:
@@ -167,8 +186,11 @@ def _fill_storage(database_url: str) -> Any:
     from sqlalchemy import event
 
     if database_url.startswith("postgresql"):
-        return optuna.storages.RDBStorage(database_url, skip_table_creation=True, engine_kwargs={
-            "connect_args": {"options": "-c synchronous_commit=off"}})
+        return optuna.storages.RDBStorage(
+            database_url,
+            skip_table_creation=True,
+            engine_kwargs={"connect_args": {"options": "-c synchronous_commit=off"}},
+        )
     storage = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
 
     @event.listens_for(storage.engine, "connect")
@@ -211,9 +233,14 @@ def _fill(database_url: str, target: int, reports: int, seed: int) -> tuple[int,
         t = scratch.ask()
         params = suggest(t, space)
         value = rng.random()
-        trials.append(optuna.trial.create_trial(
-            params=params, distributions=t.distributions, value=value,
-            intermediate_values={e: value for e in range(1, reports + 1)}))
+        trials.append(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=t.distributions,
+                value=value,
+                intermediate_values={e: value for e in range(1, reports + 1)},
+            )
+        )
     # One process: two filling in parallel were slower on both databases (Optuna numbers
     # each new trial under a lock of the study).
     _add(database_url, trials)
@@ -230,29 +257,40 @@ def _count(database_url: str) -> int:
         storage.engine.dispose()
 
 
-def _backend(name: str, database_url: str, params: dict[str, Any], tmp: Path
-             ) -> list[dict[str, Any]]:
+def _backend(
+    name: str, database_url: str, params: dict[str, Any], tmp: Path
+) -> list[dict[str, Any]]:
     rows = []
     with running_api(tmp / name, database_url=database_url) as api:
         url, reports = api.database_url, params["reports"]
-        create_study(api, name=STUDY, dataset="digits", n_trials=10_000, epochs=reports,
-                     sanity_check=False)
+        create_study(
+            api, name=STUDY, dataset="digits", n_trials=10_000, epochs=reports, sanity_check=False
+        )
         for size in params["sizes"]:
             at, fill_s = _fill(url, size, reports, seed=size)
-            service = _drive(_service_worker, (api.url, reports), params["workers"],
-                             params["window"])
+            service = _drive(
+                _service_worker, (api.url, reports), params["workers"], params["window"]
+            )
             service["trials_at_start"] = at
             at_optuna = _count(url)
-            optuna_row = _drive(_optuna_worker, (url, reports), params["workers"],
-                                params["window"])
+            optuna_row = _drive(_optuna_worker, (url, reports), params["workers"], params["window"])
             optuna_row["trials_at_start"] = at_optuna
-            rows.append({"backend": name, "trials": size, "workers": params["workers"],
-                         "fill_s": round(fill_s, 1), "service": service,
-                         "optuna": optuna_row})
-            print(f"  {name} {size} trials: service {service['leases_per_s']}/s "
-                  f"p50 {service['lease_ms']['p50']} ms; optuna "
-                  f"{optuna_row['leases_per_s']}/s p50 {optuna_row['lease_ms']['p50']} ms",
-                  flush=True)
+            rows.append(
+                {
+                    "backend": name,
+                    "trials": size,
+                    "workers": params["workers"],
+                    "fill_s": round(fill_s, 1),
+                    "service": service,
+                    "optuna": optuna_row,
+                }
+            )
+            print(
+                f"  {name} {size} trials: service {service['leases_per_s']}/s "
+                f"p50 {service['lease_ms']['p50']} ms; optuna "
+                f"{optuna_row['leases_per_s']}/s p50 {optuna_row['lease_ms']['p50']} ms",
+                flush=True,
+            )
     return rows
 
 

@@ -34,8 +34,9 @@ def _results(study: dict[str, Any]) -> int:
 def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
     readings: list[dict[str, float]] = []
     with running_api(tmp / "api") as api:
-        worker = start_worker(api.url, tmp / "worker.log", "--tf-threads", "1",
-                              poll_interval_s="0.2")
+        worker = start_worker(
+            api.url, tmp / "worker.log", "--tf-threads", "1", poll_interval_s="0.2"
+        )
         process = psutil.Process(worker.pid)
         try:
             deadline = time.monotonic() + 120
@@ -45,21 +46,32 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                         break
                 time.sleep(0.2)
             idle_mib = process.memory_info().rss / MIB
-            study = create_study(api, name="memory", dataset="digits",
-                                 n_trials=params["trials"], epochs=params["epochs"],
-                                 sampler="random", pruner="none", seed=3, sanity_check=False)
+            study = create_study(
+                api,
+                name="memory",
+                dataset="digits",
+                n_trials=params["trials"],
+                epochs=params["epochs"],
+                sampler="random",
+                pruner="none",
+                seed=3,
+                sanity_check=False,
+            )
             seen = 0
             deadline = time.monotonic() + 1800
             while seen < params["trials"]:
                 if time.monotonic() > deadline or worker.poll() is not None:
-                    raise RuntimeError(f"the worker stopped or stalled after {seen} trials:\n"
-                                       + (tmp / "worker.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        f"the worker stopped or stalled after {seen} trials:\n"
+                        + (tmp / "worker.log").read_text()[-3000:]
+                    )
                 current = get_study(api, study["id"])
                 done = _results(current)
                 if done > seen:
                     seen = done
-                    readings.append({"trials": done,
-                                     "rss_mib": round(process.memory_info().rss / MIB, 1)})
+                    readings.append(
+                        {"trials": done, "rss_mib": round(process.memory_info().rss / MIB, 1)}
+                    )
                 if current["status"] == "failed":
                     raise RuntimeError(f"study failed: {current.get('reason')}")
                 time.sleep(0.05)
@@ -70,10 +82,17 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
         reading = next(r for r in readings if r["trials"] >= checkpoint)
         at[str(checkpoint)] = reading["rss_mib"]
     first, last = readings[0], readings[-1]
-    slope = ((last["rss_mib"] - first["rss_mib"]) / (last["trials"] - first["trials"])
-             if last["trials"] > first["trials"] else 0.0)
-    return {"idle_rss_mib": round(idle_mib, 1), "rss_mib_after": at,
-            "growth_mib_per_trial": round(slope, 3), "readings": readings}
+    slope = (
+        (last["rss_mib"] - first["rss_mib"]) / (last["trials"] - first["trials"])
+        if last["trials"] > first["trials"]
+        else 0.0
+    )
+    return {
+        "idle_rss_mib": round(idle_mib, 1),
+        "rss_mib_after": at,
+        "growth_mib_per_trial": round(slope, 3),
+        "readings": readings,
+    }
 
 
 if __name__ == "__main__":

@@ -61,12 +61,10 @@ def _timed_client() -> type:
                 self.jobs.append(job)
             return job
 
-        def report(self, trial_id: int, epoch: int, value: float,
-                   metrics: dict[str, float]) -> str:
+        def report(self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]) -> str:
             t0 = time.perf_counter()
             action = super().report(trial_id, epoch, value, metrics)
-            self.report_s[trial_id] = (self.report_s.get(trial_id, 0.0)
-                                       + time.perf_counter() - t0)
+            self.report_s[trial_id] = self.report_s.get(trial_id, 0.0) + time.perf_counter() - t0
             return action
 
         def complete(self, trial_id: int, **kwargs: Any) -> dict[str, Any]:
@@ -89,9 +87,16 @@ def bare_fit(job: Any, data: Any) -> tuple[float, float]:
     t0 = time.perf_counter()
     model = compiled_model(job, data)
     t1 = time.perf_counter()
-    model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-              epochs=job.epochs, batch_size=int(job.params.get("batch_size", 64)),
-              shuffle=True, verbose=0, callbacks=schedule_callbacks(job.params))
+    model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=job.epochs,
+        batch_size=int(job.params.get("batch_size", 64)),
+        shuffle=True,
+        verbose=0,
+        callbacks=schedule_callbacks(job.params),
+    )
     t2 = time.perf_counter()
     keras.backend.clear_session(free_memory=True)
     return t2 - t0, t2 - t1
@@ -106,34 +111,46 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
     configs = default_space_configs(n + 1, seed=7)  # the first one warms up
     data = load("digits")
     with running_api(tmp / "api") as api:
-        study = create_study(api, name="overhead", dataset="digits", n_trials=n + 1,
-                             epochs=epochs, sampler="random", pruner="none", seed=7,
-                             sanity_check=False, enqueue=configs)
+        study = create_study(
+            api,
+            name="overhead",
+            dataset="digits",
+            n_trials=n + 1,
+            epochs=epochs,
+            sampler="random",
+            pruner="none",
+            seed=7,
+            sanity_check=False,
+            enqueue=configs,
+        )
         worker = in_process_worker(api.url, tmp, client_class=_timed_client())
         worker.run(max_trials=n + 1, exit_when_idle=True)
     client = worker.client
     if len(client.seconds) != n + 1:
-        raise RuntimeError(f"{len(client.seconds)} of {n + 1} trials completed "
-                           f"(study {study['name']})")
+        raise RuntimeError(
+            f"{len(client.seconds)} of {n + 1} trials completed (study {study['name']})"
+        )
     jobs = client.jobs[1:]  # the first trial warmed the worker up
     bare_fit(client.jobs[0], data)  # and this warms the bare path up
     rows = []
     for job in jobs:
         total, fit = bare_fit(job, data)
         service = client.seconds[job.trial_id]
-        rows.append({
-            "trial": job.number,
-            "params": job.params,
-            "epochs": epochs,
-            "bare_s": round(total, 4),
-            "bare_fit_only_s": round(fit, 4),
-            "service_s": round(service, 4),
-            "lease_s": round(client.lease_s[job.trial_id], 4),
-            "reporting_s": round(client.report_s.get(job.trial_id, 0.0), 4),
-            "complete_s": round(client.complete_s[job.trial_id], 4),
-            "overhead_s": round(service - total, 4),
-            "ratio": round(service / total, 4),
-        })
+        rows.append(
+            {
+                "trial": job.number,
+                "params": job.params,
+                "epochs": epochs,
+                "bare_s": round(total, 4),
+                "bare_fit_only_s": round(fit, 4),
+                "service_s": round(service, 4),
+                "lease_s": round(client.lease_s[job.trial_id], 4),
+                "reporting_s": round(client.report_s.get(job.trial_id, 0.0), 4),
+                "complete_s": round(client.complete_s[job.trial_id], 4),
+                "overhead_s": round(service - total, 4),
+                "ratio": round(service / total, 4),
+            }
+        )
     ratios = [r["ratio"] for r in rows]
     per_epoch_ms = [1000 * (r["service_s"] - r["bare_s"]) / epochs for r in rows]
     return {
@@ -143,11 +160,11 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
             "max_ratio": round(max(ratios), 4),
             "median_overhead_s": round(statistics.median(r["overhead_s"] for r in rows), 4),
             "median_overhead_per_epoch_ms": round(statistics.median(per_epoch_ms), 2),
-            "median_report_ms": round(statistics.median(
-                1000 * r["reporting_s"] / epochs for r in rows), 2),
+            "median_report_ms": round(
+                statistics.median(1000 * r["reporting_s"] / epochs for r in rows), 2
+            ),
             "median_lease_ms": round(statistics.median(1000 * r["lease_s"] for r in rows), 2),
-            "median_complete_ms": round(statistics.median(
-                1000 * r["complete_s"] for r in rows), 2),
+            "median_complete_ms": round(statistics.median(1000 * r["complete_s"] for r in rows), 2),
         },
     }
 

@@ -85,9 +85,18 @@ def _counter(budget: Budget) -> Any:
 def assignment(params: dict[str, Any], epochs: int, seed: int, data: Any) -> Any:
     from workers.training import Assignment
 
-    return Assignment(trial_id=None, number=None, study_name="quality", params=params,
-                      dataset=data.info, model_family="mlp", epochs=epochs,
-                      metric="val_accuracy", seed=seed, lease_seconds=600)
+    return Assignment(
+        trial_id=None,
+        number=None,
+        study_name="quality",
+        params=params,
+        dataset=data.info,
+        model_family="mlp",
+        epochs=epochs,
+        metric="val_accuracy",
+        seed=seed,
+        lease_seconds=600,
+    )
 
 
 def _fit(params: dict[str, Any], seed: int, data: Any, epochs: int, budget: Budget) -> float:
@@ -98,9 +107,16 @@ def _fit(params: dict[str, Any], seed: int, data: Any, epochs: int, budget: Budg
     from workers.training import compiled_model
 
     model = compiled_model(assignment(params, epochs, seed, data), data)
-    history = model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                        epochs=epochs, batch_size=64, shuffle=True, verbose=0,
-                        callbacks=[_counter(budget), *schedule_callbacks(params)])
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=epochs,
+        batch_size=64,
+        shuffle=True,
+        verbose=0,
+        callbacks=[_counter(budget), *schedule_callbacks(params)],
+    )
     keras.backend.clear_session(free_memory=True)
     return float(history.history["val_accuracy"][-1])
 
@@ -108,15 +124,24 @@ def _fit(params: dict[str, Any], seed: int, data: Any, epochs: int, budget: Budg
 # --- the methods: each returns best_val, best_params, trials (and pruned) ----------------
 
 
-def _service(pruner: str, seed: int, budget: Budget, epochs: int, data: Any,
-             tmp: Path) -> dict[str, Any]:
+def _service(
+    pruner: str, seed: int, budget: Budget, epochs: int, data: Any, tmp: Path
+) -> dict[str, Any]:
     from workers.client import ServiceClient
 
     with running_api(tmp / "api") as api:
         started = time.perf_counter()  # the API's start is not the search's
-        study = create_study(api, name=f"quality-{pruner}-{seed}", dataset="digits",
-                             n_trials=budget.budget, epochs=epochs, sampler="tpe",
-                             pruner=pruner, seed=seed, sanity_check=False)
+        study = create_study(
+            api,
+            name=f"quality-{pruner}-{seed}",
+            dataset="digits",
+            n_trials=budget.budget,
+            epochs=epochs,
+            sampler="tpe",
+            pruner=pruner,
+            seed=seed,
+            sanity_check=False,
+        )
 
         stopped: list[bool] = []
 
@@ -130,8 +155,9 @@ def _service(pruner: str, seed: int, budget: Budget, epochs: int, data: Any,
                     return None
                 return job
 
-            def report(self, trial_id: int, epoch: int, value: float,
-                       metrics: dict[str, float]) -> str:
+            def report(
+                self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]
+            ) -> str:
                 action = super().report(trial_id, epoch, value, metrics)
                 budget.used += 1
                 if budget.spent and not stopped:
@@ -150,9 +176,13 @@ def _service(pruner: str, seed: int, budget: Budget, epochs: int, data: Any,
     if final["best"] is None:
         raise RuntimeError(f"study {study['name']} has no best trial: {final}")
     counts = final["trials"]
-    return {"best_val": final["best"]["value"], "best_params": final["best"]["params"],
-            "trials": counts["complete"] + counts["pruned"] + counts["fail"],
-            "pruned": counts["pruned"], "wall_s": wall}
+    return {
+        "best_val": final["best"]["value"],
+        "best_params": final["best"]["params"],
+        "trials": counts["complete"] + counts["pruned"] + counts["fail"],
+        "pruned": counts["pruned"],
+        "wall_s": wall,
+    }
 
 
 def _kt_params(hp: Any, space: Any) -> dict[str, Any]:
@@ -170,16 +200,19 @@ def _kt_params(hp: Any, space: Any) -> dict[str, Any]:
         elif isinstance(dim, Choices):
             params[name] = hp.Choice(name, list(dim.choices))
         elif isinstance(dim, IntRange):
-            params[name] = hp.Int(name, dim.low, dim.high, step=dim.step,
-                                  sampling="log" if dim.log else "linear")
+            params[name] = hp.Int(
+                name, dim.low, dim.high, step=dim.step, sampling="log" if dim.log else "linear"
+            )
         elif isinstance(dim, FloatRange):
-            params[name] = hp.Float(name, dim.low, dim.high, step=dim.step,
-                                    sampling="log" if dim.log else "linear")
+            params[name] = hp.Float(
+                name, dim.low, dim.high, step=dim.step, sampling="log" if dim.log else "linear"
+            )
     return params
 
 
-def _keras_tuner(kind: str, seed: int, budget: Budget, epochs: int, data: Any,
-                 tmp: Path) -> dict[str, Any]:
+def _keras_tuner(
+    kind: str, seed: int, budget: Budget, epochs: int, data: Any, tmp: Path
+) -> dict[str, Any]:
     import keras_tuner as kt
 
     from search_space import SearchSpace
@@ -193,41 +226,58 @@ def _keras_tuner(kind: str, seed: int, budget: Budget, epochs: int, data: Any,
         def build(self, hp: Any) -> Any:
             built[0] += 1
             params = _kt_params(hp, space)
-            return compiled_model(assignment(params, epochs, seed * 10_000 + built[0], data),
-                                  data)
+            return compiled_model(assignment(params, epochs, seed * 10_000 + built[0], data), data)
 
         def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []),
-                                   *schedule_callbacks(_kt_params(hp, space))]
+            kwargs["callbacks"] = [
+                *kwargs.get("callbacks", []),
+                *schedule_callbacks(_kt_params(hp, space)),
+            ]
             return model.fit(*args, **kwargs)
 
     def stop_when_spent(tuner: Any) -> None:
         if budget.spent:  # the oracle then answers STOPPED to its next create_trial
             tuner.oracle.max_trials = len(tuner.oracle.trials)
 
-    common = {"objective": kt.Objective("val_accuracy", "max"), "seed": seed,
-              "directory": str(tmp / "kt"), "project_name": kind, "overwrite": True}
+    common = {
+        "objective": kt.Objective("val_accuracy", "max"),
+        "seed": seed,
+        "directory": str(tmp / "kt"),
+        "project_name": kind,
+        "overwrite": True,
+    }
     tuner: Any
     if kind == "random":
+
         class Random(kt.RandomSearch):
             def pre_create_trial(self) -> None:
                 stop_when_spent(self)
 
         tuner = Random(HyperModel(), max_trials=10_000, **common)
     else:
+
         class Band(kt.Hyperband):
             def pre_create_trial(self) -> None:
                 stop_when_spent(self)
 
-        tuner = Band(HyperModel(), max_epochs=epochs, factor=3, hyperband_iterations=1000,
-                     **common)
-    tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                 epochs=epochs, batch_size=64, shuffle=True, verbose=0,
-                 callbacks=[_counter(budget)])
+        tuner = Band(HyperModel(), max_epochs=epochs, factor=3, hyperband_iterations=1000, **common)
+    tuner.search(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=epochs,
+        batch_size=64,
+        shuffle=True,
+        verbose=0,
+        callbacks=[_counter(budget)],
+    )
     best = tuner.oracle.get_best_trials(1)[0]
-    return {"best_val": float(best.score),
-            "best_params": _kt_params(best.hyperparameters.copy(), space),
-            "trials": len(tuner.oracle.trials), "pruned": None}
+    return {
+        "best_val": float(best.score),
+        "best_params": _kt_params(best.hyperparameters.copy(), space),
+        "trials": len(tuner.oracle.trials),
+        "pruned": None,
+    }
 
 
 def _optuna_random(seed: int, budget: Budget, epochs: int, data: Any) -> dict[str, Any]:
@@ -238,14 +288,19 @@ def _optuna_random(seed: int, budget: Budget, epochs: int, data: Any) -> dict[st
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.parse(None, None)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed)
+    )
     while not budget.spent:
         trial = study.ask()
         params = suggest(trial, space)
         study.tell(trial, _fit(params, seed * 10_000 + trial.number, data, epochs, budget))
-    return {"best_val": study.best_value, "best_params": study.best_params,
-            "trials": len(study.trials), "pruned": None}
+    return {
+        "best_val": study.best_value,
+        "best_params": study.best_params,
+        "trials": len(study.trials),
+        "pruned": None,
+    }
 
 
 def one(method: str, seed: int, budget_epochs: int, epochs: int, tmp: Path) -> dict[str, Any]:
@@ -268,24 +323,37 @@ def one(method: str, seed: int, budget_epochs: int, epochs: int, tmp: Path) -> d
         found = _optuna_random(seed, budget, epochs, data)
     wall = found.pop("wall_s", time.perf_counter() - started)
     test, _ = train_final(assignment(found["best_params"], epochs, seed, data), data)
-    return {"method": method, "seed": seed, **found, "test_accuracy": test,
-            "epochs_used": budget.used, "wall_s": round(wall, 2)}
+    return {
+        "method": method,
+        "seed": seed,
+        **found,
+        "test_accuracy": test,
+        "epochs_used": budget.used,
+        "wall_s": round(wall, 2),
+    }
 
 
 def _summary(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     def stats(values: list[float]) -> dict[str, float]:
-        return {"mean": statistics.fmean(values),
-                "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+        return {
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
 
     rows = []
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
-        rows.append({"method": method, "runs": len(mine),
-                     "best_val": stats([r["best_val"] for r in mine]),
-                     "test_accuracy": stats([r["test_accuracy"] for r in mine]),
-                     "epochs_used": stats([r["epochs_used"] for r in mine]),
-                     "trials": stats([r["trials"] for r in mine]),
-                     "wall_s": stats([r["wall_s"] for r in mine])})
+        rows.append(
+            {
+                "method": method,
+                "runs": len(mine),
+                "best_val": stats([r["best_val"] for r in mine]),
+                "test_accuracy": stats([r["test_accuracy"] for r in mine]),
+                "epochs_used": stats([r["epochs_used"] for r in mine]),
+                "trials": stats([r["trials"] for r in mine]),
+                "wall_s": stats([r["wall_s"] for r in mine]),
+            }
+        )
     return rows
 
 
@@ -302,9 +370,21 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
             out, log = folder / "result.json", folder / "log.txt"
             with log.open("wb") as sink:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks.quality", "one", method, str(seed),
-                     str(params["budget"]), str(params["epochs"]), str(folder)],
-                    stdout=sink, stderr=subprocess.STDOUT, cwd=HERE.parent)
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.quality",
+                        "one",
+                        method,
+                        str(seed),
+                        str(params["budget"]),
+                        str(params["epochs"]),
+                        str(folder),
+                    ],
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    cwd=HERE.parent,
+                )
             running.append((proc, out, log, f"{method} seed {seed}"))
         time.sleep(0.5)
         for entry in list(running):
@@ -313,13 +393,15 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 continue
             running.remove(entry)
             if proc.returncode != 0:
-                raise RuntimeError(f"{what} exited {proc.returncode}:\n"
-                                   f"{log.read_text()[-4000:]}")
+                raise RuntimeError(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
             result = json.loads(out.read_text())
             runs.append(result)
-            print(f"  {what}: val {result['best_val']:.4f} test "
-                  f"{result['test_accuracy']:.4f} epochs {result['epochs_used']} "
-                  f"trials {result['trials']} in {result['wall_s']} s", flush=True)
+            print(
+                f"  {what}: val {result['best_val']:.4f} test "
+                f"{result['test_accuracy']:.4f} epochs {result['epochs_used']} "
+                f"trials {result['trials']} in {result['wall_s']} s",
+                flush=True,
+            )
     return {"runs": runs, "summary": _summary(runs, params["methods"])}
 
 

@@ -1,6 +1,6 @@
 """Write ``RESULTS.md`` and its plots from the benchmarks' JSON files.
 
-    python -m benchmarks.report [--results DIR] [--out DIR]
+python -m benchmarks.report [--results DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def _pm(stat: dict[str, float], digits: int = 3) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
@@ -65,17 +67,43 @@ def _save(plt: Any, fig: Any, out: Path, name: str) -> list[str]:
 def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     res, p = doc["result"], doc["params"]
     s = res["summary"]
-    rows = [[str(r["trial"]), r["params"]["optimizer"], _f(r["params"]["learning_rate"], 5),
-             _f(r["bare_s"]), _f(r["service_s"]), _f(r["overhead_s"], 3),
-             _f(r["lease_s"], 3), _f(r["reporting_s"], 3), _f(r["complete_s"], 3),
-             _f(r["ratio"], 3)] for r in res["rows"]]
+    rows = [
+        [
+            str(r["trial"]),
+            r["params"]["optimizer"],
+            _f(r["params"]["learning_rate"], 5),
+            _f(r["bare_s"]),
+            _f(r["service_s"]),
+            _f(r["overhead_s"], 3),
+            _f(r["lease_s"], 3),
+            _f(r["reporting_s"], 3),
+            _f(r["complete_s"], 3),
+            _f(r["ratio"], 3),
+        ]
+        for r in res["rows"]
+    ]
     lines = [
         f"{len(res['rows'])} configurations from the default space, {p['epochs']} epochs "
         "each on `digits`, one TensorFlow thread. *Bare*: build, compile and `model.fit` in "
         "a warm process. *Service*: the same model as a trial, from the lease request to "
-        "the answer of `complete` (worker side, SQLite, one epoch report each epoch).", "",
-        *_table(["trial", "optimizer", "learning rate", "bare s", "service s", "overhead s",
-                 "lease s", "reports s", "complete s", "ratio"], rows), "",
+        "the answer of `complete` (worker side, SQLite, one epoch report each epoch).",
+        "",
+        *_table(
+            [
+                "trial",
+                "optimizer",
+                "learning rate",
+                "bare s",
+                "service s",
+                "overhead s",
+                "lease s",
+                "reports s",
+                "complete s",
+                "ratio",
+            ],
+            rows,
+        ),
+        "",
         f"Median ratio **{_f(s['median_ratio'], 3)}** (max {_f(s['max_ratio'], 3)}): "
         f"{_f(s['median_overhead_s'], 3)} s more per trial, "
         f"{_f(s['median_overhead_per_epoch_ms'], 1)} ms per epoch. Medians of the calls: "
@@ -88,16 +116,22 @@ def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = range(len(res["rows"]))
     ax.bar([x - 0.2 for x in xs], [r["bare_s"] for r in res["rows"]], 0.4, label="bare fit")
-    ax.bar([x + 0.2 for x in xs], [r["service_s"] for r in res["rows"]], 0.4,
-           label="trial in the service")
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [r["service_s"] for r in res["rows"]],
+        0.4,
+        label="trial in the service",
+    )
     ax.set_xticks(list(xs), [str(r["trial"]) for r in res["rows"]])
     ax.set_xlabel("trial")
     ax.set_ylabel("seconds")
     ax.set_title(f"One trial of {p['epochs']} epochs: bare vs. in the service")
     ax.legend()
     lines += _save(plt, fig, out, "overhead")
-    return lines, {"overhead_ratio": s["median_ratio"],
-                   "overhead_per_epoch_ms": s["median_overhead_per_epoch_ms"]}
+    return lines, {
+        "overhead_ratio": s["median_ratio"],
+        "overhead_per_epoch_ms": s["median_overhead_per_epoch_ms"],
+    }
 
 
 def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
@@ -105,20 +139,43 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     rows = []
     for r in res["rows"]:
         sv, op = r["service"], r["optuna"]
-        rows.append([r["backend"], f"{r['trials']:,}", _f(sv["leases_per_s"], 1),
-                     _f(sv["lease_ms"]["p50"], 1), _f(sv["lease_ms"]["p95"], 1),
-                     _f(sv["lease_ms"]["p99"], 1), _f(op["leases_per_s"], 1),
-                     _f(op["lease_ms"]["p50"], 1), _f(op["lease_ms"]["p95"], 1),
-                     _f(op["lease_ms"]["p99"], 1)])
+        rows.append(
+            [
+                r["backend"],
+                f"{r['trials']:,}",
+                _f(sv["leases_per_s"], 1),
+                _f(sv["lease_ms"]["p50"], 1),
+                _f(sv["lease_ms"]["p95"], 1),
+                _f(sv["lease_ms"]["p99"], 1),
+                _f(op["leases_per_s"], 1),
+                _f(op["lease_ms"]["p50"], 1),
+                _f(op["lease_ms"]["p95"], 1),
+                _f(op["lease_ms"]["p99"], 1),
+            ]
+        )
     lines = [
         f"{p['workers']} simulated workers, {p['window']} lease cycles per row (lease, "
         f"{p['reports']} reports, complete), TPE and the median pruner, one API process; "
         "*trials* is the study's size when the service's cycles start (Optuna's start "
         f"{p['window']} later). Plain Optuna: the same processes doing `ask` + suggest, "
         "`report` + `should_prune`, `tell` on the same study in the same database (its "
-        "latency is `ask`'s).", "",
-        *_table(["database", "trials", "service leases/s", "p50 ms", "p95 ms", "p99 ms",
-                 "Optuna asks/s", "p50 ms", "p95 ms", "p99 ms"], rows),
+        "latency is `ask`'s).",
+        "",
+        *_table(
+            [
+                "database",
+                "trials",
+                "service leases/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "Optuna asks/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+            ],
+            rows,
+        ),
     ]
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -126,10 +183,8 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
         mine = [r for r in res["rows"] if r["backend"] == backend]
         xs = [r["trials"] for r in mine]
         for who, style in (("service", "-o"), ("optuna", "--s")):
-            a1.plot(xs, [r[who]["leases_per_s"] for r in mine], style,
-                    label=f"{who}, {backend}")
-            a2.plot(xs, [r[who]["lease_ms"]["p95"] for r in mine], style,
-                    label=f"{who}, {backend}")
+            a1.plot(xs, [r[who]["leases_per_s"] for r in mine], style, label=f"{who}, {backend}")
+            a2.plot(xs, [r[who]["lease_ms"]["p95"] for r in mine], style, label=f"{who}, {backend}")
     for ax, what in ((a1, "leases (asks) per second"), (a2, "p95 lease (ask) latency, ms")):
         ax.set_xscale("log")
         ax.set_xlabel("trials in the study")
@@ -146,9 +201,17 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
 
 def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     res, p = doc["result"], doc["params"]
-    rows = [[r["method"], _pm(r["best_val"]), _pm(r["test_accuracy"]),
-             _pm(r["epochs_used"], 0), _pm(r["trials"], 1), _pm(r["wall_s"], 1)]
-            for r in res["summary"]]
+    rows = [
+        [
+            r["method"],
+            _pm(r["best_val"]),
+            _pm(r["test_accuracy"]),
+            _pm(r["epochs_used"], 0),
+            _pm(r["trials"], 1),
+            _pm(r["wall_s"], 1),
+        ]
+        for r in res["summary"]
+    ]
     lines = [
         f"`digits`, a budget of {p['budget']} training epochs per search, trials of up to "
         f"{p['epochs']} epochs, seeds {', '.join(map(str, p['seeds']))}; mean ± sd over "
@@ -156,15 +219,22 @@ def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
         "(KerasTuner takes a trial's best epoch, the service and Optuna its last). *Test*: "
         "that configuration retrained on train + validation and scored once on the test "
         "split, by the same code for every method. *Wall*: the search alone, with "
-        f"{p['lanes']} searches running at once on {doc['machine']['cores']} cores.", "",
-        *_table(["method", "best val accuracy", "test accuracy", "epochs used", "trials",
-                 "wall s"], rows),
+        f"{p['lanes']} searches running at once on {doc['machine']['cores']} cores.",
+        "",
+        *_table(
+            ["method", "best val accuracy", "test accuracy", "epochs used", "trials", "wall s"],
+            rows,
+        ),
     ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     names = [r["method"] for r in res["summary"]]
-    ax.barh(names, [r["test_accuracy"]["mean"] for r in res["summary"]],
-            xerr=[r["test_accuracy"]["sd"] for r in res["summary"]], color="tab:blue")
+    ax.barh(
+        names,
+        [r["test_accuracy"]["mean"] for r in res["summary"]],
+        xerr=[r["test_accuracy"]["sd"] for r in res["summary"]],
+        color="tab:blue",
+    )
     low = min(r["test_accuracy"]["mean"] - r["test_accuracy"]["sd"] for r in res["summary"])
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.invert_yaxis()
@@ -176,16 +246,18 @@ def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
 
 def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     res, p = doc["result"], doc["params"]
-    rows = [[str(r["workers"]), _f(r["seconds"], 1), _f(r["trials_per_min"], 1),
-             _f(r["speedup"], 2)] for r in res["rows"]]
+    rows = [
+        [str(r["workers"]), _f(r["seconds"], 1), _f(r["trials_per_min"], 1), _f(r["speedup"], 2)]
+        for r in res["rows"]
+    ]
     lines = [
         f"A study of {p['trials']} trials of {p['epochs']} epochs (random sampler, no "
         "pruner) with idle workers already waiting; one TensorFlow thread per worker, on "
-        f"{doc['machine']['cores']} cores shared with the API.", "",
+        f"{doc['machine']['cores']} cores shared with the API.",
+        "",
         *_table(["workers", "seconds", "trials/min", "speed-up"], rows),
     ]
-    return lines, {"trials_per_min": {str(r["workers"]): r["trials_per_min"]
-                                      for r in res["rows"]}}
+    return lines, {"trials_per_min": {str(r["workers"]): r["trials_per_min"] for r in res["rows"]}}
 
 
 def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
@@ -195,7 +267,8 @@ def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     rows += [[f"after {k} trials", _f(v, 0)] for k, v in after.items()]
     lines = [
         f"One worker, {p['trials']} trials of {p['epochs']} epoch(s) each on `digits`. "
-        f"Growth over the run: {_f(res['growth_mib_per_trial'], 2)} MiB per trial.", "",
+        f"Growth over the run: {_f(res['growth_mib_per_trial'], 2)} MiB per trial.",
+        "",
         *_table(["worker RSS", "MiB"], rows),
     ]
     plt = _plt()
@@ -230,14 +303,17 @@ def write(results: Path, out: Path) -> dict[str, Any]:
     dates = sorted(d["date"] for d in docs.values())
     total_min = sum(d["duration_s"] for d in docs.values()) / 60
     lines = [
-        "# Benchmark results", "",
+        "# Benchmark results",
+        "",
         f"Measured {dates[0][:10]} ({dates[0]} to {dates[-1]}) by `make bench` "
         f"(size {', '.join(sizes)}; {total_min:.1f} minutes in all) on {m['cpu']}, "
-        f"{m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}.", "",
+        f"{m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}.",
+        "",
         f"Python {v['python']}, TensorFlow {v['tensorflow']}, Keras {v['keras']}, Optuna "
         f"{v['optuna']}, FastAPI {v['fastapi']}, uvicorn {v['uvicorn']}, SQLAlchemy "
         f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
-        f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).", "",
+        f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).",
+        "",
         "Regenerate with `make bench` (about half an hour here), or one benchmark with "
         "`python -m benchmarks.<name> --size full` then `python -m benchmarks.report`. "
         "The raw figures are in `results/*.json`; the method of each benchmark is the "
@@ -251,8 +327,10 @@ def write(results: Path, out: Path) -> dict[str, Any]:
             continue
         body, head = section(docs[name], out)
         lines += body
-        lines += ["", f"*{docs[name]['duration_s']:.0f} s, size {docs[name]['size']}, "
-                  f"{docs[name]['date']}.*"]
+        lines += [
+            "",
+            f"*{docs[name]['duration_s']:.0f} s, size {docs[name]['size']}, {docs[name]['date']}.*",
+        ]
         headline[name] = head
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     return headline

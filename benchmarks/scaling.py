@@ -21,6 +21,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"trials": 16, "epochs": 10, "workers": [1, 2]},
 }
 
+
 def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
     """Until ``expected`` workers have asked for work (GET /workers)."""
     from benchmarks.common import user_client
@@ -42,23 +43,38 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
         try:
             for n in params["workers"]:
                 # Top up to n idle workers (the ones of the last round stay), then submit.
-                workers += [start_worker(api.url, tmp / f"worker{i}.log", "--tf-threads", "1",
-                                         poll_interval_s="0.2")
-                            for i in range(len(workers), n)]
+                workers += [
+                    start_worker(
+                        api.url, tmp / f"worker{i}.log", "--tf-threads", "1", poll_interval_s="0.2"
+                    )
+                    for i in range(len(workers), n)
+                ]
                 _wait_idle(api, n)
                 started = time.monotonic()
-                study = create_study(api, name=f"scaling-{n}", dataset="digits",
-                                     n_trials=params["trials"], epochs=params["epochs"],
-                                     sampler="random", pruner="none", seed=n,
-                                     sanity_check=False)
+                study = create_study(
+                    api,
+                    name=f"scaling-{n}",
+                    dataset="digits",
+                    n_trials=params["trials"],
+                    epochs=params["epochs"],
+                    sampler="random",
+                    pruner="none",
+                    seed=n,
+                    sanity_check=False,
+                )
                 done = wait_study(api, study["id"], ("completed", "failed"), timeout_s=1800)
                 elapsed = time.monotonic() - started
                 if done["status"] != "completed":
-                    raise RuntimeError(f"study scaling-{n} {done['status']}: "
-                                       f"{done.get('reason')}")
-                rows.append({"workers": n, "trials": params["trials"],
-                             "epochs": params["epochs"], "seconds": round(elapsed, 2),
-                             "trials_per_min": round(60 * params["trials"] / elapsed, 2)})
+                    raise RuntimeError(f"study scaling-{n} {done['status']}: {done.get('reason')}")
+                rows.append(
+                    {
+                        "workers": n,
+                        "trials": params["trials"],
+                        "epochs": params["epochs"],
+                        "seconds": round(elapsed, 2),
+                        "trials_per_min": round(60 * params["trials"] / elapsed, 2),
+                    }
+                )
                 print(f"  {n} worker(s): {rows[-1]['trials_per_min']} trials/min", flush=True)
                 # The finished study's final model is retrained next; let it go first.
                 _wait_final(api, study["id"])

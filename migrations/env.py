@@ -15,8 +15,7 @@ connectable = config.attributes.get("connection")
 if connectable is None:
     engine = make_engine(url)
     with engine.connect() as connection:
-        context.configure(connection=connection, version_table=VERSION_TABLE,
-                          render_as_batch=True)
+        context.configure(connection=connection, version_table=VERSION_TABLE, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -38,29 +38,72 @@ class DatasetInfo:
         return cls(**{**data, "image_shape": tuple(shape) if shape else None})
 
 
-def _sk(name: str, task: Task, n_features: int, n_classes: int | None, n_rows: int,
-        description: str, image_shape: tuple[int, int, int] | None = None) -> DatasetInfo:
-    return DatasetInfo(name, task, n_features, n_classes, image_shape, "sklearn",
-                       description, n_rows)
+def _sk(
+    name: str,
+    task: Task,
+    n_features: int,
+    n_classes: int | None,
+    n_rows: int,
+    description: str,
+    image_shape: tuple[int, int, int] | None = None,
+) -> DatasetInfo:
+    return DatasetInfo(
+        name, task, n_features, n_classes, image_shape, "sklearn", description, n_rows
+    )
 
 
 BUILTIN_DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        _sk("digits", "classification", 64, 10, 1797,
-            "scikit-learn load_digits: 8x8 images of handwritten digits", (8, 8, 1)),
+        _sk(
+            "digits",
+            "classification",
+            64,
+            10,
+            1797,
+            "scikit-learn load_digits: 8x8 images of handwritten digits",
+            (8, 8, 1),
+        ),
         _sk("iris", "classification", 4, 3, 150, "scikit-learn load_iris: iris flowers"),
         _sk("wine", "classification", 13, 3, 178, "scikit-learn load_wine: wine cultivars"),
-        _sk("breast_cancer", "classification", 30, 2, 569,
-            "scikit-learn load_breast_cancer: tumour diagnosis"),
-        _sk("diabetes", "regression", 10, None, 442,
-            "scikit-learn load_diabetes: disease progression (regression)"),
-        DatasetInfo("mnist", "classification", 784, 10, (28, 28, 1), "keras",
-                    "Keras MNIST: 28x28 handwritten digits (from the Keras cache, or "
-                    "downloaded where the worker may)", 70000),
-        DatasetInfo("fashion_mnist", "classification", 784, 10, (28, 28, 1), "keras",
-                    "Keras Fashion-MNIST: 28x28 clothing images (from the Keras cache, or "
-                    "downloaded where the worker may)", 70000),
+        _sk(
+            "breast_cancer",
+            "classification",
+            30,
+            2,
+            569,
+            "scikit-learn load_breast_cancer: tumour diagnosis",
+        ),
+        _sk(
+            "diabetes",
+            "regression",
+            10,
+            None,
+            442,
+            "scikit-learn load_diabetes: disease progression (regression)",
+        ),
+        DatasetInfo(
+            "mnist",
+            "classification",
+            784,
+            10,
+            (28, 28, 1),
+            "keras",
+            "Keras MNIST: 28x28 handwritten digits (from the Keras cache, or "
+            "downloaded where the worker may)",
+            70000,
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            "classification",
+            784,
+            10,
+            (28, 28, 1),
+            "keras",
+            "Keras Fashion-MNIST: 28x28 clothing images (from the Keras cache, or "
+            "downloaded where the worker may)",
+            70000,
+        ),
     )
 }
 

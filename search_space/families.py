@@ -60,6 +60,7 @@ def load_builder(name: str) -> Callable[..., Any]:
     if ep is None:
         raise FamilyUnavailable(
             f"model family {name!r} is not registered on this worker: install the package "
-            f"that declares it in the {ENTRY_POINT_GROUP!r} entry-point group")
+            f"that declares it in the {ENTRY_POINT_GROUP!r} entry-point group"
+        )
     builder: Callable[..., Any] = ep.load()
     return builder

@@ -53,8 +53,9 @@ class _Layers:
 
     def _kernel(self) -> keras.initializers.Initializer:
         self._n += 1
-        return kernel_initializer(self.kernel_init,
-                                  None if self.seed is None else self.seed + self._n)
+        return kernel_initializer(
+            self.kernel_init, None if self.seed is None else self.seed + self._n
+        )
 
     def _finish(self, x: Any, name: str, *, dropout: bool) -> Any:
         if self.batch_norm:
@@ -136,8 +137,9 @@ def build_model(
         x = keras.layers.Flatten(name="flatten")(x)
         x = layers.dense(x, CNN_DENSE_UNITS, "head")
     elif family == "mlp":
-        widths = hidden_widths(int(param_value(params, "hidden_units")),
-                               int(param_value(params, "hidden_layers")))
+        widths = hidden_widths(
+            int(param_value(params, "hidden_units")), int(param_value(params, "hidden_layers"))
+        )
         for i, width in enumerate(widths):
             x = layers.dense(x, width, str(i))
     else:
@@ -166,8 +168,9 @@ def build_optimizer(params: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     return classes[name](**common)
 
 
-def schedule_callbacks(params: Mapping[str, Any], *, monitor: str = "val_loss"
-                       ) -> list[keras.callbacks.Callback]:
+def schedule_callbacks(
+    params: Mapping[str, Any], *, monitor: str = "val_loss"
+) -> list[keras.callbacks.Callback]:
     """Callbacks that apply ``lr_schedule``: exponential decay per epoch
     (``lr = learning_rate * lr_decay_rate ** epoch``), or halving when ``monitor`` (the
     validation loss) stops falling."""
@@ -177,6 +180,9 @@ def schedule_callbacks(params: Mapping[str, Any], *, monitor: str = "val_loss"
         rate = float(param_value(params, "lr_decay_rate"))
         return [keras.callbacks.LearningRateScheduler(lambda epoch, _lr: base * rate**epoch)]
     if schedule == "plateau":
-        return [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=2,
-                                                  min_lr=base * 1e-3)]
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=0.5, patience=2, min_lr=base * 1e-3
+            )
+        ]
     return []

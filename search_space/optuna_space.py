@@ -27,6 +27,5 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         elif isinstance(dim, IntRange):
             params[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step, log=dim.log)
         elif isinstance(dim, FloatRange):
-            params[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step,
-                                               log=dim.log)
+            params[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
     return params

@@ -233,6 +233,12 @@ PARAMS: tuple[ParamDef, ...] = (
 
 PARAMS_BY_NAME: dict[str, ParamDef] = {p.name: p for p in PARAMS}
 
-BRIEF_PARAMS = ("learning_rate", "optimizer", "lr_schedule", "lr_decay_rate", "dropout_rate",
-                "kernel_initializer")
+BRIEF_PARAMS = (
+    "learning_rate",
+    "optimizer",
+    "lr_schedule",
+    "lr_decay_rate",
+    "dropout_rate",
+    "kernel_initializer",
+)
 """The parameters the product brief names (decay is ``lr_schedule`` with ``lr_decay_rate``)."""

@@ -59,8 +59,9 @@ def param_count(
     """
     batch_norm = bool(param_value(params, "batch_norm"))
     if family == "mlp":
-        widths = hidden_widths(int(param_value(params, "hidden_units")),
-                                int(param_value(params, "hidden_layers")))
+        widths = hidden_widths(
+            int(param_value(params, "hidden_units")), int(param_value(params, "hidden_layers"))
+        )
         total, n_in = 0, n_features
     elif family == "cnn":
         if image_shape is None:
@@ -118,9 +119,13 @@ def max_param_count(
         i = names.index("hidden_units")
         options[i] = (max(options[i]),)
     counts = (
-        param_count(dict(zip(names, combo, strict=True)), family=space.family,
-                    n_features=n_features, n_outputs=n_outputs, image_shape=image_shape)
+        param_count(
+            dict(zip(names, combo, strict=True)),
+            family=space.family,
+            n_features=n_features,
+            n_outputs=n_outputs,
+            image_shape=image_shape,
+        )
         for combo in itertools.product(*options)
     )
     return max(counts)
-

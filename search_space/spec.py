@@ -118,8 +118,14 @@ SANE: dict[str, Any] = {
     "clipnorm": None,
 }
 """The sanity run's configuration where a study searches a parameter (clamped into it)."""
-SANE_LEARNING_RATE = {"adam": 1e-3, "rmsprop": 1e-3, "momentum": 1e-2, "sgd": 1e-1,
-                      "adagrad": 1e-1, "adadelta": 1.0}
+SANE_LEARNING_RATE = {
+    "adam": 1e-3,
+    "rmsprop": 1e-3,
+    "momentum": 1e-2,
+    "sgd": 1e-1,
+    "adagrad": 1e-1,
+    "adadelta": 1.0,
+}
 
 
 def _is_number(value: Any) -> bool:
@@ -194,15 +200,17 @@ def _on_step(value: float, low: float, step: float) -> bool:
     return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
 
 
-def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[Dimension | None,
-                                                                          list[Problem]]:
+def _parse_numeric(
+    p: ParamDef, raw: Any, loc: tuple[str | int, ...]
+) -> tuple[Dimension | None, list[Problem]]:
     problems: list[Problem] = []
     if not isinstance(raw, Mapping):
         return None, [Problem(loc, 'must be an object like {"low": .., "high": ..}', raw)]
     extra = sorted(set(raw) - {"low", "high", "log", "step"})
     for key in extra:
-        problems.append(Problem((*loc, key), "is not a range field (allowed: low, high, log, "
-                                             "step)", raw[key]))
+        problems.append(
+            Problem((*loc, key), "is not a range field (allowed: low, high, log, step)", raw[key])
+        )
     d_low, d_high, _ = p.default_range
     low = raw.get("low", d_low)
     high = raw.get("high", d_high)
@@ -226,14 +234,29 @@ def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
     if log is True and low <= 0:
         problems.append(Problem((*loc, "low"), "must be > 0 when log is true", low))
     if log is True and step is not None and not (p.kind == "int" and step == 1):
-        problems.append(Problem((*loc, "step"), "cannot be combined with log: true "
-                                "(except step 1 for an integer)", step))
+        problems.append(
+            Problem(
+                (*loc, "step"),
+                "cannot be combined with log: true (except step 1 for an integer)",
+                step,
+            )
+        )
     if step is not None and not problems and (high - low) / step > MAX_STEPS:
-        problems.append(Problem((*loc, "step"), f"is too small: [low, high] would hold more "
-                                f"than {MAX_STEPS} steps", step))
+        problems.append(
+            Problem(
+                (*loc, "step"),
+                f"is too small: [low, high] would hold more than {MAX_STEPS} steps",
+                step,
+            )
+        )
     elif step is not None and not problems and not _divisible(high, low, step):
-        problems.append(Problem((*loc, "high"), f"must be low ({_show(low)}) plus a "
-                                f"whole number of steps ({_show(step)})", high))
+        problems.append(
+            Problem(
+                (*loc, "high"),
+                f"must be low ({_show(low)}) plus a whole number of steps ({_show(step)})",
+                high,
+            )
+        )
     if problems:
         return None, problems
     if p.kind == "int":
@@ -241,23 +264,31 @@ def _parse_numeric(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[D
     return FloatRange(float(low), float(high), log, float(step) if step is not None else None), []
 
 
-def _parse_choices(p: ParamDef, raw: Any, loc: tuple[str | int, ...]) -> tuple[Dimension | None,
-                                                                          list[Problem]]:
+def _parse_choices(
+    p: ParamDef, raw: Any, loc: tuple[str | int, ...]
+) -> tuple[Dimension | None, list[Problem]]:
     if not isinstance(raw, Mapping):
         return None, [Problem(loc, 'must be an object like {"choices": [...]}', raw)]
     problems = [
-        Problem((*loc, key), "is not a field of a categorical parameter (allowed: choices)",
-                raw[key])
+        Problem(
+            (*loc, key), "is not a field of a categorical parameter (allowed: choices)", raw[key]
+        )
         for key in sorted(set(raw) - {"choices"})
     ]
     choices = raw.get("choices")
     if not isinstance(choices, list) or not choices:
-        problems.append(Problem((*loc, "choices"),
-                                f"must be a non-empty list of {_allowed_text(p)}", choices))
+        problems.append(
+            Problem((*loc, "choices"), f"must be a non-empty list of {_allowed_text(p)}", choices)
+        )
         return None, problems
     if len(choices) > MAX_CHOICES:
-        problems.append(Problem((*loc, "choices"), f"must list at most {MAX_CHOICES} values",
-                                f"{len(choices)} values"))
+        problems.append(
+            Problem(
+                (*loc, "choices"),
+                f"must list at most {MAX_CHOICES} values",
+                f"{len(choices)} values",
+            )
+        )
         return None, problems
     for i, value in enumerate(choices):
         why = _invalid(p, value)
@@ -308,28 +339,41 @@ class SearchSpace:
                 problems.append(Problem((section,), "must be an object", given))
                 continue
             if len(given) > len(PARAMS):  # more than there are: not worth listing each
-                problems.append(Problem((section,), f"names {len(given)} parameters; there "
-                                        f"are {len(PARAMS)} (known: {names})",
-                                        f"{len(given)} names"))
+                problems.append(
+                    Problem(
+                        (section,),
+                        f"names {len(given)} parameters; there are {len(PARAMS)} (known: {names})",
+                        f"{len(given)} names",
+                    )
+                )
                 continue
             for name in given:
                 if name not in PARAMS_BY_NAME:
-                    problems.append(Problem((section, name),
-                                            f"is not a known parameter (known: {names})",
-                                            name))
+                    problems.append(
+                        Problem((section, name), f"is not a known parameter (known: {names})", name)
+                    )
             for name in given:
                 p = PARAMS_BY_NAME.get(name)
                 if p is not None and not p.applies_to(family):
-                    problems.append(Problem(
-                        (section, name), f"applies to the model families "
-                        f"{', '.join(p.families or ())} only, not {family}", given[name]))
+                    problems.append(
+                        Problem(
+                            (section, name),
+                            f"applies to the model families "
+                            f"{', '.join(p.families or ())} only, not {family}",
+                            given[name],
+                        )
+                    )
         if problems:
             raise SpaceError(problems)
         for name in search_space:
             if name in fixed:
-                problems.append(Problem(("fixed", name),
-                                        "is also in search_space; a parameter is either "
-                                        "searched or fixed", fixed[name]))
+                problems.append(
+                    Problem(
+                        ("fixed", name),
+                        "is also in search_space; a parameter is either searched or fixed",
+                        fixed[name],
+                    )
+                )
         dims: list[tuple[str, Dimension]] = []
         for p in PARAMS:
             dim: Dimension | None
@@ -366,11 +410,14 @@ class SearchSpace:
             cond = PARAMS_BY_NAME[name].condition
             if cond is not None and not self.can_be_active(name):  # (family checked before)
                 possible = self._possible_values(cond.param)
-                problems.append(Problem(
-                    ("search_space", name),
-                    f"is only used when {cond.param} is {_show(cond.value)}, which the spec "
-                    f"excludes ({cond.param}: {_show(list(possible))})",
-                    searched[name]))
+                problems.append(
+                    Problem(
+                        ("search_space", name),
+                        f"is only used when {cond.param} is {_show(cond.value)}, which the spec "
+                        f"excludes ({cond.param}: {_show(list(possible))})",
+                        searched[name],
+                    )
+                )
         if problems:
             raise SpaceError(problems)
 
@@ -388,8 +435,7 @@ class SearchSpace:
         p = PARAMS_BY_NAME[name]
         if not p.applies_to(self.family):
             return False
-        return p.condition is None or p.condition.value in self._possible_values(
-            p.condition.param)
+        return p.condition is None or p.condition.value in self._possible_values(p.condition.param)
 
     def sane_params(self) -> dict[str, Any]:
         """A configuration that should learn, for the sanity run: fixed values as fixed,
@@ -398,9 +444,17 @@ class SearchSpace:
         or choices."""
         params: dict[str, Any] = {}
         optimizer = self["optimizer"]
-        chosen = optimizer.value if isinstance(optimizer, Fixed) else (
-            "adam" if isinstance(optimizer, Choices) and "adam" in optimizer.choices
-            else optimizer.choices[0] if isinstance(optimizer, Choices) else "adam")
+        chosen = (
+            optimizer.value
+            if isinstance(optimizer, Fixed)
+            else (
+                "adam"
+                if isinstance(optimizer, Choices) and "adam" in optimizer.choices
+                else optimizer.choices[0]
+                if isinstance(optimizer, Choices)
+                else "adam"
+            )
+        )
         for name, dim in self.dimensions:
             if not SearchSpace.is_active(name, params, self.family):
                 continue
@@ -442,11 +496,18 @@ class SearchSpace:
                 why = f"must equal the fixed value {_show(dim.value)}"
             elif why is None and isinstance(dim, Choices) and value not in dim.choices:
                 why = "must be one of the study's choices: " + ", ".join(map(_show, dim.choices))
-            elif why is None and isinstance(dim, FloatRange | IntRange) and not (
-                    dim.low <= value <= dim.high):
+            elif (
+                why is None
+                and isinstance(dim, FloatRange | IntRange)
+                and not (dim.low <= value <= dim.high)
+            ):
                 why = f"must be within the study's range [{dim.low:g}, {dim.high:g}]"
-            elif why is None and isinstance(dim, FloatRange | IntRange) and dim.step and \
-                    not _on_step(value, dim.low, dim.step):
+            elif (
+                why is None
+                and isinstance(dim, FloatRange | IntRange)
+                and dim.step
+                and not _on_step(value, dim.low, dim.step)
+            ):
                 why = f"must be {dim.low:g} plus a whole number of steps ({dim.step:g})"
             if why is not None:
                 problems.append(Problem(where, why, value))

@@ -36,8 +36,10 @@ class Settings(BaseSettings):
         description="A lease not renewed (by a report or heartbeat) for this long is lost.",
     )
     db_wait_s: float = Field(
-        default=60.0, ge=0, description="How long `hpo api` and `hpo migrate` wait for the "
-        "database to answer at start-up before giving up."
+        default=60.0,
+        ge=0,
+        description="How long `hpo api` and `hpo migrate` wait for the "
+        "database to answer at start-up before giving up.",
     )
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
@@ -60,7 +62,8 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1, description="The largest data set file accepted."
     )
     max_body_bytes: int = Field(
-        default=2 * 1024 * 1024, ge=1024,
+        default=2 * 1024 * 1024,
+        ge=1024,
         description="The largest request body, uploads aside (they have their own limits).",
     )
     max_trials: int = Field(
@@ -70,7 +73,8 @@ class Settings(BaseSettings):
         default=1_000, ge=1, le=1_000, description="The largest epochs of a study."
     )
     max_model_params: int = Field(
-        default=10_000_000, ge=1,
+        default=10_000_000,
+        ge=1,
         description="The most parameters a trial's model may have: checked when a study is "
         "submitted (built-in families) and by workers before training (every family).",
     )

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "hpo_log_context", default=None)
+    "hpo_log_context", default=None
+)
 FIELDS = ("study", "trial", "job", "worker")
 
 
@@ -54,8 +55,9 @@ class JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ids = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS
-                       if getattr(record, k, None) is not None)
+        ids = " ".join(
+            f"{k}={getattr(record, k)}" for k in FIELDS if getattr(record, k, None) is not None
+        )
         line = super().format(record)
         return f"{line} [{ids}]" if ids else line
 
@@ -63,8 +65,11 @@ class _TextFormatter(logging.Formatter):
 def setup(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

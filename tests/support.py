@@ -51,8 +51,15 @@ def child_env(**settings: str) -> dict[str, str]:
     """The environment of a child process: this one's, with HPO_* settings on top, TensorFlow
     quiet and on one thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "HPO_TF_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                "HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": WORKER_TOKEN})
+    env.update(
+        {
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "HPO_TF_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HPO_API_TOKEN": USER_TOKEN,
+            "HPO_WORKER_TOKEN": WORKER_TOKEN,
+        }
+    )
     env.update({f"HPO_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -75,8 +82,14 @@ class Api:
         return httpx.Client(base_url=self.url, timeout=30, auth=AUTH)
 
 
-def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = None,
-              processes: int = 1, **settings: str) -> Api:
+def start_api(
+    tmp: Path,
+    *,
+    port: str | None = None,
+    database_url: str | None = None,
+    processes: int = 1,
+    **settings: str,
+) -> Api:
     """``hpo api`` on a migrated database (a SQLite file in ``tmp`` unless given)."""
     db_url = database_url or f"sqlite:///{tmp / 'hpo.db'}"
     migrate(db_url)
@@ -84,8 +97,7 @@ def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = 
     log = tmp / "api.log"
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            hpo("api", "--host", "127.0.0.1", "--port", str(port),
-                "--processes", str(processes)),
+            hpo("api", "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes)),
             env=child_env(database_url=db_url, **settings),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -105,14 +117,16 @@ def start_api(tmp: Path, *, port: str | None = None, database_url: str | None = 
     raise RuntimeError(f"hpo api did not come up:\n{log.read_text()}")
 
 
-def start_worker(api_url: str, log: Path, *args: str, **settings: str
-                 ) -> subprocess.Popen[bytes]:
+def start_worker(api_url: str, log: Path, *args: str, **settings: str) -> subprocess.Popen[bytes]:
     """A real ``hpo worker`` process against ``api_url``, its output in ``log``; settings
     become HPO_* variables (polling every 0.3 s unless given)."""
     with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(hpo("worker", "--api-url", api_url, *args),
-                                env=child_env(**{"poll_interval_s": "0.3", **settings}),
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            hpo("worker", "--api-url", api_url, *args),
+            env=child_env(**{"poll_interval_s": "0.3", **settings}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -143,8 +157,10 @@ def _pg_bin() -> Path:
         return Path(found).resolve().parent
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not candidates:
-        raise RuntimeError("PostgreSQL is not installed; `make test` and `make bench` "
-                           "install it (scripts/ensure-test-tools.sh)")
+        raise RuntimeError(
+            "PostgreSQL is not installed; `make test` and `make bench` "
+            "install it (scripts/ensure-test-tools.sh)"
+        )
     return candidates[-1].parent
 
 
@@ -162,8 +178,18 @@ class Postgres:
         self._dbs = 0
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
@@ -173,10 +199,21 @@ class Postgres:
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c max_connections=300" + ("" if self.durable else " -c fsync=off"))
-        self._run("pg_ctl", "-D", str(self.data), "-o", options,
-                  "-l", str(self.root / "server.log"), "-w", "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=300" + ("" if self.durable else " -c fsync=off")
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
@@ -190,8 +227,9 @@ class Postgres:
 
         self._dbs += 1
         name = f"hpo_test_{self._dbs}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 

@@ -29,8 +29,7 @@ EITHER = {("GET", "/datasets/{name}/file")}
 
 def _operations(client: httpx.Client) -> list[tuple[str, str]]:
     schema: dict[str, Any] = client.get("/openapi.json").json()
-    return sorted((method.upper(), path) for path, ops in schema["paths"].items()
-                  for method in ops)
+    return sorted((method.upper(), path) for path, ops in schema["paths"].items() for method in ops)
 
 
 def _role(method: str, path: str) -> str:
@@ -41,15 +40,17 @@ def _role(method: str, path: str) -> str:
     return "worker" if path.startswith(WORKER_PREFIXES) else "user"
 
 
-def _call(api: Api, method: str, path: str, token: str | None,
-          scheme: str = "Bearer") -> httpx.Response:
+def _call(
+    api: Api, method: str, path: str, token: str | None, scheme: str = "Bearer"
+) -> httpx.Response:
     url = path.replace("{name}", "digits")
     for param in ("{study_id}", "{trial_id}", "{job_id}"):
         url = url.replace(param, "1")
     headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
     # An empty body: a refusal must come before the body is even validated.
-    return httpx.request(method, api.url + url, headers=headers, timeout=30,
-                         json={} if method == "POST" else None)
+    return httpx.request(
+        method, api.url + url, headers=headers, timeout=30, json={} if method == "POST" else None
+    )
 
 
 def test_every_route_refuses_missing_wrong_and_foreign_tokens(api: Api) -> None:
@@ -64,18 +65,20 @@ def test_every_route_refuses_missing_wrong_and_foreign_tokens(api: Api) -> None:
             continue
         own = WORKER_TOKEN if role == "worker" else USER_TOKEN
         foreign = {"user": [WORKER_TOKEN], "worker": [USER_TOKEN], "either": []}[role]
-        attempts = [_call(api, method, path, None),
-                    _call(api, method, path, "wrong-" + own),
-                    _call(api, method, path, own[:-1]),
-                    _call(api, method, path, own, scheme="Basic"),
-                    *(_call(api, method, path, t) for t in foreign)]
+        attempts = [
+            _call(api, method, path, None),
+            _call(api, method, path, "wrong-" + own),
+            _call(api, method, path, own[:-1]),
+            _call(api, method, path, own, scheme="Basic"),
+            *(_call(api, method, path, t) for t in foreign),
+        ]
         for r in attempts:
             assert r.status_code == 401, (method, path, r.status_code, r.text)
             assert r.headers["WWW-Authenticate"] == "Bearer"
             # One answer for every refusal: nothing tells a missing token from a wrong one.
             refusal = refusal or r.json()
             assert r.json() == refusal, (method, path)
-        for token in ([USER_TOKEN, WORKER_TOKEN] if role == "either" else [own]):
+        for token in [USER_TOKEN, WORKER_TOKEN] if role == "either" else [own]:
             r = _call(api, method, path, token)
             assert r.status_code != 401, (method, path, r.text)
 
@@ -83,14 +86,21 @@ def test_every_route_refuses_missing_wrong_and_foreign_tokens(api: Api) -> None:
 def test_the_token_is_checked_before_the_body_is_read(api: Api) -> None:
     """No token: a 401 even for a body that would be a 422 (bad JSON) or a 413 (too big),
     so nothing is parsed or spooled for someone without a token."""
-    broken = httpx.post(f"{api.url}/studies", content=b'{"name": ',
-                        headers={"Content-Type": "application/json"})
+    broken = httpx.post(
+        f"{api.url}/studies", content=b'{"name": ', headers={"Content-Type": "application/json"}
+    )
     assert broken.status_code == 401, broken.text
-    huge = httpx.post(f"{api.url}/studies", content=b"x" * (3 * 1024 * 1024),
-                      headers={"Content-Type": "application/json"})
+    huge = httpx.post(
+        f"{api.url}/studies",
+        content=b"x" * (3 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+    )
     assert huge.status_code == 401, huge.text
-    upload = httpx.post(f"{api.url}/jobs/1/model", files={"file": ("m.keras", b"PK" * 1000)},
-                        headers={"Authorization": f"Bearer {USER_TOKEN}"})
+    upload = httpx.post(
+        f"{api.url}/jobs/1/model",
+        files={"file": ("m.keras", b"PK" * 1000)},
+        headers={"Authorization": f"Bearer {USER_TOKEN}"},
+    )
     assert upload.status_code == 401, upload.text
 
 
@@ -100,11 +110,13 @@ def test_the_schema_declares_each_routes_token(api: Api) -> None:
     assert set(schema["components"]["securitySchemes"]) == {"UserToken", "WorkerToken"}
     for path, ops in schema["paths"].items():
         for method, op in ops.items():
-            declared = {name for requirement in op.get("security", [])
-                        for name in requirement}
-            expected = {"open": set(), "either": {"UserToken", "WorkerToken"},
-                        "user": {"UserToken"}, "worker": {"WorkerToken"}}[
-                _role(method.upper(), path)]
+            declared = {name for requirement in op.get("security", []) for name in requirement}
+            expected = {
+                "open": set(),
+                "either": {"UserToken", "WorkerToken"},
+                "user": {"UserToken"},
+                "worker": {"WorkerToken"},
+            }[_role(method.upper(), path)]
             assert declared == expected, (method, path, declared)
 
 
@@ -120,17 +132,27 @@ def test_a_worker_token_cannot_submit_and_a_user_token_cannot_lease(api: Api) ->
     assert r.status_code == 200 and r.json()["study_name"] == "not-yours"
 
 
-@pytest.mark.parametrize(("tokens", "words"), [
-    ({}, "HPO_API_TOKEN is not set; HPO_WORKER_TOKEN is not set"),
-    ({"HPO_API_TOKEN": "short", "HPO_WORKER_TOKEN": WORKER_TOKEN}, "shorter than 16"),
-    ({"HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": USER_TOKEN}, "must differ"),
-])
+@pytest.mark.parametrize(
+    ("tokens", "words"),
+    [
+        ({}, "HPO_API_TOKEN is not set; HPO_WORKER_TOKEN is not set"),
+        ({"HPO_API_TOKEN": "short", "HPO_WORKER_TOKEN": WORKER_TOKEN}, "shorter than 16"),
+        ({"HPO_API_TOKEN": USER_TOKEN, "HPO_WORKER_TOKEN": USER_TOKEN}, "must differ"),
+    ],
+)
 def test_the_api_refuses_to_start_without_two_good_tokens(
-        tmp_path: Path, tokens: dict[str, str], words: str) -> None:
+    tmp_path: Path, tokens: dict[str, str], words: str
+) -> None:
     env = {k: v for k, v in child_env().items() if not k.endswith("_TOKEN")} | tokens
     env["HPO_DATABASE_URL"] = f"sqlite:///{tmp_path}/hpo.db"
-    done = subprocess.run(hpo("api", "--port", str(free_port())), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        hpo("api", "--port", str(free_port())),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert words in done.stderr and "hpo up" in done.stderr, done.stderr
 

@@ -26,9 +26,23 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--size", "smoke", "--results",
-         str(out / "results"), "--out", str(out)],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--size",
+            "smoke",
+            "--results",
+            str(out / "results"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return out
 
@@ -56,7 +70,8 @@ def test_feeding_measures_service_and_optuna_on_both_databases(bench: Path) -> N
     params = feeding.SIZES["smoke"]
     rows = result(bench, "feeding")["result"]["rows"]
     assert [(r["backend"], r["trials"]) for r in rows] == [
-        (b, n) for b in ("sqlite", "postgresql") for n in params["sizes"]]
+        (b, n) for b in ("sqlite", "postgresql") for n in params["sizes"]
+    ]
     for row in rows:
         for who in ("service", "optuna"):
             measured = row[who]
@@ -71,7 +86,8 @@ def test_quality_runs_every_method_on_the_same_budget(bench: Path) -> None:
     doc = result(bench, "quality")["result"]
     runs = doc["runs"]
     assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
-        (m, s) for m in quality.METHODS for s in params["seeds"])
+        (m, s) for m in quality.METHODS for s in params["seeds"]
+    )
     for run in runs:
         assert run["epochs_used"] == params["budget"], run
         assert 0 <= run["best_val"] <= 1 and 0 < run["test_accuracy"] <= 1
@@ -99,8 +115,13 @@ def test_memory_reads_the_worker_at_each_checkpoint(bench: Path) -> None:
 
 def test_report_holds_all_five_with_plots(bench: Path) -> None:
     text = (bench / "RESULTS.md").read_text()
-    for title in ("1. Overhead", "2. Feeding workers", "3. Search quality", "4. Scaling",
-                  "5. Memory"):
+    for title in (
+        "1. Overhead",
+        "2. Feeding workers",
+        "3. Search quality",
+        "4. Scaling",
+        "5. Memory",
+    ):
         assert f"## {title}" in text
     assert "Not measured" not in text
     for name in ("overhead", "feeding", "quality", "memory"):

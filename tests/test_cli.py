@@ -15,16 +15,20 @@ pytestmark = pytest.mark.slow
 
 
 def _hpo(api_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(hpo(*args), env=child_env(api_url=api_url), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        hpo(*args), env=child_env(api_url=api_url), capture_output=True, text=True, timeout=timeout
+    )
 
 
-def test_submit_wait_then_status_trials_best_stop(fresh_api: Callable[..., Api],
-                                                  tmp_path: Path) -> None:
+def test_submit_wait_then_status_trials_best_stop(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
     server = fresh_api()
     spec = tmp_path / "study.yaml"
-    spec.write_text("name: cli-iris\ndataset: iris\nn_trials: 3\nepochs: 4\n"
-                    "fixed:\n  optimizer: adam\n  learning_rate: 0.01\n")
+    spec.write_text(
+        "name: cli-iris\ndataset: iris\nn_trials: 3\nepochs: 4\n"
+        "fixed:\n  optimizer: adam\n  learning_rate: 0.01\n"
+    )
     log = tmp_path / "worker.log"
     worker = start_worker(server.url, log)
     try:
@@ -42,23 +46,22 @@ def test_submit_wait_then_status_trials_best_stop(fresh_api: Callable[..., Api],
     assert status.returncode == 0
     header, rule, row = status.stdout.splitlines()[:3]
     assert set(rule) == {"-", " "}
-    assert header.split() == ["id", "name", "status", "trials", "dataset", "metric", "best",
-                              "test"]
+    assert header.split() == ["id", "name", "status", "trials", "dataset", "metric", "best", "test"]
     assert row.split()[:5] == ["1", "cli-iris", "completed", "3/3", "iris"]
     trials = _hpo(server.url, "trials", "cli-iris").stdout.splitlines()
     assert trials[0].split()[:4] == ["#", "state", "value", "epochs"] and len(trials) == 5
     best = _hpo(server.url, "best", "cli-iris").stdout
     assert best.startswith("best trial #") and "learning_rate = 0.01" in best
-    assert _hpo(server.url, "stop", "cli-iris").stdout.strip() == \
-        "study cli-iris is completed"
+    assert _hpo(server.url, "stop", "cli-iris").stdout.strip() == "study cli-iris is completed"
 
 
-def test_errors_are_one_line_and_exit_1(fresh_api: Callable[..., Api], tmp_path: Path
-                                        ) -> None:
+def test_errors_are_one_line_and_exit_1(fresh_api: Callable[..., Api], tmp_path: Path) -> None:
     server = fresh_api()
     bad = tmp_path / "bad.json"
-    bad.write_text('{"name": "x", "dataset": "digits", "n_trials": 2, "epochs": 1, '
-                   '"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}}')
+    bad.write_text(
+        '{"name": "x", "dataset": "digits", "n_trials": 2, "epochs": 1, '
+        '"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}}'
+    )
     cases = [
         (("submit", str(bad)), "search_space.learning_rate.low: must be <= high"),
         (("trials", "nope"), "no study named 'nope'"),

@@ -17,16 +17,26 @@ from tests.support import REPO
 
 def _config(**env: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose is not installed; `make test` installs it "
-                    "(scripts/ensure-test-tools.sh)")
+        pytest.fail(
+            "docker-compose is not installed; `make test` installs it "
+            "(scripts/ensure-test-tools.sh)"
+        )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "HPO_"))}
-    return subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=60,
-                          cwd="/")
+    return subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
 
 
-SECRETS = {"POSTGRES_PASSWORD": "s3cret", "HPO_API_TOKEN": "user-token-0123456789",
-           "HPO_WORKER_TOKEN": "worker-token-0123456789"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "s3cret",
+    "HPO_API_TOKEN": "user-token-0123456789",
+    "HPO_WORKER_TOKEN": "worker-token-0123456789",
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +77,15 @@ def test_workers_reach_the_api_only(services: dict[str, Any]) -> None:
     assert nets["api"] & nets["db"] and nets["dashboard"] & nets["db"]
 
 
-def test_start_order_db_then_migrate_then_api(config: dict[str, Any],
-                                              services: dict[str, Any]) -> None:
+def test_start_order_db_then_migrate_then_api(
+    config: dict[str, Any], services: dict[str, Any]
+) -> None:
     db, migrate, api = services["db"], services["migrate"], services["api"]
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
     (volume,) = db["volumes"]
-    source, target = ((volume["source"], volume["target"]) if isinstance(volume, dict)
-                      else volume.split(":")[:2])
+    source, target = (
+        (volume["source"], volume["target"]) if isinstance(volume, dict) else volume.split(":")[:2]
+    )
     assert target == "/var/lib/postgresql/data" and source in config["volumes"]  # named
     assert migrate["command"] == ["migrate"]
     assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
@@ -131,8 +143,10 @@ def test_dockerfile_is_slim_non_root_cpu_by_default_with_a_gpu_argument() -> Non
 
 def test_api_and_dashboard_share_the_artifact_store(services: dict[str, Any]) -> None:
     def mounts(service: dict[str, Any]) -> set[str]:
-        return {v if isinstance(v, str) else f"{v['source']}:{v['target']}"
-                for v in service.get("volumes", [])}
+        return {
+            v if isinstance(v, str) else f"{v['source']}:{v['target']}"
+            for v in service.get("volumes", [])
+        }
 
     shared = "artifacts:/home/hpo/artifacts"
     assert any(m.startswith(shared) for m in mounts(services["api"]))

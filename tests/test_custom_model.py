@@ -27,18 +27,26 @@ def _install_example(site: Path) -> str:
     project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
     info = site / f"hpo_example_models-{project['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
-                                   f"Version: {project['version']}\n")
-    lines = [f"{name} = {target}" for name, target in
-             project["entry-points"]["hpo.models"].items()]
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    lines = [f"{name} = {target}" for name, target in project["entry-points"]["hpo.models"].items()]
     (info / "entry_points.txt").write_text("[hpo.models]\n" + "\n".join(lines) + "\n")
     return os.pathsep.join([str(site), str(EXAMPLE / "src")])
 
 
 def _submit(client: httpx.Client, name: str, family: str) -> httpx.Response:
-    return client.post("/studies", json={
-        "name": name, "dataset": "digits", "n_trials": 2, "epochs": 3, "seed": 3,
-        "model": {"family": family}})
+    return client.post(
+        "/studies",
+        json={
+            "name": name,
+            "dataset": "digits",
+            "n_trials": 2,
+            "epochs": 3,
+            "seed": 3,
+            "model": {"family": family},
+        },
+    )
 
 
 def test_unregistered_family_is_refused(client: httpx.Client) -> None:
@@ -49,8 +57,9 @@ def test_unregistered_family_is_refused(client: httpx.Client) -> None:
     assert "must be one of mlp, cnn" in problem["msg"]
 
 
-def test_registered_family_trains_end_to_end(fresh_api: Callable[..., Api], tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_family_trains_end_to_end(
+    fresh_api: Callable[..., Api], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTHONPATH", _install_example(tmp_path / "site"))
     server = fresh_api()
     with server.client() as client:
@@ -62,10 +71,14 @@ def test_registered_family_trains_end_to_end(fresh_api: Callable[..., Api], tmp_
         log = tmp_path / "worker.log"
         worker = start_worker(server.url, log)
         try:
+
             def done() -> bool:
                 study = client.get(f"/studies/{study_id}").json()
-                return bool(study["final_model"]["state"] in ("ready", "failed")
-                            or study["status"] == "failed")
+                return bool(
+                    study["final_model"]["state"] in ("ready", "failed")
+                    or study["status"] == "failed"
+                )
+
             wait_for(done, 180, "the study and its final model")
         finally:
             stop(worker)

@@ -29,14 +29,26 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Pa
     server = start_api(root, artifact_dir=str(artifacts))
     try:
         with server.client() as client:
-            r = client.post("/studies", json={
-                "name": "shown", "dataset": "digits", "n_trials": 3, "epochs": 3,
-                "fixed": {"optimizer": "adam", "lr_schedule": "constant"}})
+            r = client.post(
+                "/studies",
+                json={
+                    "name": "shown",
+                    "dataset": "digits",
+                    "n_trials": 3,
+                    "epochs": 3,
+                    "fixed": {"optimizer": "adam", "lr_schedule": "constant"},
+                },
+            )
             study_id = r.json()["id"]
             worker = start_worker(server.url, root / "worker.log")
             try:
-                wait_for(lambda: client.get(f"/studies/{study_id}").json()["final_model"]
-                         ["state"] == "ready", 180, "the study and its final model")
+                wait_for(
+                    lambda: (
+                        client.get(f"/studies/{study_id}").json()["final_model"]["state"] == "ready"
+                    ),
+                    180,
+                    "the study and its final model",
+                )
             finally:
                 stop(worker)
         yield server, artifacts, study_id
@@ -49,9 +61,20 @@ def dashboard(finished: tuple[Api, Path, int]) -> Iterator[str]:
     server, artifacts, _ = finished
     port = free_port()
     command = Path(sys.executable).parent / "optuna-dashboard"
-    process = subprocess.Popen([str(command), "--host", "127.0.0.1", "--port", str(port),
-                                "--artifact-dir", str(artifacts), server.database_url],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            str(command),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--artifact-dir",
+            str(artifacts),
+            server.database_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -81,40 +104,59 @@ def test_dashboard_api_lists_every_trial_with_curves_attrs_note_and_artifacts(
     trials = study["trials"]
     assert len(trials) == 3 and {t["state"] for t in trials} <= {"Complete", "Pruned"}
     for t in trials:
-        assert [p["step"] for p in t["intermediate_values"]] == [1, 2, 3][:len(
-            t["intermediate_values"])] and t["intermediate_values"]
+        assert [p["step"] for p in t["intermediate_values"]] == [1, 2, 3][
+            : len(t["intermediate_values"])
+        ] and t["intermediate_values"]
         attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
         assert {"worker_id", "epochs_run"} <= set(attrs)
         assert t["datetime_start"] and t["datetime_complete"]  # the duration
         if t["state"] == "Complete":
             assert "train_val_gap" in attrs
             assert [a["filename"] for a in t["artifacts"]] == ["history.json"]
-    assert "Submitted spec" in study["note"]["body"] and '"dataset": "digits"' in \
-        study["note"]["body"]
+    assert (
+        "Submitted spec" in study["note"]["body"] and '"dataset": "digits"' in study["note"]["body"]
+    )
     assert [a["filename"] for a in study["artifacts"]] == ["shown-best.keras"]
 
 
 def test_a_browser_shows_the_study(dashboard: str, tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("chromium is not installed; `make test` installs it "
-                    "(scripts/ensure-test-tools.sh)")
+        pytest.fail(
+            "chromium is not installed; `make test` installs it (scripts/ensure-test-tools.sh)"
+        )
     study_id, _ = _study(dashboard)
     page = f"{dashboard}/dashboard/studies/{study_id}"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-             "--window-size=1400,1000", "--virtual-time-budget=20000"]
-    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True,
-                         timeout=120)
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # What the rendered page shows (after its scripts ran): the study's name and id in the
     # header, the optimisation history, and the importance of the searched parameters.
-    for words in (f"shown (id={study_id})", "History", "Hyperparameter Importance",
-                  "learning_rate", "dropout_rate"):
+    for words in (
+        f"shown (id={study_id})",
+        "History",
+        "Hyperparameter Importance",
+        "learning_rate",
+        "dropout_rate",
+    ):
         assert words in dom.stdout, words
     shot = tmp_path / "dashboard.png"
-    done = subprocess.run([*flags, f"--screenshot={shot}", page], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*flags, f"--screenshot={shot}", page], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     assert shot.stat().st_size > 10_000, "the screenshot is blank"

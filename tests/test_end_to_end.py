@@ -22,8 +22,10 @@ def test_study_over_http_trained_by_a_worker_read_back_with_optuna(
 ) -> None:
     server = fresh_api()
     with server.client() as client:
-        r = client.post("/studies", json={"name": "e2e", "dataset": "digits", "n_trials": 3,
-                                          "epochs": 2, "seed": 1})
+        r = client.post(
+            "/studies",
+            json={"name": "e2e", "dataset": "digits", "n_trials": 3, "epochs": 2, "seed": 1},
+        )
         assert r.status_code == 201, r.text
         study_id = r.json()["id"]
         log = tmp_path / "worker.log"
@@ -34,8 +36,9 @@ def test_study_over_http_trained_by_a_worker_read_back_with_optuna(
             stop(worker)
         study = client.get(f"/studies/{study_id}").json()
         assert study["status"] == "completed", (study, log.read_text())
-        assert study["trials"]["complete"] + study["trials"]["pruned"] \
-            + study["trials"]["fail"] == 3
+        assert (
+            study["trials"]["complete"] + study["trials"]["pruned"] + study["trials"]["fail"] == 3
+        )
         trials = client.get(f"/studies/{study_id}/trials").json()
         assert all(t["epochs_run"] >= 1 for t in trials)
 
@@ -51,18 +54,23 @@ def test_study_over_http_trained_by_a_worker_read_back_with_optuna(
     assert 0.0 <= loaded.best_value <= 1.0
 
 
-def test_worker_keeps_polling_until_told_to_stop(fresh_api: Callable[..., Api],
-                                                 tmp_path: Path) -> None:
+def test_worker_keeps_polling_until_told_to_stop(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
     server = fresh_api()
     log = tmp_path / "worker.log"
     worker = start_worker(server.url, log, poll_interval_s="0.2")
     try:
         with server.client() as client:
-            r = client.post("/studies", json={"name": "late", "dataset": "digits",
-                                              "n_trials": 1, "epochs": 1})
+            r = client.post(
+                "/studies", json={"name": "late", "dataset": "digits", "n_trials": 1, "epochs": 1}
+            )
             study_id = r.json()["id"]
-            wait_for(lambda: client.get(f"/studies/{study_id}").json()["status"]
-                     == "completed", 120, "the polling worker to pick up a late study")
+            wait_for(
+                lambda: client.get(f"/studies/{study_id}").json()["status"] == "completed",
+                120,
+                "the polling worker to pick up a late study",
+            )
         worker.terminate()
         assert worker.wait(timeout=30) == 0, log.read_text()
     finally:
@@ -75,34 +83,47 @@ def test_worker_outlives_an_unreachable_service(tmp_path: Path) -> None:
     server_dir = tmp_path / "api"
     server_dir.mkdir()
     port = free_port()  # nothing listens here yet
-    worker = start_worker(f"http://127.0.0.1:{port}", log, poll_interval_s="0.5",
-                          retry_max_s="1")
+    worker = start_worker(f"http://127.0.0.1:{port}", log, poll_interval_s="0.5", retry_max_s="1")
     server = None
     try:
-        wait_for(lambda: "leasing a trial failed" in log.read_text(), 60,
-                 "the worker to notice the service is down")
+        wait_for(
+            lambda: "leasing a trial failed" in log.read_text(),
+            60,
+            "the worker to notice the service is down",
+        )
         assert worker.poll() is None, log.read_text()
         server = start_api(server_dir, port=str(port))
         with server.client() as client:
-            r = client.post("/studies", json={"name": "later", "dataset": "digits",
-                                              "n_trials": 1, "epochs": 1})
-            wait_for(lambda: client.get(f"/studies/{r.json()['id']}").json()["status"]
-                     == "completed", 120, "the worker to finish the study")
+            r = client.post(
+                "/studies", json={"name": "later", "dataset": "digits", "n_trials": 1, "epochs": 1}
+            )
+            wait_for(
+                lambda: client.get(f"/studies/{r.json()['id']}").json()["status"] == "completed",
+                120,
+                "the worker to finish the study",
+            )
     finally:
         stop(worker)
         if server is not None:
             stop(server.process)
 
 
-def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api],
-                                             tmp_path: Path) -> None:
+def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api], tmp_path: Path) -> None:
     import json
 
     server = fresh_api(log_format="json")
     log = tmp_path / "worker.log"
     with server.client() as client:
-        r = client.post("/studies", json={"name": "logged", "dataset": "iris", "n_trials": 1,
-                                          "epochs": 1, "sanity_check": False})
+        r = client.post(
+            "/studies",
+            json={
+                "name": "logged",
+                "dataset": "iris",
+                "n_trials": 1,
+                "epochs": 1,
+                "sanity_check": False,
+            },
+        )
         worker = start_worker(server.url, log, "--exit-when-idle", log_format="json")
         try:
             assert worker.wait(timeout=120) == 0, log.read_text()
@@ -113,7 +134,8 @@ def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api],
     assert api_lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in api_lines)
     assert any(x.get("study") == "logged" and x.get("trial") == trial_id for x in api_lines)
     assert any(x["logger"].startswith("uvicorn") for x in api_lines)  # access log too
-    worker_lines = [json.loads(line) for line in log.read_text().splitlines()
-                    if line.startswith("{")]  # (TensorFlow's C++ lines are its own)
+    worker_lines = [
+        json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")
+    ]  # (TensorFlow's C++ lines are its own)
     about_trial = [x for x in worker_lines if x.get("trial") == trial_id]
     assert about_trial and all(x["study"] == "logged" for x in about_trial)

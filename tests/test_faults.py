@@ -39,8 +39,7 @@ SAFE = {"lease_seconds": "30", "reap_interval_s": "0.5"}
 
 
 @pytest.fixture
-def pg_api(postgres: Postgres, tmp_path: Path, request: pytest.FixtureRequest
-           ) -> Iterator[Api]:
+def pg_api(postgres: Postgres, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
     """Two API processes on PostgreSQL; tests that must see a lease expire are marked
     ``short_lease``."""
     lease = FAST if request.node.get_closest_marker("short_lease") else SAFE
@@ -54,8 +53,14 @@ def _worker(api_url: str, log: Path, **settings: str) -> subprocess.Popen[bytes]
 
 
 def _submit(client: httpx.Client, name: str, **spec: Any) -> int:
-    body = {"name": name, "dataset": "digits", "n_trials": 3, "epochs": 3,
-            "fixed": {"optimizer": "adam", "lr_schedule": "constant"}, **spec}
+    body = {
+        "name": name,
+        "dataset": "digits",
+        "n_trials": 3,
+        "epochs": 3,
+        "fixed": {"optimizer": "adam", "lr_schedule": "constant"},
+        **spec,
+    }
     r = client.post("/studies", json=body)
     assert r.status_code == 201, r.text
     study_id: int = r.json()["id"]
@@ -72,8 +77,7 @@ def _status(client: httpx.Client, study_id: int) -> dict[str, Any]:
 
 def _finished(client: httpx.Client, study_id: int) -> bool:
     study = _status(client, study_id)
-    return study["status"] == "completed" and study["final_model"]["state"] in (
-        "ready", "failed")
+    return study["status"] == "completed" and study["final_model"]["state"] in ("ready", "failed")
 
 
 def _running_trial(client: httpx.Client, study_id: int) -> dict[str, Any] | None:
@@ -90,8 +94,12 @@ def _counted(api: Api, name: str, n_trials: int) -> list[optuna.trial.FrozenTria
     trials = optuna.load_study(study_name=name, storage=api.database_url).trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
-    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and "hpo_outcome" not in t.user_attrs)]
+    counted = [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and "hpo_outcome" not in t.user_attrs)
+    ]
     assert len(counted) == n_trials, [(t.number, t.state, t.user_attrs) for t in trials]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     return trials
@@ -108,8 +116,7 @@ def test_three_workers_share_one_study_exactly(pg_api: Api, tmp_path: Path) -> N
         assert {w["pid"] for w in seen} == {w.pid for w in workers}
         wait_for(lambda: _finished(client, study_id), 240, "the study to finish")
         study = client.get(f"/studies/{study_id}").json()
-    assert study["trials"]["complete"] + study["trials"]["pruned"] + study["trials"]["fail"] \
-        == 9
+    assert study["trials"]["complete"] + study["trials"]["pruned"] + study["trials"]["fail"] == 9
     assert study["trials"]["lost"] == 0
     _counted(pg_api, "three", 9)
 
@@ -135,8 +142,9 @@ def test_sigkill_mid_trial_loses_nothing(pg_api: Api, tmp_path: Path) -> None:
     lost = next(t for t in trials if t["state"] == "lost")
     assert lost["trial_id"] == victim["trial_id"] and lost["reason"].startswith("lost:")
     # The lost trial's parameters ran again, to a result.
-    assert any(t["params"] == lost["params"] and t["state"] in ("complete", "pruned")
-               for t in trials)
+    assert any(
+        t["params"] == lost["params"] and t["state"] in ("complete", "pruned") for t in trials
+    )
     _counted(pg_api, "killed", 2)
 
 
@@ -152,8 +160,7 @@ def test_sigterm_releases_the_trial_at_once_and_exits_0(pg_api: Api, tmp_path: P
         (released,) = [t for t in trials if t["state"] == "released"]
         assert released["epochs_run"] < 200
         client.post(f"/studies/{study_id}/stop")  # the point is made; save the epochs
-    optuna_trials = optuna.load_study(study_name="scaled-down",
-                                      storage=pg_api.database_url).trials
+    optuna_trials = optuna.load_study(study_name="scaled-down", storage=pg_api.database_url).trials
     waiting = [t for t in optuna_trials if t.state == TrialState.WAITING]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [released["params"]]
 
@@ -197,8 +204,11 @@ def test_api_restart_mid_study_results_retried_and_counted_once(
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
         # The worker finishes its epochs meanwhile and keeps offering the result.
-        wait_for(lambda: "retrying" in (tmp_path / "w.log").read_text(), 60,
-                 "the worker to retry against the dead API")
+        wait_for(
+            lambda: "retrying" in (tmp_path / "w.log").read_text(),
+            60,
+            "the worker to retry against the dead API",
+        )
         second = start_api(tmp_path / "b", database_url=url, port=port, **outage_proof)
         stack.callback(stop, second.process)
         wait_for(lambda: _finished(client, study_id), 240, "the study to finish")
@@ -254,14 +264,18 @@ def test_api_started_before_its_database_waits_instead_of_crash_looping(
     log = tmp_path / "api.log"
     try:
         with log.open("wb") as out:
-            api = subprocess.Popen(hpo("api", "--host", "127.0.0.1", "--port", str(port)),
-                                   env=child_env(database_url=url), stdout=out,
-                                   stderr=subprocess.STDOUT)
+            api = subprocess.Popen(
+                hpo("api", "--host", "127.0.0.1", "--port", str(port)),
+                env=child_env(database_url=url),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(lambda: "database not reachable" in log.read_text(), 30, "a retry")
         assert api.poll() is None  # still waiting, not exited
     finally:
         postgres.start()
     try:
+
         def healthy() -> bool:
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success

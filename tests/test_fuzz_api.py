@@ -57,8 +57,12 @@ def _describe_schemathesis_lambdas_now() -> None:
 _describe_schemathesis_lambdas_now()
 
 FUZZ_EXAMPLES = int(os.environ.get("HPO_FUZZ_EXAMPLES", "25"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,9 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 
 def _schema() -> dict[str, Any]:
     """The schema the service serves (test_the_fuzzed_schema_is_the_served_one checks)."""
-    app = create_app(Settings(api_token=SecretStr(USER_TOKEN),
-                              worker_token=SecretStr(WORKER_TOKEN)))
+    app = create_app(
+        Settings(api_token=SecretStr(USER_TOKEN), worker_token=SecretStr(WORKER_TOKEN))
+    )
     return app.openapi()
 
 
@@ -86,30 +91,41 @@ def test_the_fuzzed_schema_is_the_served_one(fuzzed_api: Api) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck))
-def test_no_server_error_and_answers_match_the_schema(case: schemathesis.Case,
-                                                      fuzzed_api: Api) -> None:
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_error_and_answers_match_the_schema(
+    case: schemathesis.Case, fuzzed_api: Api
+) -> None:
     token = WORKER_TOKEN if case.path.startswith(WORKER_PREFIXES) else USER_TOKEN
-    case.call_and_validate(base_url=fuzzed_api.url, checks=CHECKS,
-                           headers={"Authorization": f"Bearer {token}"})
+    case.call_and_validate(
+        base_url=fuzzed_api.url, checks=CHECKS, headers={"Authorization": f"Bearer {token}"}
+    )
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck))
-@given(search_space=section(random_dimension), fixed=section(random_fixed),
-       family=st.sampled_from(MODEL_FAMILIES))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    search_space=section(random_dimension),
+    fixed=section(random_fixed),
+    family=st.sampled_from(MODEL_FAMILIES),
+)
 def test_a_spec_is_created_or_refused_naming_a_field(
-        fuzzed_api: Api, search_space: Any, fixed: Any, family: str) -> None:
+    fuzzed_api: Api, search_space: Any, fixed: Any, family: str
+) -> None:
     """The spec parser's property over HTTP: 201, or a 422 whose problems each name a field
     of the spec (tests/search_space/test_spec_properties.py: what it accepts builds)."""
     dataset = "mnist" if family == "cnn" else "digits"  # (mnist: no data loaded here)
-    body = {"name": f"prop-{uuid.uuid4().hex[:12]}", "dataset": dataset, "n_trials": 2,
-            "epochs": 1, "search_space": search_space, "fixed": fixed,
-            "model": {"family": family}}
+    body = {
+        "name": f"prop-{uuid.uuid4().hex[:12]}",
+        "dataset": dataset,
+        "n_trials": 2,
+        "epochs": 1,
+        "search_space": search_space,
+        "fixed": fixed,
+        "model": {"family": family},
+    }
     with fuzzed_api.client() as client:
-        r = client.post("/studies", content=json.dumps(body),
-                        headers={"Content-Type": "application/json"})
+        r = client.post(
+            "/studies", content=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
     if r.status_code == 201:
         assert r.json()["model"]["family"] == family
         return

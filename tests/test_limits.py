@@ -18,8 +18,13 @@ STUDY = {"name": "limits", "dataset": "digits", "n_trials": 4, "epochs": 3}
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    server = start_api(Path(tmp_path_factory.mktemp("limits")), max_trials="50",
-                       max_epochs="30", max_model_params="200000", max_body_bytes="4096")
+    server = start_api(
+        Path(tmp_path_factory.mktemp("limits")),
+        max_trials="50",
+        max_epochs="30",
+        max_model_params="200000",
+        max_body_bytes="4096",
+    )
     with server.client() as client:
         yield client
     stop(server.process)
@@ -55,8 +60,12 @@ def test_study_limits(limited: httpx.Client) -> None:
 def test_model_size_is_checked_at_submission(limited: httpx.Client) -> None:
     """digits has 64 features: 2 layers of 512 and 256 units are ~166k parameters, 1024
     units ~600k, over the limit of 200k."""
-    ok = {**STUDY, "name": "small-enough", "fixed": {"hidden_layers": 2},
-          "search_space": {"hidden_units": {"choices": [64, 512]}}}
+    ok = {
+        **STUDY,
+        "name": "small-enough",
+        "fixed": {"hidden_layers": 2},
+        "search_space": {"hidden_units": {"choices": [64, 512]}},
+    }
     assert limited.post("/studies", json=ok).status_code == 201
     big = {**ok, "name": "too-big", "search_space": {"hidden_units": {"choices": [64, 1024]}}}
     p = _problem(limited.post("/studies", json=big))
@@ -69,8 +78,12 @@ def test_model_size_is_checked_at_submission(limited: httpx.Client) -> None:
 
 
 def test_request_body_size(limited: httpx.Client) -> None:
-    padded = {**STUDY, "enqueue": [{"learning_rate": 0.001}] * 100,
-              "name": "x" * 100, "search_space": {"optimizer": {"choices": ["adam"] * 64}}}
+    padded = {
+        **STUDY,
+        "enqueue": [{"learning_rate": 0.001}] * 100,
+        "name": "x" * 100,
+        "search_space": {"optimizer": {"choices": ["adam"] * 64}},
+    }
     r = limited.post("/studies", json={**padded, "fixed": {"l2": 0.0, "pad": "y" * 5000}})
     assert r.status_code == 413, r.text
     assert "at most 4096 bytes (HPO_MAX_BODY_BYTES)" in r.json()["message"]

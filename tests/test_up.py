@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 
 def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     done = subprocess.run(
-        hpo("up", "--port", str(free_port()), "--dashboard-port", str(free_port()),
-            "--exit-when-done"),
+        hpo(
+            "up",
+            "--port",
+            str(free_port()),
+            "--dashboard-port",
+            str(free_port()),
+            "--exit-when-done",
+        ),
         env=child_env(),  # the defaults: ./hpo.db, 2 workers, 20 trials x 20 epochs
         cwd=tmp_path,
         capture_output=True,
@@ -34,8 +40,7 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     assert "20/20 trials done" in done.stdout
     assert "Generated" not in done.stdout  # the tokens it was given, not new ones
     assert re.search(r"Optuna dashboard at http://127\.0\.0\.1:\d+/dashboard", done.stdout)
-    for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate",
-                 "kernel_initializer"):
+    for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"):
         assert f"  {name} = " in done.stdout
     test = re.search(r"test_accuracy = ([0-9.]+); download it from (\S+)", done.stdout)
     assert test is not None, done.stdout
@@ -52,9 +57,22 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
     port = free_port()
     env = {k: v for k, v in child_env().items() if not k.endswith("_TOKEN")}
     up = subprocess.Popen(
-        hpo("up", "--port", str(port), "--workers", "1", "--trials", "2", "--epochs", "500",
-            "--no-dashboard"),
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        hpo(
+            "up",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--trials",
+            "2",
+            "--epochs",
+            "500",
+            "--no-dashboard",
+        ),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     assert up.stdout is not None
@@ -91,8 +109,7 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
     with pytest.raises(httpx.TransportError):  # the API is down too
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/hpo.db")
-    study = optuna.load_study(study_name=summary.study_name,
-                              storage=f"sqlite:///{tmp_path}/hpo.db")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path}/hpo.db")
     released = [t for t in study.trials if t.user_attrs.get("hpo_outcome") == "released"]
     assert len(released) == 1
     # ... and its parameters are queued to run again when the service comes back.

@@ -60,8 +60,11 @@ class ServiceClient:
         # A stopping worker (SIGTERM) makes one more try of each call, not retry_max_s of
         # them: it must exit within its grace period.
         self.stopping = stopping or threading.Event()
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -115,16 +118,35 @@ class ServiceClient:
     def heartbeat(self, trial_id: int) -> str:
         return str(self._trial_call(trial_id, "heartbeat")["action"])
 
-    def complete(self, trial_id: int, *, value: float, epochs_run: int,
-                 history: dict[str, list[float]] | None = None,
-                 train_val_gap: float | None = None) -> dict[str, Any]:
-        return self._trial_call(trial_id, "complete", value=value, epochs_run=epochs_run,
-                                history=_finite(history), train_val_gap=train_val_gap)
+    def complete(
+        self,
+        trial_id: int,
+        *,
+        value: float,
+        epochs_run: int,
+        history: dict[str, list[float]] | None = None,
+        train_val_gap: float | None = None,
+    ) -> dict[str, Any]:
+        return self._trial_call(
+            trial_id,
+            "complete",
+            value=value,
+            epochs_run=epochs_run,
+            history=_finite(history),
+            train_val_gap=train_val_gap,
+        )
 
-    def fail(self, trial_id: int, *, reason: str, epochs_run: int,
-             history: dict[str, list[float]] | None = None) -> dict[str, Any]:
-        return self._trial_call(trial_id, "fail", reason=reason, epochs_run=epochs_run,
-                                history=_finite(history))
+    def fail(
+        self,
+        trial_id: int,
+        *,
+        reason: str,
+        epochs_run: int,
+        history: dict[str, list[float]] | None = None,
+    ) -> dict[str, Any]:
+        return self._trial_call(
+            trial_id, "fail", reason=reason, epochs_run=epochs_run, history=_finite(history)
+        )
 
     def release(self, trial_id: int, *, reason: str) -> dict[str, Any]:
         return self._trial_call(trial_id, "release", reason=reason)
@@ -152,7 +174,8 @@ class ServiceClient:
 
     def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> dict[str, Any]:
         result: dict[str, Any] = self._request(
-            "POST", f"/jobs/{job_id}/model",
+            "POST",
+            f"/jobs/{job_id}/model",
             data={"worker_id": self.worker["id"], "test_value": repr(test_value)},
             files={"file": ("best.keras", content, "application/octet-stream")},
         ).json()

@@ -15,7 +15,8 @@ class WorkerSettings(BaseSettings):
 
     api_url: str = Field(default="http://127.0.0.1:8000", description="The service's URL.")
     worker_token: SecretStr | None = Field(
-        default=None, description="The service's HPO_WORKER_TOKEN; sent as a bearer token.")
+        default=None, description="The service's HPO_WORKER_TOKEN; sent as a bearer token."
+    )
     tf_threads: int = Field(
         default=0,
         ge=0,

@@ -67,8 +67,9 @@ def _standardiser(x_train: Array) -> Callable[[Array], Array]:
     return scale
 
 
-def split_and_standardise(info: DatasetInfo, x: Array, y: Array,
-                          test: tuple[Array, Array] | None = None) -> Split:
+def split_and_standardise(
+    info: DatasetInfo, x: Array, y: Array, test: tuple[Array, Array] | None = None
+) -> Split:
     """The fixed split (``search_space.splits``), then standardisation with training
     statistics. ``test`` is a given test split (Keras's)."""
     x = x.reshape(len(x), -1).astype(np.float32)
@@ -76,16 +77,16 @@ def split_and_standardise(info: DatasetInfo, x: Array, y: Array,
     y = y.astype(np.int64) if classify else y.astype(np.float32)
     if test is not None:
         test = (test[0].reshape(len(test[0]), -1).astype(np.float32), test[1].astype(y.dtype))
-    x_train, y_train, x_val, y_val, x_test, y_test = split_rows(x, y, classify=classify,
-                                                                test=test)
+    x_train, y_train, x_val, y_val, x_test, y_test = split_rows(x, y, classify=classify, test=test)
     scale = _standardiser(x_train)
     y_mean, y_std = 0.0, 1.0
     if not classify:
         y_mean = float(y_train.mean())
         y_std = float(y_train.std()) or 1.0
         y_train, y_val, y_test = ((a - y_mean) / y_std for a in (y_train, y_val, y_test))
-    return Split(info, scale(x_train), y_train, scale(x_val), y_val, scale(x_test), y_test,
-                 y_mean, y_std)
+    return Split(
+        info, scale(x_train), y_train, scale(x_val), y_val, scale(x_test), y_test, y_mean, y_std
+    )
 
 
 _SKLEARN = {
@@ -141,8 +142,11 @@ class DataSource:
             with np.load(self.keras_dir / "mnist.npz", allow_pickle=False) as f:
                 return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
         folder = self.keras_dir / "fashion-mnist"
-        files = [folder / f"{part}-{kind}-ubyte.gz" for part in ("train", "t10k")
-                 for kind in ("labels-idx1", "images-idx3")]
+        files = [
+            folder / f"{part}-{kind}-ubyte.gz"
+            for part in ("train", "t10k")
+            for kind in ("labels-idx1", "images-idx3")
+        ]
         if name == "fashion_mnist" and all(p.exists() for p in files):
             y_train, x_train = _idx(files[0], 8), _idx(files[1], 16).reshape(-1, 28, 28)
             y_test, x_test = _idx(files[2], 8), _idx(files[3], 16).reshape(-1, 28, 28)
@@ -150,15 +154,18 @@ class DataSource:
         if not self.allow_downloads:
             raise DatasetUnavailable(
                 f"dataset unavailable: {name} is not in the Keras cache ({self.keras_dir}) "
-                "and this worker may not download (HPO_ALLOW_DOWNLOADS=false)")
+                "and this worker may not download (HPO_ALLOW_DOWNLOADS=false)"
+            )
         import keras
 
         try:
             loaded: tuple[tuple[Array, Array], tuple[Array, Array]] = getattr(
-                keras.datasets, name).load_data()
+                keras.datasets, name
+            ).load_data()
         except Exception as exc:  # no network, a broken cache file, ...
-            raise DatasetUnavailable(f"dataset unavailable: {name} could not be downloaded: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+            raise DatasetUnavailable(
+                f"dataset unavailable: {name} could not be downloaded: {type(exc).__name__}: {exc}"
+            ) from exc
         return loaded
 
     def _uploaded(self, info: DatasetInfo) -> bytes:
@@ -173,11 +180,14 @@ class DataSource:
         try:
             content = self.fetch(info.name)
         except Exception as exc:
-            raise DatasetUnavailable(f"dataset unavailable: fetching {info.name} failed: "
-                                     f"{exc}") from exc
+            raise DatasetUnavailable(
+                f"dataset unavailable: fetching {info.name} failed: {exc}"
+            ) from exc
         if hashlib.sha256(content).hexdigest() != info.sha256:
-            raise DatasetUnavailable(f"dataset unavailable: {info.name} changed on the "
-                                     "service while this study ran (content hash differs)")
+            raise DatasetUnavailable(
+                f"dataset unavailable: {info.name} changed on the "
+                "service while this study ran (content hash differs)"
+            )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(content)

@@ -30,8 +30,11 @@ class _Fitted(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        done = (logs.get("accuracy", 0.0) >= 1.0 if self.classify
-                else logs.get("loss", math.inf) <= SANITY_MAX_SCALED_MSE / 2)
+        done = (
+            logs.get("accuracy", 0.0) >= 1.0
+            if self.classify
+            else logs.get("loss", math.inf) <= SANITY_MAX_SCALED_MSE / 2
+        )
         if done or not math.isfinite(logs.get("loss", 0.0)):
             self.model.stop_training = True
 
@@ -42,8 +45,9 @@ def sanity_check(job: Assignment, data: Split) -> tuple[bool, str]:
     x, y = data.x_train[:n], data.y_train[:n]
     classify = data.info.task == "classification"
     model = compiled_model(job, data)
-    history = model.fit(x, y, batch_size=n, epochs=SANITY_MAX_EPOCHS, verbose=0,
-                        callbacks=[_Fitted(classify)])
+    history = model.fit(
+        x, y, batch_size=n, epochs=SANITY_MAX_EPOCHS, verbose=0, callbacks=[_Fitted(classify)]
+    )
     epochs = len(history.history["loss"])
     scores = model.evaluate(x, y, batch_size=n, verbose=0, return_dict=True)
     keras.backend.clear_session(free_memory=True)
@@ -56,8 +60,10 @@ def sanity_check(job: Assignment, data: Split) -> tuple[bool, str]:
         what = f"scaled training MSE {score:.3f}"
     if passed:
         return True, f"fitted {n} training rows to {what} in {epochs} epochs"
-    return False, (f"the model could not overfit {n} training rows ({what} after {epochs} "
-                   f"epochs with {config}); the model or the data is broken")
+    return False, (
+        f"the model could not overfit {n} training rows ({what} after {epochs} "
+        f"epochs with {config}); the model or the data is broken"
+    )
 
 
 def train_final(job: Assignment, data: Split) -> tuple[float, bytes]:
@@ -67,15 +73,21 @@ def train_final(job: Assignment, data: Split) -> tuple[float, bytes]:
     y = np.concatenate([data.y_train, data.y_val])
     model = compiled_model(job, data)
     history = model.fit(
-        x, y, epochs=job.epochs, batch_size=int(job.params.get("batch_size", 64)),
-        shuffle=True, verbose=0,
+        x,
+        y,
+        epochs=job.epochs,
+        batch_size=int(job.params.get("batch_size", 64)),
+        shuffle=True,
+        verbose=0,
         # No validation split here: a plateau schedule watches the training loss.
         callbacks=schedule_callbacks(job.params, monitor="loss"),
     )
     last_loss = history.history["loss"][-1]
     if not math.isfinite(last_loss):
-        raise ArithmeticError(f"non-finite loss at epoch {len(history.history['loss'])} "
-                              "while retraining the best configuration")
+        raise ArithmeticError(
+            f"non-finite loss at epoch {len(history.history['loss'])} "
+            "while retraining the best configuration"
+        )
     scores = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
     name = job.metric.removeprefix("val_")
     value = float(scores[name]) * (data.y_std if name == "mae" else 1.0)

@@ -66,8 +66,10 @@ class Worker:
         }
         self._stopping = threading.Event()
         if settings.worker_token is None or not settings.worker_token.get_secret_value():
-            raise ValueError("HPO_WORKER_TOKEN is not set: the service needs the worker "
-                             "token on every call of the trial protocol")
+            raise ValueError(
+                "HPO_WORKER_TOKEN is not set: the service needs the worker "
+                "token on every call of the trial protocol"
+            )
         self.exit_code = 0
         self.client = ServiceClient(
             settings.api_url,
@@ -104,9 +106,11 @@ class Worker:
                 try:
                     job = self.client.lease()
                 except Unauthorized:
-                    log.error("the service at %s refused this worker's token: is "
-                              "HPO_WORKER_TOKEN the service's worker token?",
-                              self.settings.api_url)
+                    log.error(
+                        "the service at %s refused this worker's token: is "
+                        "HPO_WORKER_TOKEN the service's worker token?",
+                        self.settings.api_url,
+                    )
                     self.exit_code = 2
                     break
                 except (Rejected, ConnectionError) as exc:
@@ -132,8 +136,9 @@ class Worker:
         return self._data[key]
 
     def _run_one(self, job: Assignment) -> None:
-        with log_context(study=job.study_name, trial=job.trial_id, job=job.job_id,
-                         worker=self.identity["id"]):
+        with log_context(
+            study=job.study_name, trial=job.trial_id, job=job.job_id, worker=self.identity["id"]
+        ):
             if job.kind == "trial":
                 self._run_trial(job)
             else:
@@ -142,12 +147,12 @@ class Worker:
     def _run_trial(self, job: Assignment) -> None:
         assert job.trial_id is not None
         trial_id = job.trial_id
-        log.info("trial %s (#%s of %s) leased: %s", trial_id, job.number, job.study_name,
-                 job.params)
+        log.info(
+            "trial %s (#%s of %s) leased: %s", trial_id, job.number, job.study_name, job.params
+        )
         started = time.monotonic()
         # The lease is renewed from now on: loading the data can take a while.
-        beat = _Heartbeat(lambda: self.client.heartbeat(trial_id),
-                          max(job.lease_seconds / 3, 0.5))
+        beat = _Heartbeat(lambda: self.client.heartbeat(trial_id), max(job.lease_seconds / 3, 0.5))
         with beat:
             try:
                 data = self._dataset(job.dataset)
@@ -155,13 +160,20 @@ class Worker:
                 outcome = Outcome("fail", reason=str(exc))
             except Exception as exc:  # unreadable data fails the trial, never the worker
                 log.exception("loading %s failed", job.dataset.name)
-                outcome = Outcome("fail", reason=f"loading the data set failed: "
-                                  f"{type(exc).__name__}: {exc}")
+                outcome = Outcome(
+                    "fail", reason=f"loading the data set failed: {type(exc).__name__}: {exc}"
+                )
             else:
                 outcome = self._train(job, data, beat)
-        log.info("trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
-                 trial_id, outcome.state, outcome.epochs_run, time.monotonic() - started,
-                 outcome.value, outcome.reason)
+        log.info(
+            "trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
+            trial_id,
+            outcome.state,
+            outcome.epochs_run,
+            time.monotonic() - started,
+            outcome.value,
+            outcome.reason,
+        )
         self._hand_back(job, outcome)
 
     def _train(self, job: Assignment, data: Split, beat: _Heartbeat) -> Outcome:
@@ -171,18 +183,24 @@ class Worker:
         def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
             return self.client.report(trial_id, epoch, value, metrics)
 
-        tensorboard_dir = (self.settings.artifact_dir / "tensorboard" / job.study_name
-                           / f"trial-{job.number:04d}")
-        return train_trial(job, data, report,
-                           lambda: self._stopping.is_set() or beat.stop_requested,
-                           tensorboard_dir=tensorboard_dir)
+        tensorboard_dir = (
+            self.settings.artifact_dir / "tensorboard" / job.study_name / f"trial-{job.number:04d}"
+        )
+        return train_trial(
+            job,
+            data,
+            report,
+            lambda: self._stopping.is_set() or beat.stop_requested,
+            tensorboard_dir=tensorboard_dir,
+        )
 
     def _run_job(self, job: Assignment) -> None:
         """A sanity run or a final model; any failure is reported, never raised."""
         log.info("%s job %s of %s leased", job.kind, job.job_id, job.study_name)
         try:
-            with _Heartbeat(lambda: self.client.job_heartbeat(job.job_id),
-                            max(job.lease_seconds / 3, 0.5)):
+            with _Heartbeat(
+                lambda: self.client.job_heartbeat(job.job_id), max(job.lease_seconds / 3, 0.5)
+            ):
                 data = self._dataset(job.dataset)
                 if job.kind == "sanity":
                     passed, detail = sanity_check(job, data)
@@ -190,12 +208,17 @@ class Worker:
                     self.client.sanity(job.job_id, passed=passed, detail=detail)
                 else:
                     value, content = train_final(job, data)
-                    log.info("final model of %s: test %s = %s", job.study_name,
-                             job.metric.removeprefix("val_"), value)
+                    log.info(
+                        "final model of %s: test %s = %s",
+                        job.study_name,
+                        job.metric.removeprefix("val_"),
+                        value,
+                    )
                     self.client.upload_model(job.job_id, test_value=value, content=content)
         except (Rejected, ConnectionError) as exc:
-            log.error("%s job %s: the service did not take the result: %s", job.kind,
-                      job.job_id, exc)
+            log.error(
+                "%s job %s: the service did not take the result: %s", job.kind, job.job_id, exc
+            )
         except (DatasetUnavailable, FamilyUnavailable) as exc:  # another worker may have it
             log.error("%s job %s: %s", job.kind, job.job_id, exc)
             try:
@@ -217,24 +240,37 @@ class Worker:
             try:
                 if outcome.state == "complete":
                     assert outcome.value is not None
-                    self.client.complete(job.trial_id, value=outcome.value,
-                                         epochs_run=outcome.epochs_run,
-                                         history=outcome.history,
-                                         train_val_gap=outcome.train_val_gap)
+                    self.client.complete(
+                        job.trial_id,
+                        value=outcome.value,
+                        epochs_run=outcome.epochs_run,
+                        history=outcome.history,
+                        train_val_gap=outcome.train_val_gap,
+                    )
                 elif outcome.state == "fail":
-                    self.client.fail(job.trial_id, reason=outcome.reason or "unknown",
-                                     epochs_run=outcome.epochs_run, history=outcome.history)
+                    self.client.fail(
+                        job.trial_id,
+                        reason=outcome.reason or "unknown",
+                        epochs_run=outcome.epochs_run,
+                        history=outcome.history,
+                    )
                 elif outcome.state == "stopped":
-                    self.client.release(job.trial_id,
-                                        reason=outcome.reason or "worker stopping")
+                    self.client.release(job.trial_id, reason=outcome.reason or "worker stopping")
                 return
             except Rejected as exc:
                 log.warning("service refused the result of trial %s: %s", job.trial_id, exc)
                 return
             except ConnectionError as exc:
                 if self._stopping.is_set():
-                    log.error("giving up on the result of trial %s (%s): %s", job.trial_id,
-                              outcome.state, exc)
+                    log.error(
+                        "giving up on the result of trial %s (%s): %s",
+                        job.trial_id,
+                        outcome.state,
+                        exc,
+                    )
                     return
-                log.error("the service is unreachable; still holding the result of trial "
-                          "%s: %s", job.trial_id, exc)
+                log.error(
+                    "the service is unreachable; still holding the result of trial %s: %s",
+                    job.trial_id,
+                    exc,
+                )

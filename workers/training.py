@@ -97,8 +97,15 @@ def configure_tensorflow(threads: int) -> None:
 class _EpochReporter(keras.callbacks.Callback):
     """Checks the loss, reports the objective each epoch, and stops training when told."""
 
-    def __init__(self, metric: str, report: Reporter, should_stop: Callable[[], bool], *,
-                 y_std: float = 1.0, time_limit_s: float | None = None) -> None:
+    def __init__(
+        self,
+        metric: str,
+        report: Reporter,
+        should_stop: Callable[[], bool],
+        *,
+        y_std: float = 1.0,
+        time_limit_s: float | None = None,
+    ) -> None:
         super().__init__()
         self.metric = metric
         self.report = report
@@ -148,10 +155,18 @@ class _EpochReporter(keras.callbacks.Callback):
             self._end(Outcome("pruned", value=value))
         elif action == "stop" or self.should_stop():
             self._end(Outcome("stopped", value=value, reason="stop requested"))
-        elif self.time_limit_s is not None and elapsed > self.time_limit_s and (
-                epoch + 1 < self.params["epochs"]):
-            self._end(Outcome("fail", reason=f"time limit of {self.time_limit_s:g}s exceeded "
-                              f"after epoch {epoch + 1} ({elapsed:.1f}s)"))
+        elif (
+            self.time_limit_s is not None
+            and elapsed > self.time_limit_s
+            and (epoch + 1 < self.params["epochs"])
+        ):
+            self._end(
+                Outcome(
+                    "fail",
+                    reason=f"time limit of {self.time_limit_s:g}s exceeded "
+                    f"after epoch {epoch + 1} ({elapsed:.1f}s)",
+                )
+            )
 
 
 class ModelTooLarge(ValueError):
@@ -161,24 +176,32 @@ class ModelTooLarge(ValueError):
 def compiled_model(job: Assignment, data: Split) -> keras.Model:
     """The trial's model, compiled for its task (seeded: the same job builds the same)."""
     keras.utils.set_random_seed(job.seed)
-    shape: dict[str, Any] = {"n_features": data.n_features,
-                             "n_outputs": int(data.info.n_classes or 1),
-                             "image_shape": data.info.image_shape, "seed": job.seed}
+    shape: dict[str, Any] = {
+        "n_features": data.n_features,
+        "n_outputs": int(data.info.n_classes or 1),
+        "image_shape": data.info.image_shape,
+        "seed": job.seed,
+    }
     if job.model_family in BUILTIN_FAMILIES:
         model = build_model(job.params, family=job.model_family, **shape)
     else:
         model = load_builder(job.model_family)(dict(job.params), **shape)
         if not isinstance(model, keras.Model):
-            raise TypeError(f"model family {job.model_family!r} built a "
-                            f"{type(model).__name__}, not a keras.Model")
+            raise TypeError(
+                f"model family {job.model_family!r} built a "
+                f"{type(model).__name__}, not a keras.Model"
+            )
     size = model.count_params()
     if job.max_model_params is not None and size > job.max_model_params:
-        raise ModelTooLarge(f"the model has {size} parameters, more than the service's "
-                            f"limit of {job.max_model_params} (HPO_MAX_MODEL_PARAMS)")
+        raise ModelTooLarge(
+            f"the model has {size} parameters, more than the service's "
+            f"limit of {job.max_model_params} (HPO_MAX_MODEL_PARAMS)"
+        )
     if data.info.task == "classification":
         loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics: list[keras.metrics.Metric] = [
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        ]
     else:
         loss = keras.losses.MeanSquaredError()
         metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
@@ -190,8 +213,10 @@ def _tensorboard(log_dir: Path | None) -> list[keras.callbacks.Callback]:
     if log_dir is None:
         return []
     if importlib.util.find_spec("tensorboard") is None:
-        log.warning("the study asks for TensorBoard logs, but this worker lacks the "
-                    "tensorboard package (pip install 'hpo-service[tensorboard]')")
+        log.warning(
+            "the study asks for TensorBoard logs, but this worker lacks the "
+            "tensorboard package (pip install 'hpo-service[tensorboard]')"
+        )
         return []
     return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
 
@@ -207,8 +232,9 @@ def train_trial(
     """Train the trial's model on ``data`` and say how it ended. Never raises for a
     failure of the trial itself (a bad configuration, a non-finite loss, out of memory):
     those come back as ``Outcome("fail", reason=...)``."""
-    reporter = _EpochReporter(job.metric, report, should_stop, y_std=data.y_std,
-                              time_limit_s=job.time_limit_s)
+    reporter = _EpochReporter(
+        job.metric, report, should_stop, y_std=data.y_std, time_limit_s=job.time_limit_s
+    )
     history: dict[str, list[float]] = {}
     try:
         model = compiled_model(job, data)
@@ -220,13 +246,19 @@ def train_trial(
             batch_size=int(job.params.get("batch_size", 64)),
             shuffle=True,
             verbose=0,
-            callbacks=[reporter, *schedule_callbacks(job.params),
-                       *_tensorboard(tensorboard_dir if job.tensorboard else None)],
+            callbacks=[
+                reporter,
+                *schedule_callbacks(job.params),
+                *_tensorboard(tensorboard_dir if job.tensorboard else None),
+            ],
         )
         # Absolute errors back in the target's units, like the reported values.
         scale = {"mae": data.y_std, "val_mae": data.y_std}
-        history = {k: [float(v) * scale.get(k, 1.0) for v in vs]
-                   for k, vs in fit.history.items() if k != "learning_rate"}
+        history = {
+            k: [float(v) * scale.get(k, 1.0) for v in vs]
+            for k, vs in fit.history.items()
+            if k != "learning_rate"
+        }
     except Exception as exc:  # the trial failed; the worker goes on
         log.exception("trial %s failed while building or training", job.trial_id)
         text = f"{type(exc).__name__}: {exc}".strip()

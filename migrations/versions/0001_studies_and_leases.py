@@ -39,8 +39,12 @@ def upgrade() -> None:
     op.create_table(
         "hpo_leases",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("study_id", sa.Integer(),
-                  sa.ForeignKey("hpo_studies.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "study_id",
+            sa.Integer(),
+            sa.ForeignKey("hpo_studies.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("trial_id", sa.Integer(), nullable=True),
         sa.Column("trial_number", sa.Integer(), nullable=True),
         sa.Column("worker_id", sa.String(128), nullable=False),

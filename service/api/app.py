@@ -43,14 +43,17 @@ def _echo(value: Any) -> Any:
 
 
 def _problem(loc: tuple[Any, ...] | list[Any], msg: str, value: Any) -> dict[str, Any]:
-    return {"loc": list(loc), "field": ".".join(str(p) for p in loc), "msg": msg,
-            "input": _echo(value)}
+    return {
+        "loc": list(loc),
+        "field": ".".join(str(p) for p in loc),
+        "msg": msg,
+        "input": _echo(value),
+    }
 
 
 def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
     message = "; ".join(
-        f"{p['field']}: {p['msg']}"
-        + ("" if p.pop("_missing", False) else f" (got {p['input']!r})")
+        f"{p['field']}: {p['msg']}" + ("" if p.pop("_missing", False) else f" (got {p['input']!r})")
         for p in problems
     )
     return JSONResponse(status_code=422, content={"message": message, "detail": problems})
@@ -66,9 +69,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             msg, value = err["msg"], err.get("input")
             if isinstance(value, bytes) and loc == ["body"]:
                 # A JSON route sent a body of another Content-Type: FastAPI left it unparsed.
-                return JSONResponse(status_code=415, content={
-                    "message": "the body must be JSON: send it with the header "
-                               "'Content-Type: application/json'"})
+                return JSONResponse(
+                    status_code=415,
+                    content={
+                        "message": "the body must be JSON: send it with the header "
+                        "'Content-Type: application/json'"
+                    },
+                )
             if kind == "extra_forbidden":
                 msg = "is not an allowed field"
             elif kind == "json_invalid":
@@ -94,8 +101,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unstorable(_req: Request, exc: DataError) -> JSONResponse:
         # The database refused a value the request carried (e.g. a NUL byte in a text).
         first = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-        return _unprocessable([_problem(["body"], f"holds a value the database cannot "
-                                        f"store: {first}", None)])
+        return _unprocessable(
+            [_problem(["body"], f"holds a value the database cannot store: {first}", None)]
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -107,13 +115,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         if not isinstance(cause, lost):
             raise exc  # not a lost connection: a bug, answered as 500
         log.warning("database unavailable: %s", cause)
-        return JSONResponse(status_code=503, headers={"Retry-After": "2"},
-                            content={"message": "the database is unavailable; retry shortly"})
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "2"},
+            content={"message": "the database is unavailable; retry shortly"},
+        )
 
     @app.exception_handler(ServiceError)
     async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"message": str(exc)},
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            status_code=exc.status,
+            content={"message": str(exc)},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -121,8 +135,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         # in the same shape as ours.
         if exc.status_code == 413 and SCOPE_KEY in req.scope:  # a body without a length
             return req.scope[SCOPE_KEY].answer()
-        return JSONResponse(status_code=exc.status_code, content={"message": str(exc.detail)},
-                            headers=exc.headers)
+        return JSONResponse(
+            status_code=exc.status_code, content={"message": str(exc.detail)}, headers=exc.headers
+        )
 
 
 def _reaper(rt: Runtime, stop: threading.Event) -> None:
@@ -168,8 +183,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.tokens = tokens
-    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes,
-                       max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(AuthGate, tokens=tokens)  # (added last: runs first)
     _install_error_handlers(app)
     app.include_router(health.router)

@@ -33,8 +33,10 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
 
     def __init__(self) -> None:
-        super().__init__("authentication required: send the header "
-                         "'Authorization: Bearer <token>' with a valid token")
+        super().__init__(
+            "authentication required: send the header "
+            "'Authorization: Bearer <token>' with a valid token"
+        )
 
 
 def generate_token() -> str:
@@ -53,8 +55,10 @@ def token_problems(settings: Settings) -> list[str]:
             problems.append(f"{name} is shorter than {MIN_TOKEN_LENGTH} characters")
     values = [s.get_secret_value() for s in tokens.values() if s is not None]
     if len(values) == 2 and values[0] and values[0] == values[1]:
-        problems.append("HPO_API_TOKEN and HPO_WORKER_TOKEN are the same; they must differ, "
-                        "or a worker host could submit and read studies")
+        problems.append(
+            "HPO_API_TOKEN and HPO_WORKER_TOKEN are the same; they must differ, "
+            "or a worker host could submit and read studies"
+        )
     return problems
 
 
@@ -87,10 +91,14 @@ class Tokens:
 
 
 # Both schemes read the same header; two names document which token a route takes.
-_user_scheme = HTTPBearer(scheme_name="UserToken", auto_error=False,
-                          description="HPO_API_TOKEN: studies, data sets, reads.")
-_worker_scheme = HTTPBearer(scheme_name="WorkerToken", auto_error=False,
-                            description="HPO_WORKER_TOKEN: the trial protocol.")
+_user_scheme = HTTPBearer(
+    scheme_name="UserToken",
+    auto_error=False,
+    description="HPO_API_TOKEN: studies, data sets, reads.",
+)
+_worker_scheme = HTTPBearer(
+    scheme_name="WorkerToken", auto_error=False, description="HPO_WORKER_TOKEN: the trial protocol."
+)
 
 Credentials = HTTPAuthorizationCredentials | None
 
@@ -110,14 +118,16 @@ def _worker(request: Request, given: Annotated[Credentials, Depends(_worker_sche
         raise Unauthorized()
 
 
-def _either(request: Request, given: Annotated[Credentials, Depends(_user_scheme)],
-            _also: Annotated[Credentials, Depends(_worker_scheme)]) -> None:
+def _either(
+    request: Request,
+    given: Annotated[Credentials, Depends(_user_scheme)],
+    _also: Annotated[Credentials, Depends(_worker_scheme)],
+) -> None:
     if not _tokens(request).allow("either", given):
         raise Unauthorized()
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                          "/redoc"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 """Open to anyone: liveness, and the API's description (which opens nothing)."""
 
 
@@ -147,16 +157,23 @@ class AuthGate:
             return True
         header = Headers(scope=scope).get("authorization", "")
         scheme, _, token = header.partition(" ")
-        given = (HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
-                 if scheme.lower() == "bearer" and token else None)
+        given = (
+            HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+            if scheme.lower() == "bearer" and token
+            else None
+        )
         return self.tokens.allow(role, given)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._allowed(
-                role_of(scope["method"], scope["path"]), scope):
+            role_of(scope["method"], scope["path"]), scope
+        ):
             refusal = Unauthorized()
-            response = JSONResponse(status_code=refusal.status, headers=refusal.headers,
-                                    content={"message": str(refusal)})
+            response = JSONResponse(
+                status_code=refusal.status,
+                headers=refusal.headers,
+                content={"message": str(refusal)},
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -35,10 +35,17 @@ log = logging.getLogger(__name__)
 ABANDONED_AFTER = timedelta(minutes=5)
 """A claim still without an answer after this long belongs to a request that died."""
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
-    description="Any unique string (a UUID, say; printable ASCII, no spaces, at most 255). "
-    "Retrying with the same key returns the first answer instead of acting twice.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (a UUID, say; printable ASCII, no spaces, at most 255). "
+        "Retrying with the same key returns the first answer instead of acting twice.",
+    ),
+]
 
 
 def fingerprint(request: Any) -> str:
@@ -62,31 +69,50 @@ def _claim(rt: Runtime, route: str, key: str, digest: str) -> IdempotencyRow | N
     except IntegrityError:
         pass
     with rt.sessions.begin() as s:
-        row = s.scalars(select(IdempotencyRow).where(
-            IdempotencyRow.route == route, IdempotencyRow.key == key)).one_or_none()
+        row = s.scalars(
+            select(IdempotencyRow).where(IdempotencyRow.route == route, IdempotencyRow.key == key)
+        ).one_or_none()
         if row is None:  # the earlier request failed and gave the key back just now
-            raise Conflict("a request with this Idempotency-Key was just being processed; "
-                           "retry")
+            raise Conflict("a request with this Idempotency-Key was just being processed; retry")
         if row.fingerprint != digest:
-            raise Invalid(("Idempotency-Key",), f"was already used for a different {route} "
-                          "request; use a new key for a new request", key)
+            raise Invalid(
+                ("Idempotency-Key",),
+                f"was already used for a different {route} "
+                "request; use a new key for a new request",
+                key,
+            )
         if row.status_code is not None:
             return row
         if now - row.created_at < ABANDONED_AFTER:
-            raise Conflict("a request with this Idempotency-Key is still being processed; "
-                           "retry shortly")
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly"
+            )
         # Abandoned: take it over, unless another retry just did.
-        taken = cast(CursorResult[Any], s.execute(update(IdempotencyRow).where(
-            IdempotencyRow.id == row.id, IdempotencyRow.status_code.is_(None),
-            IdempotencyRow.created_at == row.created_at).values(created_at=now)))
+        taken = cast(
+            CursorResult[Any],
+            s.execute(
+                update(IdempotencyRow)
+                .where(
+                    IdempotencyRow.id == row.id,
+                    IdempotencyRow.status_code.is_(None),
+                    IdempotencyRow.created_at == row.created_at,
+                )
+                .values(created_at=now)
+            ),
+        )
         if taken.rowcount != 1:
-            raise Conflict("a request with this Idempotency-Key is being retried; retry "
-                           "shortly")
+            raise Conflict("a request with this Idempotency-Key is being retried; retry shortly")
     return None
 
 
-def respond_once(rt: Runtime, route: str, key: str | None, request: Any,
-                 produce: Callable[[], BaseModel], status_code: int) -> JSONResponse:
+def respond_once(
+    rt: Runtime,
+    route: str,
+    key: str | None,
+    request: Any,
+    produce: Callable[[], BaseModel],
+    status_code: int,
+) -> JSONResponse:
     """``produce()``'s answer; with a key, the stored answer of the first request with it.
 
     ``request`` is what the request asks for (its fingerprint tells retries apart).
@@ -96,21 +122,23 @@ def respond_once(rt: Runtime, route: str, key: str | None, request: Any,
     with rt.unit_of_work():
         earlier = _claim(rt, route, key, fingerprint(request))
     if earlier is not None:
-        return JSONResponse(earlier.response, status_code=earlier.status_code or status_code,
-                            headers={"Idempotent-Replayed": "true"})
+        return JSONResponse(
+            earlier.response,
+            status_code=earlier.status_code or status_code,
+            headers={"Idempotent-Replayed": "true"},
+        )
     mine = (IdempotencyRow.route == route, IdempotencyRow.key == key)
     try:
         body = jsonable_encoder(produce())
     except BaseException:
         try:  # give the key back, so a retry runs the request again
             with rt.unit_of_work(), rt.sessions.begin() as s:
-                s.execute(delete(IdempotencyRow).where(*mine,
-                                                       IdempotencyRow.status_code.is_(None)))
+                s.execute(delete(IdempotencyRow).where(*mine, IdempotencyRow.status_code.is_(None)))
         except Exception:  # (the database may be why it failed): taken over later
-            log.warning("could not release Idempotency-Key %r of %s", key, route,
-                        exc_info=True)
+            log.warning("could not release Idempotency-Key %r of %s", key, route, exc_info=True)
         raise
     with rt.unit_of_work(), rt.sessions.begin() as s:
-        s.execute(update(IdempotencyRow).where(*mine).values(status_code=status_code,
-                                                             response=body))
+        s.execute(
+            update(IdempotencyRow).where(*mine).values(status_code=status_code, response=body)
+        )
     return JSONResponse(body, status_code=status_code)

@@ -31,9 +31,13 @@ class Limit:
     """Names the limit in the 413 answer (the setting that raises it)."""
 
     def answer(self) -> JSONResponse:
-        return JSONResponse(status_code=413, content={
-            "message": f"the request body is larger than allowed: at most {self.bytes} "
-                       f"bytes ({self.what})"})
+        return JSONResponse(
+            status_code=413,
+            content={
+                "message": f"the request body is larger than allowed: at most {self.bytes} "
+                f"bytes ({self.what})"
+            },
+        )
 
 
 class BodyLimits:
@@ -42,11 +46,15 @@ class BodyLimits:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.default = Limit(max_body_bytes, "HPO_MAX_BODY_BYTES")
-        self.upload = Limit(max_upload_bytes + MULTIPART_SLACK,
-                            f"a data set file of at most HPO_MAX_UPLOAD_BYTES "
-                            f"({max_upload_bytes}) bytes, plus the form")
-        self.model = Limit(MAX_MODEL_BYTES + MULTIPART_SLACK,
-                           f"a model file of at most {MAX_MODEL_BYTES} bytes, plus the form")
+        self.upload = Limit(
+            max_upload_bytes + MULTIPART_SLACK,
+            f"a data set file of at most HPO_MAX_UPLOAD_BYTES "
+            f"({max_upload_bytes}) bytes, plus the form",
+        )
+        self.model = Limit(
+            MAX_MODEL_BYTES + MULTIPART_SLACK,
+            f"a model file of at most {MAX_MODEL_BYTES} bytes, plus the form",
+        )
 
     def limit_for(self, method: str, path: str) -> Limit:
         if method == "POST" and path.rstrip("/") == "/datasets":

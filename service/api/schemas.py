@@ -22,9 +22,13 @@ DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit int
 class ModelSpec(BaseModel):
     model_config = _FORBID
     family: str = Field(
-        "mlp", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
+        "mlp",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
         description="mlp: dense layers; cnn: conv blocks for image data; or a custom "
-        "family registered by an installed package (entry-point group hpo.models).")
+        "family registered by an installed package (entry-point group hpo.models).",
+    )
 
 
 class StudyCreate(BaseModel):
@@ -46,30 +50,45 @@ class StudyCreate(BaseModel):
     )
     fixed: dict[str, Any] | None = Field(None, description="Fixed values, by parameter name.")
     metric: Metric | None = Field(
-        None, description="The objective, measured every epoch. Default: val_accuracy for "
-        "classification, val_mae for regression.")
+        None,
+        description="The objective, measured every epoch. Default: val_accuracy for "
+        "classification, val_mae for regression.",
+    )
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Defaults to the metric's natural direction."
     )
     sampler: SamplerName = Field("tpe", description="Optuna sampler.")
     pruner: PrunerName = Field("median", description="Optuna pruner fed by the epoch reports.")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Makes sampling and "
-                             "training deterministic with one worker.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Makes sampling and training deterministic with one worker.",
+    )
     model: ModelSpec = ModelSpec()
     trial_time_limit_s: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600,
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
         description="A trial still training after this many seconds fails (checked after "
-        "each epoch).")
+        "each epoch).",
+    )
     enqueue: list[dict[str, Any]] = Field(
-        default_factory=list, max_length=100,
+        default_factory=list,
+        max_length=100,
         description="Parameters to try first, in order (each a full or partial set; the "
-        "rest is sampled).")
+        "rest is sampled).",
+    )
     sanity_check: bool = Field(
-        True, description="Before any trial, check that the model can overfit a handful "
-        "of training rows; if it cannot, the study fails instead of spending its budget.")
+        True,
+        description="Before any trial, check that the model can overfit a handful "
+        "of training rows; if it cannot, the study fails instead of spending its budget.",
+    )
     tensorboard: bool = Field(
-        False, description="Workers write TensorBoard logs of each trial under their "
-        "artifact directory (workers need the `tensorboard` extra).")
+        False,
+        description="Workers write TensorBoard logs of each trial under their "
+        "artifact directory (workers need the `tensorboard` extra).",
+    )
 
 
 class DatasetOut(BaseModel):
@@ -185,8 +204,9 @@ class LeaseOut(BaseModel):
     lease_seconds: float
     trial_time_limit_s: float | None
     tensorboard: bool
-    max_model_params: int = Field(description="Workers refuse to train a bigger model "
-                                  "(HPO_MAX_MODEL_PARAMS).")
+    max_model_params: int = Field(
+        description="Workers refuse to train a bigger model (HPO_MAX_MODEL_PARAMS)."
+    )
 
 
 class WorkerCall(BaseModel):
@@ -200,18 +220,20 @@ class ReportIn(WorkerCall):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
-History = dict[Annotated[str, Field(max_length=64)],
-               Annotated[list[float], Field(max_length=100_000)]]
+History = dict[
+    Annotated[str, Field(max_length=64)], Annotated[list[float], Field(max_length=100_000)]
+]
 
 
 class CompleteIn(WorkerCall):
     value: float = Field(allow_inf_nan=False)
     epochs_run: int = Field(0, ge=0, le=100_000)
-    history: History | None = Field(None, max_length=32,
-                                    description="Per-epoch metrics, stored as history.json.")
+    history: History | None = Field(
+        None, max_length=32, description="Per-epoch metrics, stored as history.json."
+    )
     train_val_gap: float | None = Field(
-        None, allow_inf_nan=False,
-        description="Training minus validation metric at the last epoch.")
+        None, allow_inf_nan=False, description="Training minus validation metric at the last epoch."
+    )
 
 
 class FailIn(WorkerCall):
@@ -254,8 +276,9 @@ class TrialResult(BaseModel):
 class ProblemOut(BaseModel):
     """One thing wrong with a request: where, what, and the value given."""
 
-    loc: list[str | int] = Field(description="Path of the field, e.g. [\"search_space\", "
-                                 "\"learning_rate\", \"low\"].")
+    loc: list[str | int] = Field(
+        description='Path of the field, e.g. ["search_space", "learning_rate", "low"].'
+    )
     field: str = Field(description="The same path, dotted.")
     msg: str = Field(description="What is wrong and what is allowed.")
     input: Any = Field(None, description="The value given (null when missing).")
@@ -273,11 +296,10 @@ _ERROR_TEXT = {
     401: "No valid token for this route (the same answer whatever was wrong).",
     404: "No such study, trial, job or data set.",
     409: "Conflicts with the current state (a taken name, a lease held by another "
-         "worker, a repeated Idempotency-Key still in progress).",
+    "worker, a repeated Idempotency-Key still in progress).",
     413: "The request body, or an uploaded file, is larger than allowed.",
     415: "A JSON body sent without 'Content-Type: application/json'.",
-    422: "A value is not allowed: the message names the field, the value and what is "
-         "allowed.",
+    422: "A value is not allowed: the message names the field, the value and what is allowed.",
     503: "The database is unavailable; retry after the Retry-After seconds.",
 }
 

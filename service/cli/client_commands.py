@@ -21,11 +21,14 @@ class CliError(Exception):
 class Service:
     def __init__(self, url: str, token: str | None) -> None:
         if not token:
-            raise CliError("HPO_API_TOKEN is not set: the service needs the user token "
-                           "(`hpo up` prints it when it starts)")
+            raise CliError(
+                "HPO_API_TOKEN is not set: the service needs the user token "
+                "(`hpo up` prints it when it starts)"
+            )
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=30,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def __enter__(self) -> Service:
         return self
@@ -37,8 +40,10 @@ class Service:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise CliError(f"cannot reach the service at {self.url} ({exc}); is `hpo api` "
-                           "running, and is HPO_API_URL right?") from exc
+            raise CliError(
+                f"cannot reach the service at {self.url} ({exc}); is `hpo api` "
+                "running, and is HPO_API_URL right?"
+            ) from exc
         if r.status_code >= 400:
             try:
                 message = r.json().get("message") or r.text
@@ -65,8 +70,9 @@ def _fmt(value: Any) -> str:
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [[str(h) for h in header], *[[_fmt(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -88,24 +94,30 @@ def progress_line(study: dict[str, Any], elapsed: float, width: int = 24) -> str
     best = study["best"]
     eta = "-" if done == 0 else _clock(elapsed / done * (total - done))
     best_text = f"best {study['metric']} {best['value']:.4f}" if best else "no result yet"
-    return (f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total} trials  {best_text}  "
-            f"elapsed {_clock(elapsed)}  eta {eta}")
+    return (
+        f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total} trials  {best_text}  "
+        f"elapsed {_clock(elapsed)}  eta {eta}"
+    )
 
 
 def _best_text(study: dict[str, Any]) -> str:
     best = study["best"]
     if best is None:
         return f"study {study['name']} is {study['status']} with no completed trial"
-    lines = [f"best trial #{best['number']} of {study['name']}: {study['metric']} = "
-             f"{best['value']:.4f}"]
+    lines = [
+        f"best trial #{best['number']} of {study['name']}: {study['metric']} = {best['value']:.4f}"
+    ]
     lines += [f"  {k} = {v}" for k, v in best["params"].items()]
     final = study["final_model"]
     if final["state"] == "ready":
-        lines.append(f"retrained on train + validation: {final['test_metric']} = "
-                     f"{final['test_value']:.4f} (GET /studies/{study['id']}/model)")
+        lines.append(
+            f"retrained on train + validation: {final['test_metric']} = "
+            f"{final['test_value']:.4f} (GET /studies/{study['id']}/model)"
+        )
     elif final["state"] != "none":
-        lines.append(f"best model: {final['state']}"
-                     + (f" ({final['reason']})" if final["reason"] else ""))
+        lines.append(
+            f"best model: {final['state']}" + (f" ({final['reason']})" if final["reason"] else "")
+        )
     return "\n".join(lines)
 
 
@@ -117,8 +129,11 @@ def _read_spec(path: str) -> dict[str, Any]:
     try:
         spec = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CliError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}:"
-                       f" {exc}".replace("\n", " ")) from exc
+        raise CliError(
+            f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}".replace(
+                "\n", " "
+            )
+        ) from exc
     if not isinstance(spec, dict):
         raise CliError(f"{path} must hold one study spec (an object), not {type(spec).__name__}")
     return spec
@@ -128,8 +143,11 @@ def submit(svc: Service, path: str, *, wait: bool, poll_s: float = 1.0) -> str:
     study = svc.call("POST", "/studies", json=_read_spec(path))
     for warning in study.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"submitted study {study['name']} (id {study['id']}): {study['n_trials']} trials "
-          f"x {study['epochs']} epochs on {study['dataset']}", flush=True)
+    print(
+        f"submitted study {study['name']} (id {study['id']}): {study['n_trials']} trials "
+        f"x {study['epochs']} epochs on {study['dataset']}",
+        flush=True,
+    )
     if not wait:
         return ""
     started, tty, last = time.monotonic(), sys.stdout.isatty(), ""
@@ -143,7 +161,8 @@ def submit(svc: Service, path: str, *, wait: bool, poll_s: float = 1.0) -> str:
             last = line.split("  elapsed")[0]
         final = study["final_model"]["state"]
         if study["status"] in ("stopped", "failed") or (
-                study["status"] == "completed" and final in ("ready", "failed", "none")):
+            study["status"] == "completed" and final in ("ready", "failed", "none")
+        ):
             break
         time.sleep(poll_s)
     if tty:
@@ -155,9 +174,19 @@ def submit(svc: Service, path: str, *, wait: bool, poll_s: float = 1.0) -> str:
 
 def status(svc: Service, name: str | None) -> str:
     studies = [svc.study(name)] if name else svc.call("GET", "/studies")
-    rows = [[s["id"], s["name"], s["status"], f"{_done(s)}/{s['n_trials']}", s["dataset"],
-             s["metric"], s["best"]["value"] if s["best"] else None,
-             s["final_model"]["test_value"]] for s in studies]
+    rows = [
+        [
+            s["id"],
+            s["name"],
+            s["status"],
+            f"{_done(s)}/{s['n_trials']}",
+            s["dataset"],
+            s["metric"],
+            s["best"]["value"] if s["best"] else None,
+            s["final_model"]["test_value"],
+        ]
+        for s in studies
+    ]
     out = table(rows, ["id", "name", "status", "trials", "dataset", "metric", "best", "test"])
     if name and studies[0]["reason"]:
         out += f"\nreason: {studies[0]['reason']}"
@@ -168,13 +197,24 @@ def trials(svc: Service, name: str) -> str:
     study = svc.study(name)
     rows = []
     for t in svc.call("GET", f"/studies/{study['id']}/trials"):
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t["params"].items()
-                           if k in ("learning_rate", "optimizer", "dropout_rate",
-                                    "kernel_initializer", "lr_schedule"))
+        params = ", ".join(
+            f"{k}={_fmt(v)}"
+            for k, v in t["params"].items()
+            if k
+            in ("learning_rate", "optimizer", "dropout_rate", "kernel_initializer", "lr_schedule")
+        )
         reason = (t["reason"] or "")[:50]
-        rows.append([t["number"], t["state"], t["value"], t["epochs_run"],
-                     None if t["duration_s"] is None else f"{t['duration_s']:.1f}s",
-                     params, reason])
+        rows.append(
+            [
+                t["number"],
+                t["state"],
+                t["value"],
+                t["epochs_run"],
+                None if t["duration_s"] is None else f"{t['duration_s']:.1f}s",
+                params,
+                reason,
+            ]
+        )
     return table(rows, ["#", "state", "value", "epochs", "time", "parameters", "reason"])
 
 

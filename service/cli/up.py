@@ -35,8 +35,9 @@ DEMO_SEED = 42
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only `hpo up`, which then stops the workers
     # (they release their trials to the still-running API) before the API.
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args], env=env, start_new_session=True
+    )
 
 
 def _dashboard_command() -> str:
@@ -49,8 +50,9 @@ def _wait_healthy(api: subprocess.Popen[bytes], url: str, timeout_s: float = 60.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if api.poll() is not None:
-            raise RuntimeError(f"the API exited with code {api.returncode} before it was up "
-                               "(is the port in use?)")
+            raise RuntimeError(
+                f"the API exited with code {api.returncode} before it was up (is the port in use?)"
+            )
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -97,9 +99,11 @@ def _progress_line(study: dict[str, Any], elapsed: float) -> str:
     done = t["complete"] + t["pruned"] + t["fail"]
     best = study["best"]
     best_text = f"best {study['metric']} {best['value']:.4f}" if best else "no result yet"
-    return (f"[{elapsed:5.0f}s] {study['name']}: {done}/{study['n_trials']} trials done "
-            f"(complete {t['complete']}, pruned {t['pruned']}, failed {t['fail']}, "
-            f"running {t['running']}), {best_text}")
+    return (
+        f"[{elapsed:5.0f}s] {study['name']}: {done}/{study['n_trials']} trials done "
+        f"(complete {t['complete']}, pruned {t['pruned']}, failed {t['fail']}, "
+        f"running {t['running']}), {best_text}"
+    )
 
 
 def _follow(client: httpx.Client, study_id: int) -> dict[str, Any]:
@@ -113,8 +117,9 @@ def _follow(client: httpx.Client, study_id: int) -> dict[str, Any]:
             print(line, flush=True)
             last = line.split("]", 1)[1]
         if study["status"] in ("stopped", "failed") or (
-                study["status"] == "completed"
-                and study["final_model"]["state"] in ("ready", "failed", "none")):
+            study["status"] == "completed"
+            and study["final_model"]["state"] in ("ready", "failed", "none")
+        ):
             return study
         time.sleep(1.0)
 
@@ -126,14 +131,21 @@ def _tokens(settings: Settings) -> tuple[str, str]:
     fresh = [name for name, value in tokens.items() if not value]
     for name in fresh:
         tokens[name] = generate_token()
-    problems = token_problems(settings.model_copy(update={
-        "api_token": SecretStr(tokens["HPO_API_TOKEN"]),
-        "worker_token": SecretStr(tokens["HPO_WORKER_TOKEN"])}))
+    problems = token_problems(
+        settings.model_copy(
+            update={
+                "api_token": SecretStr(tokens["HPO_API_TOKEN"]),
+                "worker_token": SecretStr(tokens["HPO_WORKER_TOKEN"]),
+            }
+        )
+    )
     if problems:
         raise RuntimeError("; ".join(problems))
     if fresh:
-        print("Generated for this run (shown once; export them to use the CLI or to add "
-              "workers):", flush=True)
+        print(
+            "Generated for this run (shown once; export them to use the CLI or to add workers):",
+            flush=True,
+        )
         for name in fresh:
             print(f"  export {name}={tokens[name]}", flush=True)
     return tokens["HPO_API_TOKEN"], tokens["HPO_WORKER_TOKEN"]
@@ -149,44 +161,66 @@ def up(args: argparse.Namespace) -> int:
     migrate(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
     url = f"http://{args.host}:{args.port}"
     # The children log warnings only, so the progress lines stay readable.
-    env = {"HPO_LOG_LEVEL": "WARNING", **os.environ, "HPO_API_URL": url,
-           "TF_CPP_MIN_LOG_LEVEL": "2", "HPO_API_TOKEN": user_token,
-           "HPO_WORKER_TOKEN": worker_token}
+    env = {
+        "HPO_LOG_LEVEL": "WARNING",
+        **os.environ,
+        "HPO_API_URL": url,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "HPO_API_TOKEN": user_token,
+        "HPO_WORKER_TOKEN": worker_token,
+    }
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         api = _spawn(["api", "--host", args.host, "--port", str(args.port)], env)
         procs.append(api)
         _wait_healthy(api, url)
-        print(f"API at {url} (OpenAPI: {url}/docs), database {settings.database_url}",
-              flush=True)
+        print(f"API at {url} (OpenAPI: {url}/docs), database {settings.database_url}", flush=True)
         for _ in range(args.workers):
-            procs.append(_spawn(["worker", "--api-url", url, "--tf-threads", str(threads)],
-                                env))
+            procs.append(_spawn(["worker", "--api-url", url, "--tf-threads", str(threads)], env))
         print(f"{args.workers} local workers, {threads} TensorFlow thread(s) each", flush=True)
         if not args.no_dashboard:
-            procs.append(subprocess.Popen(
-                [_dashboard_command(), "--host", "127.0.0.1", "--port",
-                 str(args.dashboard_port), "--artifact-dir", str(settings.artifact_dir),
-                 settings.database_url],
-                env=env, start_new_session=True,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            print(f"Optuna dashboard at http://127.0.0.1:{args.dashboard_port}/dashboard",
-                  flush=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        _dashboard_command(),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(args.dashboard_port),
+                        "--artifact-dir",
+                        str(settings.artifact_dir),
+                        settings.database_url,
+                    ],
+                    env=env,
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            print(
+                f"Optuna dashboard at http://127.0.0.1:{args.dashboard_port}/dashboard", flush=True
+            )
         code = 0
         if not args.no_demo:
-            with httpx.Client(base_url=url, timeout=30,
-                              headers={"Authorization": f"Bearer {user_token}"}) as client:
+            with httpx.Client(
+                base_url=url, timeout=30, headers={"Authorization": f"Bearer {user_token}"}
+            ) as client:
                 spec = demo_spec(args.trials, args.epochs)
                 created = client.post("/studies", json=spec).raise_for_status().json()
-                print(f"submitted demo study {created['name']} (id {created['id']}): "
-                      f"{spec['n_trials']} trials x {spec['epochs']} epochs on digits",
-                      flush=True)
+                print(
+                    f"submitted demo study {created['name']} (id {created['id']}): "
+                    f"{spec['n_trials']} trials x {spec['epochs']} epochs on digits",
+                    flush=True,
+                )
                 study = _follow(client, created["id"])
             best = study["best"]
             if study["status"] != "completed" or best is None:
-                print(f"demo study ended {study['status']} without a best trial"
-                      + (f": {study['reason']}" if study.get("reason") else ""), flush=True)
+                print(
+                    f"demo study ended {study['status']} without a best trial"
+                    + (f": {study['reason']}" if study.get("reason") else ""),
+                    flush=True,
+                )
                 code = 1
             else:
                 print(f"best trial #{best['number']}: {study['metric']} = {best['value']:.4f}")
@@ -194,13 +228,18 @@ def up(args: argparse.Namespace) -> int:
                     print(f"  {name} = {value}")
                 final = study["final_model"]
                 if final["state"] == "ready":
-                    print(f"best model retrained on train + validation: "
-                          f"{final['test_metric']} = {final['test_value']:.4f}; download it "
-                          f"from {url}/studies/{study['id']}/model")
+                    print(
+                        f"best model retrained on train + validation: "
+                        f"{final['test_metric']} = {final['test_value']:.4f}; download it "
+                        f"from {url}/studies/{study['id']}/model"
+                    )
                 else:
                     print(f"the best model could not be retrained: {final['reason']}")
-                print(f"read it with optuna.load_study(study_name={study['name']!r}, "
-                      f"storage={settings.database_url!r})", flush=True)
+                print(
+                    f"read it with optuna.load_study(study_name={study['name']!r}, "
+                    f"storage={settings.database_url!r})",
+                    flush=True,
+                )
         if args.exit_when_done:
             return code
         print(f"serving at {url}; press Ctrl-C to stop", flush=True)

@@ -41,8 +41,9 @@ _COLUMN: dict[str, InstrumentedAttribute[str]] = {
 def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
     if kind == "sanity":
         spec = study.spec
-        space = SearchSpace.parse(spec["search_space"], spec["fixed"],
-                                  family=spec["model"]["family"])
+        space = SearchSpace.parse(
+            spec["search_space"], spec["fixed"], family=spec["model"]["family"]
+        )
         return space.sane_params()
     best = studies.best(rt, study)
     assert best is not None and best.params is not None
@@ -56,25 +57,41 @@ def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
         with rt.sessions() as s:
             query = select(StudyRow).where(column == "pending").order_by(StudyRow.id)
             if kind == "sanity":
-                query = query.where(StudyRow.status.in_(("queued", "running")),
-                                    StudyRow.optuna_study_id.is_not(None))
+                query = query.where(
+                    StudyRow.status.in_(("queued", "running")),
+                    StudyRow.optuna_study_id.is_not(None),
+                )
             candidates = s.scalars(query).all()
         for study in candidates:
             params = _params(rt, kind, study)  # before anything is written
             now = utcnow()
             # The state change and the lease row commit together: never one without the other.
             with rt.sessions.begin() as s:
-                taken = cast(CursorResult[Any], s.execute(
-                    update(StudyRow).where(StudyRow.id == study.id, column == "pending")
-                    .values({column: "running"})))
+                taken = cast(
+                    CursorResult[Any],
+                    s.execute(
+                        update(StudyRow)
+                        .where(StudyRow.id == study.id, column == "pending")
+                        .values({column: "running"})
+                    ),
+                )
                 if taken.rowcount != 1:
                     continue
-                s.execute(update(StudyRow)
-                          .where(StudyRow.id == study.id, StudyRow.status == "queued")
-                          .values(status="running", started_at=now))
-                job = LeaseRow(study_id=study.id, kind=kind, worker_id=worker_id,
-                               state="active", params=params, epochs_run=0, created_at=now,
-                               deadline=now + timedelta(seconds=rt.settings.lease_seconds))
+                s.execute(
+                    update(StudyRow)
+                    .where(StudyRow.id == study.id, StudyRow.status == "queued")
+                    .values(status="running", started_at=now)
+                )
+                job = LeaseRow(
+                    study_id=study.id,
+                    kind=kind,
+                    worker_id=worker_id,
+                    state="active",
+                    params=params,
+                    epochs_run=0,
+                    created_at=now,
+                    deadline=now + timedelta(seconds=rt.settings.lease_seconds),
+                )
                 s.add(job)
             log.info("%s job %s of study %s to %s", kind, job.id, study.name, worker_id)
             return job
@@ -87,29 +104,46 @@ def _own(rt: Runtime, job_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
         if job is None or job.kind == "trial":
             raise NotFound(f"job {job_id} does not exist")
         if job.worker_id != worker_id:
-            raise Conflict(f"job {job_id} is leased to worker {job.worker_id!r}, "
-                           f"not {worker_id!r}")
+            raise Conflict(f"job {job_id} is leased to worker {job.worker_id!r}, not {worker_id!r}")
         return job, s.get_one(StudyRow, job.study_id)
 
 
-def _end(rt: Runtime, job: LeaseRow, state: str, reason: str | None,
-         study_values: dict[str, Any], model: bytes | None = None) -> LeaseRow:
+def _end(
+    rt: Runtime,
+    job: LeaseRow,
+    state: str,
+    reason: str | None,
+    study_values: dict[str, Any],
+    model: bytes | None = None,
+) -> LeaseRow:
     """Record a job's end once (a retry of the same end is answered as before)."""
     with rt.sessions.begin() as s:
-        changed = cast(CursorResult[Any], s.execute(
-            update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
-            .values(state=state, reason=reason, finished_at=utcnow())))
+        changed = cast(
+            CursorResult[Any],
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                .values(state=state, reason=reason, finished_at=utcnow())
+            ),
+        )
         if changed.rowcount == 1:
-            s.execute(update(StudyRow).where(StudyRow.id == job.study_id)
-                      .values(study_values))
+            s.execute(update(StudyRow).where(StudyRow.id == job.study_id).values(study_values))
             if model is not None:
-                s.merge(ModelRow(study_id=job.study_id, content=model, size_bytes=len(model),
-                                 sha256=hashlib.sha256(model).hexdigest(),
-                                 created_at=utcnow()))
+                s.merge(
+                    ModelRow(
+                        study_id=job.study_id,
+                        content=model,
+                        size_bytes=len(model),
+                        sha256=hashlib.sha256(model).hexdigest(),
+                        created_at=utcnow(),
+                    )
+                )
         current = s.get_one(LeaseRow, job.id)
     if current.state != state:
-        raise Conflict(f"job {job.id} is no longer running: it is {current.state}"
-                       + (f" ({current.reason})" if current.reason else ""))
+        raise Conflict(
+            f"job {job.id} is no longer running: it is {current.state}"
+            + (f" ({current.reason})" if current.reason else "")
+        )
     return current
 
 
@@ -117,16 +151,22 @@ def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> str:
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
         with rt.sessions.begin() as s:
-            changed = cast(CursorResult[Any], s.execute(
-                update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
-                .values(deadline=utcnow() + timedelta(seconds=rt.settings.lease_seconds))))
+            changed = cast(
+                CursorResult[Any],
+                s.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                    .values(deadline=utcnow() + timedelta(seconds=rt.settings.lease_seconds))
+                ),
+            )
         if changed.rowcount != 1:
             raise Conflict(f"job {job_id} is no longer running: it is {job.state}")
         return "continue"
 
 
-def sanity_result(rt: Runtime, job_id: int, worker_id: str, *, passed: bool, detail: str
-                  ) -> LeaseRow:
+def sanity_result(
+    rt: Runtime, job_id: int, worker_id: str, *, passed: bool, detail: str
+) -> LeaseRow:
     """The sanity run's verdict: the study proceeds, or ends failed with the reason."""
     with rt.unit_of_work():
         job, study = _own(rt, job_id, worker_id)
@@ -136,13 +176,15 @@ def sanity_result(rt: Runtime, job_id: int, worker_id: str, *, passed: bool, det
             return _end(rt, job, "complete", detail, {"sanity_state": "passed"})
         values: dict[str, Any] = {"sanity_state": "failed"}
         if study.status in ("queued", "running"):
-            values.update(status="failed", finished_at=utcnow(),
-                          reason=f"sanity check failed: {detail}")
+            values.update(
+                status="failed", finished_at=utcnow(), reason=f"sanity check failed: {detail}"
+            )
         return _end(rt, job, "fail", detail, values)
 
 
-def model_result(rt: Runtime, job_id: int, worker_id: str, *, test_value: float,
-                 content: bytes) -> LeaseRow:
+def model_result(
+    rt: Runtime, job_id: int, worker_id: str, *, test_value: float, content: bytes
+) -> LeaseRow:
     """The retrained best model and its test score."""
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
@@ -151,8 +193,14 @@ def model_result(rt: Runtime, job_id: int, worker_id: str, *, test_value: float,
         if job.state == "active":
             with rt.sessions() as s:
                 rt.optuna.attach_model(s.get_one(StudyRow, job.study_id), content)
-        return _end(rt, job, "complete", None,
-                    {"final_state": "ready", "test_metric": test_value}, model=content)
+        return _end(
+            rt,
+            job,
+            "complete",
+            None,
+            {"final_state": "ready", "test_metric": test_value},
+            model=content,
+        )
 
 
 def fail(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
@@ -160,8 +208,7 @@ def fail(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
         if job.kind == "final":
-            return _end(rt, job, "fail", reason,
-                        {"final_state": "failed", "final_reason": reason})
+            return _end(rt, job, "fail", reason, {"final_state": "failed", "final_reason": reason})
         return sanity_result(rt, job_id, worker_id, passed=False, detail=reason)
 
 
@@ -171,13 +218,24 @@ def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
     that kills its workers cannot hold the queue forever."""
     column = _COLUMN[job.kind]
     with rt.sessions.begin() as s:
-        changed = cast(CursorResult[Any], s.execute(
-            update(LeaseRow).where(LeaseRow.id == job.id, LeaseRow.state == "active")
-            .values(state=state, reason=reason, finished_at=utcnow())))
+        changed = cast(
+            CursorResult[Any],
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                .values(state=state, reason=reason, finished_at=utcnow())
+            ),
+        )
         if changed.rowcount != 1:
             return
-        attempts = s.scalar(select(func.count()).select_from(LeaseRow).where(
-            LeaseRow.study_id == job.study_id, LeaseRow.kind == job.kind)) or 0
+        attempts = (
+            s.scalar(
+                select(func.count())
+                .select_from(LeaseRow)
+                .where(LeaseRow.study_id == job.study_id, LeaseRow.kind == job.kind)
+            )
+            or 0
+        )
         values: dict[str, Any] = {column.key: "pending"}
         if attempts >= MAX_JOB_ATTEMPTS:
             why = f"{job.kind} job did not finish in {attempts} attempts; the last: {reason}"
@@ -187,10 +245,12 @@ def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
             else:
                 study = s.get_one(StudyRow, job.study_id)
                 if study.status in ("queued", "running"):
-                    values.update(status="failed", finished_at=utcnow(),
-                                  reason=f"sanity check failed: {why}")
-        s.execute(update(StudyRow).where(StudyRow.id == job.study_id, column == "running")
-                  .values(values))
+                    values.update(
+                        status="failed", finished_at=utcnow(), reason=f"sanity check failed: {why}"
+                    )
+        s.execute(
+            update(StudyRow).where(StudyRow.id == job.study_id, column == "running").values(values)
+        )
     log.warning("%s job %s %s: %s", job.kind, job.id, state, reason)
 
 
@@ -209,7 +269,8 @@ def model_file(rt: Runtime, study_id: int) -> tuple[StudyRow, bytes]:
     with rt.sessions() as s:
         row = s.get(ModelRow, study_id)
     if row is None:
-        raise NotFound(f"study {study.name!r} has no model yet (final model: "
-                       f"{study.final_state}"
-                       + (f", {study.final_reason}" if study.final_reason else "") + ")")
+        raise NotFound(
+            f"study {study.name!r} has no model yet (final model: "
+            f"{study.final_state}" + (f", {study.final_reason}" if study.final_reason else "") + ")"
+        )
     return study, row.content

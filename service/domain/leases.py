@@ -46,8 +46,7 @@ class Grant:
     @property
     def seed(self) -> int:
         """The training seed: reproducible for a seeded study, distinct per trial."""
-        return derive_seed(self.study.spec.get("seed"), -1 if self.number is None
-                           else self.number)
+        return derive_seed(self.study.spec.get("seed"), -1 if self.number is None else self.number)
 
 
 def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
@@ -65,20 +64,23 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
             .order_by(StudyRow.id)
         ).all()
         for study_id in candidates:
-            taken = cast(CursorResult[Any], s.execute(
-                update(StudyRow)
-                .where(
-                    StudyRow.id == study_id,
-                    StudyRow.status.in_(OPEN_STATUSES),
-                    StudyRow.slots_used < StudyRow.n_trials,
-                )
-                .values(
-                    slots_used=StudyRow.slots_used + 1,
-                    status="running",
-                    started_at=func.coalesce(StudyRow.started_at, now),
-                )
-                .execution_options(synchronize_session=False)
-            ))
+            taken = cast(
+                CursorResult[Any],
+                s.execute(
+                    update(StudyRow)
+                    .where(
+                        StudyRow.id == study_id,
+                        StudyRow.status.in_(OPEN_STATUSES),
+                        StudyRow.slots_used < StudyRow.n_trials,
+                    )
+                    .values(
+                        slots_used=StudyRow.slots_used + 1,
+                        status="running",
+                        started_at=func.coalesce(StudyRow.started_at, now),
+                    )
+                    .execution_options(synchronize_session=False)
+                ),
+            )
             if taken.rowcount != 1:
                 continue  # another lease took the last slot first
             lease = LeaseRow(
@@ -92,7 +94,8 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
             s.add(lease)
             s.flush()
             study = s.scalars(
-                select(StudyRow).where(StudyRow.id == study_id)
+                select(StudyRow)
+                .where(StudyRow.id == study_id)
                 .execution_options(populate_existing=True)
             ).one()
             return lease.id, study
@@ -107,8 +110,9 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
         if job is not None:
             with rt.sessions() as s:
                 study = s.get_one(StudyRow, job.study_id)
-            return Grant(job.kind, job.id, None, None, study, job.params or {},
-                         rt.settings.lease_seconds)
+            return Grant(
+                job.kind, job.id, None, None, study, job.params or {}, rt.settings.lease_seconds
+            )
         reserved = _reserve_slot(rt, worker_id)
         if reserved is None:
             return None
@@ -117,11 +121,16 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
             trial_id, number, params = rt.optuna.ask(study)
         except Exception:
             with rt.sessions.begin() as s:
-                s.execute(update(StudyRow).where(StudyRow.id == study.id)
-                          .values(slots_used=StudyRow.slots_used - 1))
-                s.execute(update(LeaseRow).where(LeaseRow.id == lease_id)
-                          .values(state="lost", reason="the sampler failed",
-                                  finished_at=utcnow()))
+                s.execute(
+                    update(StudyRow)
+                    .where(StudyRow.id == study.id)
+                    .values(slots_used=StudyRow.slots_used - 1)
+                )
+                s.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.id == lease_id)
+                    .values(state="lost", reason="the sampler failed", finished_at=utcnow())
+                )
             raise
         with rt.sessions.begin() as s:
             row = s.get_one(LeaseRow, lease_id)
@@ -130,30 +139,38 @@ def lease(rt: Runtime, worker_id: str) -> Grant | None:
             row.params = params
             row.state = "active"
             row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
-        log.info("leased trial %s (#%s of %s) to %s", trial_id, number, study.name, worker_id,
-                 extra={"study": study.name, "trial": trial_id, "worker": worker_id})
-        return Grant("trial", lease_id, trial_id, number, study, params,
-                     rt.settings.lease_seconds)
+        log.info(
+            "leased trial %s (#%s of %s) to %s",
+            trial_id,
+            number,
+            study.name,
+            worker_id,
+            extra={"study": study.name, "trial": trial_id, "worker": worker_id},
+        )
+        return Grant("trial", lease_id, trial_id, number, study, params, rt.settings.lease_seconds)
 
 
 def _load(s: Session, trial_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
-    row = s.scalars(select(LeaseRow).where(LeaseRow.trial_id == trial_id,
-                                           LeaseRow.kind == "trial")).one_or_none()
+    row = s.scalars(
+        select(LeaseRow).where(LeaseRow.trial_id == trial_id, LeaseRow.kind == "trial")
+    ).one_or_none()
     if row is None:
         raise NotFound(f"trial {trial_id} was never leased")
     if row.worker_id != worker_id:
-        raise Conflict(f"trial {trial_id} is leased to worker {row.worker_id!r}, "
-                       f"not {worker_id!r}")
+        raise Conflict(f"trial {trial_id} is leased to worker {row.worker_id!r}, not {worker_id!r}")
     return row, s.get_one(StudyRow, row.study_id)
 
 
 def _gone(row: LeaseRow) -> Conflict:
-    return Conflict(f"trial {row.trial_id} is no longer running: its lease is {row.state}"
-                    + (f" ({row.reason})" if row.reason else ""))
+    return Conflict(
+        f"trial {row.trial_id} is no longer running: its lease is {row.state}"
+        + (f" ({row.reason})" if row.reason else "")
+    )
 
 
-def _renew(rt: Runtime, trial_id: int, worker_id: str, epoch: int | None = None
-           ) -> tuple[str, StudyRow]:
+def _renew(
+    rt: Runtime, trial_id: int, worker_id: str, epoch: int | None = None
+) -> tuple[str, StudyRow]:
     """Extend the lease; returns the worker's action (without asking the pruner)."""
     with rt.sessions.begin() as s:
         row, study = _load(s, trial_id, worker_id)
@@ -197,8 +214,16 @@ def report(rt: Runtime, trial_id: int, worker_id: str, epoch: int, value: float)
         return "prune"
 
 
-def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: float | None,
-            reason: str | None, epochs_run: int) -> bool:
+def _record(
+    rt: Runtime,
+    row_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    epochs_run: int,
+) -> bool:
     """Record a counted result (complete, pruned, fail) on a live lease, exactly once: the
     UPDATE is conditional, so a racing reaper or retry changes nothing. Completes the study
     when its ``n_trials`` results are in. Returns whether this call recorded it."""
@@ -207,33 +232,65 @@ def _record(rt: Runtime, row_id: int, study: StudyRow, state: str, *, value: flo
         # Lock the study row first: two processes recording the last two results must not
         # each count the other's as missing (PostgreSQL; SQLite has the process lock).
         s.execute(select(StudyRow.id).where(StudyRow.id == study.id).with_for_update())
-        changed = cast(CursorResult[Any], s.execute(
-            update(LeaseRow)
-            .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
-            .values(state=state, value=value, reason=reason, epochs_run=epochs_run,
-                    finished_at=now)
-        ))
+        changed = cast(
+            CursorResult[Any],
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
+                .values(
+                    state=state, value=value, reason=reason, epochs_run=epochs_run, finished_at=now
+                )
+            ),
+        )
         if changed.rowcount != 1:
             return False
         started = s.scalar(select(LeaseRow.created_at).where(LeaseRow.id == row_id))
-        counted = s.scalar(
-            select(func.count()).select_from(LeaseRow)
-            .where(LeaseRow.study_id == study.id, LeaseRow.kind == "trial",
-                   LeaseRow.state.in_(COUNTED_STATES))
-        ) or 0
+        counted = (
+            s.scalar(
+                select(func.count())
+                .select_from(LeaseRow)
+                .where(
+                    LeaseRow.study_id == study.id,
+                    LeaseRow.kind == "trial",
+                    LeaseRow.state.in_(COUNTED_STATES),
+                )
+            )
+            or 0
+        )
         if counted >= study.n_trials:
             # Done: retrain the best configuration, if any trial completed.
-            any_complete = s.scalar(select(func.count()).select_from(LeaseRow).where(
-                LeaseRow.study_id == study.id, LeaseRow.kind == "trial",
-                LeaseRow.state == "complete")) or 0
-            s.execute(update(StudyRow)
-                      .where(StudyRow.id == study.id, StudyRow.status == "running")
-                      .values(status="completed", finished_at=now,
-                              final_state="pending" if any_complete else "none"))
+            any_complete = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(LeaseRow)
+                    .where(
+                        LeaseRow.study_id == study.id,
+                        LeaseRow.kind == "trial",
+                        LeaseRow.state == "complete",
+                    )
+                )
+                or 0
+            )
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study.id, StudyRow.status == "running")
+                .values(
+                    status="completed",
+                    finished_at=now,
+                    final_state="pending" if any_complete else "none",
+                )
+            )
     if rt.metrics is not None and started is not None:
         rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
-    log.info("trial lease %s of %s ended %s (value %s, reason %s)", row_id, study.name, state,
-             value, reason, extra={"study": study.name, "job": row_id})
+    log.info(
+        "trial lease %s of %s ended %s (value %s, reason %s)",
+        row_id,
+        study.name,
+        state,
+        value,
+        reason,
+        extra={"study": study.name, "job": row_id},
+    )
     return True
 
 
@@ -277,21 +334,44 @@ def _finish(
     return row
 
 
-def complete(rt: Runtime, trial_id: int, worker_id: str, value: float, epochs_run: int, *,
-             history: dict[str, list[float]] | None = None,
-             train_val_gap: float | None = None) -> LeaseRow:
+def complete(
+    rt: Runtime,
+    trial_id: int,
+    worker_id: str,
+    value: float,
+    epochs_run: int,
+    *,
+    history: dict[str, list[float]] | None = None,
+    train_val_gap: float | None = None,
+) -> LeaseRow:
     """Record the trial's objective value; a retry answers the same and counts once."""
     with rt.unit_of_work():
-        return _finish(rt, trial_id, worker_id, "complete", value=value, epochs_run=epochs_run,
-                       history=history, train_val_gap=train_val_gap)
+        return _finish(
+            rt,
+            trial_id,
+            worker_id,
+            "complete",
+            value=value,
+            epochs_run=epochs_run,
+            history=history,
+            train_val_gap=train_val_gap,
+        )
 
 
-def fail(rt: Runtime, trial_id: int, worker_id: str, reason: str, epochs_run: int, *,
-         history: dict[str, list[float]] | None = None) -> LeaseRow:
+def fail(
+    rt: Runtime,
+    trial_id: int,
+    worker_id: str,
+    reason: str,
+    epochs_run: int,
+    *,
+    history: dict[str, list[float]] | None = None,
+) -> LeaseRow:
     """Record that the trial failed (a non-finite loss, an exception); it counts as a result."""
     with rt.unit_of_work():
-        return _finish(rt, trial_id, worker_id, "fail", reason=reason, epochs_run=epochs_run,
-                       history=history)
+        return _finish(
+            rt, trial_id, worker_id, "fail", reason=reason, epochs_run=epochs_run, history=history
+        )
 
 
 def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
@@ -313,27 +393,42 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
     if trial_id is not None:
         adopted = rt.optuna.result(trial_id)
         if adopted is None and not rt.optuna.finish(
-                study, trial_id, "fail",
-                attrs={"worker_id": worker, "fail_reason": reason, "hpo_outcome": state}):
+            study,
+            trial_id,
+            "fail",
+            attrs={"worker_id": worker, "fail_reason": reason, "hpo_outcome": state},
+        ):
             adopted = rt.optuna.result(trial_id)  # a result landed just before us
         if adopted is not None:
             got, value, why = adopted
             _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
             return
     with rt.sessions.begin() as s:
-        changed = cast(CursorResult[Any], s.execute(
-            update(LeaseRow)
-            .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
-            .values(state=state, reason=reason, finished_at=utcnow())
-        ))
+        changed = cast(
+            CursorResult[Any],
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
+                .values(state=state, reason=reason, finished_at=utcnow())
+            ),
+        )
         if changed.rowcount != 1:
             return  # another process settled it first; its slot is already back
-        s.execute(update(StudyRow).where(StudyRow.id == study.id)
-                  .values(slots_used=StudyRow.slots_used - 1))
+        s.execute(
+            update(StudyRow)
+            .where(StudyRow.id == study.id)
+            .values(slots_used=StudyRow.slots_used - 1)
+        )
     if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
         rt.optuna.enqueue(study, params, replaces=trial_id)
-    log.warning("trial %s of %s %s: %s", trial_id, study.name, state, reason,
-                extra={"study": study.name, "trial": trial_id})
+    log.warning(
+        "trial %s of %s %s: %s",
+        trial_id,
+        study.name,
+        state,
+        reason,
+        extra={"study": study.name, "trial": trial_id},
+    )
 
 
 def _settle(rt: Runtime, trial_id: int, state: str, reason: str) -> LeaseRow:
@@ -362,11 +457,16 @@ def reap_expired(rt: Runtime) -> int:
     with rt.unit_of_work():
         with rt.sessions.begin() as s:
             expired = s.execute(
-                select(LeaseRow.id, LeaseRow.deadline)
-                .where(LeaseRow.state.in_(LIVE_STATES), LeaseRow.deadline < utcnow())
+                select(LeaseRow.id, LeaseRow.deadline).where(
+                    LeaseRow.state.in_(LIVE_STATES), LeaseRow.deadline < utcnow()
+                )
             ).all()
         for row_id, deadline in expired:
-            _give_back(rt, row_id, "lost",
-                       f"lost: no report or heartbeat since {deadline.isoformat()} "
-                       f"(lease of {rt.settings.lease_seconds:g}s)")
+            _give_back(
+                rt,
+                row_id,
+                "lost",
+                f"lost: no report or heartbeat since {deadline.isoformat()} "
+                f"(lease of {rt.settings.lease_seconds:g}s)",
+            )
         return len(expired)

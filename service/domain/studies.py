@@ -32,38 +32,53 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     """
     limits = rt.settings
     if body.n_trials > limits.max_trials:
-        raise Invalid(("n_trials",), f"must be at most {limits.max_trials} "
-                      "(HPO_MAX_TRIALS)", body.n_trials)
+        raise Invalid(
+            ("n_trials",), f"must be at most {limits.max_trials} (HPO_MAX_TRIALS)", body.n_trials
+        )
     if body.epochs > limits.max_epochs:
-        raise Invalid(("epochs",), f"must be at most {limits.max_epochs} (HPO_MAX_EPOCHS)",
-                      body.epochs)
+        raise Invalid(
+            ("epochs",), f"must be at most {limits.max_epochs} (HPO_MAX_EPOCHS)", body.epochs
+        )
     info = datasets.resolve(rt, body.dataset)
     if info is None:
         known = ", ".join(d.name for d in datasets.list_all(rt))
-        raise Invalid(("dataset",), f"must be one of {known} (or upload it first)",
-                      body.dataset)
+        raise Invalid(("dataset",), f"must be one of {known} (or upload it first)", body.dataset)
     family = body.model.family
     if family not in family_names():
-        raise Invalid(("model", "family"), f"must be one of {', '.join(family_names())}",
-                      family)
+        raise Invalid(("model", "family"), f"must be one of {', '.join(family_names())}", family)
     if family == "cnn" and info.image_shape is None:
-        raise Invalid(("model", "family"), f"needs image data, but dataset {info.name!r} is "
-                      f"tabular ({info.n_features} features); use mlp", family)
+        raise Invalid(
+            ("model", "family"),
+            f"needs image data, but dataset {info.name!r} is "
+            f"tabular ({info.n_features} features); use mlp",
+            family,
+        )
     metric = body.metric or DEFAULT_METRIC[info.task]
     if not metric_fits(metric, info.task):
         allowed = [m for m in METRICS if metric_fits(m, info.task)]
-        raise Invalid(("metric",), f"does not fit dataset {info.name!r}, which is "
-                      f"{info.task} (allowed: {', '.join(allowed)})", metric)
+        raise Invalid(
+            ("metric",),
+            f"does not fit dataset {info.name!r}, which is "
+            f"{info.task} (allowed: {', '.join(allowed)})",
+            metric,
+        )
     space = SearchSpace.parse(body.search_space, body.fixed, family=family)
     if body.sampler == "grid":
         grid_of(space)
         if body.enqueue:
-            raise Invalid(("enqueue",), "cannot be combined with the grid sampler, which "
-                          "already enumerates every point of the space", len(body.enqueue))
+            raise Invalid(
+                ("enqueue",),
+                "cannot be combined with the grid sampler, which "
+                "already enumerates every point of the space",
+                len(body.enqueue),
+            )
     check_samplable(space)
     _check_model_size(space, info, limits.max_model_params, body)
-    problems = [p for i, params in enumerate(body.enqueue)
-                for p in space.check_params(params, ("enqueue", i))]
+    problems = [
+        p
+        for i, params in enumerate(body.enqueue)
+        for p in space.check_params(params, ("enqueue", i))
+    ]
     if problems:
         raise SpaceError(problems)
     warnings = []
@@ -107,8 +122,15 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
         except IntegrityError as exc:
             raise Conflict(f"a study named {body.name!r} already exists") from exc
         try:
-            note = {"hpo_spec": {**spec, "dataset": body.dataset, "n_trials": body.n_trials,
-                                 "epochs": body.epochs, "metric": metric}}
+            note = {
+                "hpo_spec": {
+                    **spec,
+                    "dataset": body.dataset,
+                    "n_trials": body.n_trials,
+                    "epochs": body.epochs,
+                    "metric": metric,
+                }
+            }
             optuna_id = rt.optuna.create_study(body.name, direction, note, body.enqueue)
         except Exception as exc:
             with rt.sessions.begin() as s:
@@ -120,30 +142,49 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
         with rt.sessions.begin() as s:
             row = s.get_one(StudyRow, row.id)
             row.optuna_study_id = optuna_id
-    log.info("study %s (%s) created: %d trials of %d epochs on %s", row.id, row.name,
-             row.n_trials, row.epochs, row.dataset)
+    log.info(
+        "study %s (%s) created: %d trials of %d epochs on %s",
+        row.id,
+        row.name,
+        row.n_trials,
+        row.epochs,
+        row.dataset,
+    )
     return row, warnings
 
 
-def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int,
-                      body: StudyCreate) -> None:
+def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int, body: StudyCreate) -> None:
     """Refuse a space whose largest model is over the limit (built-in families; workers
     check custom ones before they train)."""
-    largest = max_param_count(space, n_features=info.n_features,
-                              n_outputs=int(info.n_classes or 1), image_shape=info.image_shape)
+    largest = max_param_count(
+        space,
+        n_features=info.n_features,
+        n_outputs=int(info.n_classes or 1),
+        image_shape=info.image_shape,
+    )
     if largest is None or largest <= limit:
         return
     given = {**(body.fixed or {}), **(body.search_space or {})}
-    field = next((name for name in ("hidden_units", "hidden_layers", "batch_norm")
-                  if name in given and space.can_be_active(name)), None)
+    field = next(
+        (
+            name
+            for name in ("hidden_units", "hidden_layers", "batch_norm")
+            if name in given and space.can_be_active(name)
+        ),
+        None,
+    )
     if field is None:
         loc: tuple[str, ...] = ("model", "family")
         value: Any = space.family
     else:
         loc = ("search_space" if field in (body.search_space or {}) else "fixed", field)
         value = given[field]
-    raise Invalid(loc, f"makes the largest model on dataset {info.name!r} {largest} "
-                  f"parameters, more than the limit of {limit} (HPO_MAX_MODEL_PARAMS)", value)
+    raise Invalid(
+        loc,
+        f"makes the largest model on dataset {info.name!r} {largest} "
+        f"parameters, more than the limit of {limit} (HPO_MAX_MODEL_PARAMS)",
+        value,
+    )
 
 
 def get(rt: Runtime, study_id: int) -> StudyRow:
@@ -165,10 +206,13 @@ TRIAL_STATES = ("running", "complete", "pruned", "fail", "lost", "released")
 def trial_counts(rt: Runtime, study_id: int | None = None) -> dict[str, int]:
     """Trials by state (pending and active count as running), of one study or of all."""
     counts = dict.fromkeys(TRIAL_STATES, 0)
-    query = (select(LeaseRow.state, func.count())
-             .where(LeaseRow.kind == "trial",
-                    LeaseRow.trial_id.is_not(None))  # not slots that never became trials
-             .group_by(LeaseRow.state))
+    query = (
+        select(LeaseRow.state, func.count())
+        .where(
+            LeaseRow.kind == "trial", LeaseRow.trial_id.is_not(None)
+        )  # not slots that never became trials
+        .group_by(LeaseRow.state)
+    )
     if study_id is not None:
         query = query.where(LeaseRow.study_id == study_id)
     with rt.sessions() as s:
@@ -182,8 +226,9 @@ def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
     with rt.sessions() as s:
         return s.scalars(
             select(LeaseRow)
-            .where(LeaseRow.study_id == row.id, LeaseRow.kind == "trial",
-                   LeaseRow.state == "complete")
+            .where(
+                LeaseRow.study_id == row.id, LeaseRow.kind == "trial", LeaseRow.state == "complete"
+            )
             .order_by(order, LeaseRow.trial_number)
             .limit(1)
         ).one_or_none()
@@ -192,11 +237,17 @@ def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
 def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:
     get(rt, study_id)
     with rt.sessions() as s:
-        return list(s.scalars(
-            select(LeaseRow).where(LeaseRow.study_id == study_id, LeaseRow.kind == "trial",
-                                   LeaseRow.trial_id.is_not(None))
-            .order_by(LeaseRow.trial_number)
-        ).all())
+        return list(
+            s.scalars(
+                select(LeaseRow)
+                .where(
+                    LeaseRow.study_id == study_id,
+                    LeaseRow.kind == "trial",
+                    LeaseRow.trial_id.is_not(None),
+                )
+                .order_by(LeaseRow.trial_number)
+            ).all()
+        )
 
 
 def stop(rt: Runtime, study_id: int) -> StudyRow:

@@ -16,8 +16,14 @@ log = logging.getLogger(__name__)
 _KEEP = object()
 
 
-def seen(rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | None = None,
-         job_id: int | object | None = _KEEP) -> None:
+def seen(
+    rt: Runtime,
+    worker_id: str,
+    *,
+    host: str | None = None,
+    pid: int | None = None,
+    job_id: int | object | None = _KEEP,
+) -> None:
     """Record that ``worker_id`` called now (and, when given, the job it now holds).
     Best effort: bookkeeping never fails the call it accompanies (a lease already granted
     must reach its worker)."""
@@ -27,8 +33,9 @@ def seen(rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | Non
         log.warning("could not record worker %s as seen", worker_id, exc_info=True)
 
 
-def _seen(rt: Runtime, worker_id: str, *, host: str | None, pid: int | None,
-          job_id: int | object | None) -> None:
+def _seen(
+    rt: Runtime, worker_id: str, *, host: str | None, pid: int | None, job_id: int | object | None
+) -> None:
     now = utcnow()
     values: dict[str, Any] = {"last_seen": now}
     if host is not None:
@@ -38,15 +45,24 @@ def _seen(rt: Runtime, worker_id: str, *, host: str | None, pid: int | None,
     if job_id is not _KEEP:
         values["current_job_id"] = job_id
     with rt.sessions.begin() as s:
-        changed = cast(CursorResult[Any], s.execute(
-            update(WorkerRow).where(WorkerRow.id == worker_id).values(values)))
+        changed = cast(
+            CursorResult[Any],
+            s.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(values)),
+        )
     if changed.rowcount == 1:
         return
     try:
         with rt.sessions.begin() as s:
-            s.add(WorkerRow(id=worker_id, first_seen=now, host=host, pid=pid,
-                            current_job_id=None if job_id is _KEEP else job_id,
-                            last_seen=now))
+            s.add(
+                WorkerRow(
+                    id=worker_id,
+                    first_seen=now,
+                    host=host,
+                    pid=pid,
+                    current_job_id=None if job_id is _KEEP else job_id,
+                    last_seen=now,
+                )
+            )
     except IntegrityError:  # another API process recorded it first
         _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
 
@@ -58,8 +74,14 @@ def _live_since(rt: Runtime) -> datetime:
 
 def count_live(rt: Runtime) -> int:
     with rt.sessions() as s:
-        return s.scalar(select(func.count()).select_from(WorkerRow)
-                        .where(WorkerRow.last_seen >= _live_since(rt))) or 0
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(WorkerRow)
+                .where(WorkerRow.last_seen >= _live_since(rt))
+            )
+            or 0
+        )
 
 
 def live(rt: Runtime) -> list[dict[str, Any]]:
@@ -68,8 +90,11 @@ def live(rt: Runtime) -> list[dict[str, Any]]:
     with rt.sessions() as s:
         rows = s.execute(
             select(WorkerRow, LeaseRow)
-            .outerjoin(LeaseRow, (LeaseRow.id == WorkerRow.current_job_id)
-                       & LeaseRow.state.in_(("pending", "active")))
+            .outerjoin(
+                LeaseRow,
+                (LeaseRow.id == WorkerRow.current_job_id)
+                & LeaseRow.state.in_(("pending", "active")),
+            )
             .where(WorkerRow.last_seen >= since)
             .order_by(WorkerRow.first_seen)
         ).all()
@@ -79,9 +104,14 @@ def live(rt: Runtime) -> list[dict[str, Any]]:
             "host": w.host,
             "pid": w.pid,
             "last_seen": w.last_seen,
-            "current": None if lease is None else {
-                "kind": lease.kind, "job_id": lease.id, "trial_id": lease.trial_id,
-                "study_id": lease.study_id},
+            "current": None
+            if lease is None
+            else {
+                "kind": lease.kind,
+                "job_id": lease.id,
+                "trial_id": lease.trial_id,
+                "study_id": lease.study_id,
+            },
         }
         for w, lease in rows
     ]

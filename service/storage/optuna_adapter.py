@@ -68,21 +68,31 @@ def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
             n = round((dim.high - dim.low) / dim.step)
             grid[name] = [round(dim.low + k * dim.step, 12) for k in range(n + 1)]
         else:
-            problems.append(Problem(
-                ("search_space", name), "is continuous, which the grid sampler cannot "
-                "enumerate: give it a step, fix it, or use another sampler",
-                dim.to_json()))
+            problems.append(
+                Problem(
+                    ("search_space", name),
+                    "is continuous, which the grid sampler cannot "
+                    "enumerate: give it a step, fix it, or use another sampler",
+                    dim.to_json(),
+                )
+            )
     if problems:
         raise SpaceError(problems)
     points = math.prod(len(values) for values in grid.values())
     if points > MAX_GRID_POINTS:
-        raise SpaceError([Problem(("sampler",), f"grid has {points} points, more than "
-                                  f"{MAX_GRID_POINTS}", "grid")])
+        raise SpaceError(
+            [
+                Problem(
+                    ("sampler",), f"grid has {points} points, more than {MAX_GRID_POINTS}", "grid"
+                )
+            ]
+        )
     return grid
 
 
-def make_sampler(name: str, *, base_seed: int | None, index: int,
-                 grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, *, base_seed: int | None, index: int, grid: dict[str, list[Any]] | None = None
+) -> optuna.samplers.BaseSampler:
     """The study's sampler for its ``index``-th trial. Seeded studies get a seed derived
     from their seed and the trial count, so sampling is the same whichever process asks."""
     seed = None if base_seed is None else derive_seed(base_seed, index)
@@ -92,8 +102,11 @@ def make_sampler(name: str, *, base_seed: int | None, index: int,
         # The QMC sequence position lives in the study's storage; the scrambling seed must
         # stay the study's own for the sequence to stay one sequence.
         return optuna.samplers.QMCSampler(
-            seed=base_seed, independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-            warn_asynchronous_seeding=False, warn_independent_sampling=False)
+            seed=base_seed,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_asynchronous_seeding=False,
+            warn_independent_sampling=False,
+        )
     if name == "grid":
         assert grid is not None
         return optuna.samplers.GridSampler(grid, seed=seed)
@@ -132,8 +145,9 @@ def _optuna_id(row: StudyRow) -> int:
 class OptunaBridge:
     """Optuna's storage in the service's database, and the studies the service drives."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float,
-                 artifact_dir: Path | None = None) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout_s: float, artifact_dir: Path | None = None
+    ) -> None:
         self.rdb = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs(url, busy_timeout_s=busy_timeout_s),
@@ -160,8 +174,13 @@ class OptunaBridge:
     def close(self) -> None:
         self.rdb.engine.dispose()
 
-    def _upload(self, target: optuna.Study | optuna.trial.FrozenTrial, name: str,
-                content: bytes, mimetype: str) -> None:
+    def _upload(
+        self,
+        target: optuna.Study | optuna.trial.FrozenTrial,
+        name: str,
+        content: bytes,
+        mimetype: str,
+    ) -> None:
         """Store a file in the artifact store, attached to a study or a running trial, so
         the dashboard shows it and offers it for download."""
         if self.artifacts is None:
@@ -169,23 +188,33 @@ class OptunaBridge:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(content)
-            optuna.artifacts.upload_artifact(artifact_store=self.artifacts,
-                                             file_path=str(path), study_or_trial=target,
-                                             storage=self.storage, mimetype=mimetype)
+            optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts,
+                file_path=str(path),
+                study_or_trial=target,
+                storage=self.storage,
+                mimetype=mimetype,
+            )
 
     def attach_history(self, trial_id: int, history: dict[str, list[float]]) -> None:
         """The trial's per-epoch training history, as ``history.json`` (before the trial
         is told finished: Optuna does not change finished trials)."""
-        self._upload(self.storage.get_trial(trial_id), "history.json",
-                     json.dumps(history).encode(), "application/json")
+        self._upload(
+            self.storage.get_trial(trial_id),
+            "history.json",
+            json.dumps(history).encode(),
+            "application/json",
+        )
 
     def attach_model(self, row: StudyRow, content: bytes) -> None:
         """The retrained best model, as the study's ``best-model.keras``."""
-        self._upload(self._study(row), f"{row.name}-best.keras", content,
-                     "application/octet-stream")
+        self._upload(
+            self._study(row), f"{row.name}-best.keras", content, "application/octet-stream"
+        )
 
-    def create_study(self, name: str, direction: str, note: dict[str, Any],
-                     enqueue: list[dict[str, Any]]) -> int:
+    def create_study(
+        self, name: str, direction: str, note: dict[str, Any], enqueue: list[dict[str, Any]]
+    ) -> int:
         """Create the Optuna study named ``name``, with ``enqueue`` as its first trials'
         parameters; returns its Optuna study id."""
         study = optuna.create_study(
@@ -198,8 +227,9 @@ class OptunaBridge:
         for params in enqueue:
             study.enqueue_trial(params)
         # The dashboard shows the study's note: the spec as submitted, resolved.
-        optuna_dashboard.save_note(study, "## Submitted spec\n\n```json\n"
-                                   + json.dumps(note, indent=2) + "\n```\n")
+        optuna_dashboard.save_note(
+            study, "## Submitted spec\n\n```json\n" + json.dumps(note, indent=2) + "\n```\n"
+        )
         return int(self.storage.get_study_id_from_name(name))
 
     def has_study(self, name: str) -> bool:
@@ -241,15 +271,17 @@ class OptunaBridge:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
         return int(trial_id), trial.number, params
 
-    def _sampler(self, row: StudyRow, optuna_id: int,
-                 space: SearchSpace) -> optuna.samplers.BaseSampler:
+    def _sampler(
+        self, row: StudyRow, optuna_id: int, space: SearchSpace
+    ) -> optuna.samplers.BaseSampler:
         """The sampler for the study's next trial: a new one seeded from the trial count
         for a seeded study (the same draw whichever process asks), else the study's own."""
         name, seed = row.spec["sampler"], row.spec.get("seed")
 
         def new(index: int) -> optuna.samplers.BaseSampler:
-            return make_sampler(name, base_seed=seed, index=index,
-                                grid=grid_of(space) if name == "grid" else None)
+            return make_sampler(
+                name, base_seed=seed, index=index, grid=grid_of(space) if name == "grid" else None
+            )
 
         if seed is not None:
             return new(self.storage.get_n_trials(optuna_id))
@@ -266,7 +298,8 @@ class OptunaBridge:
         or released (``hpo_outcome``)."""
         frozen = self.storage.get_trial(trial_id)
         if not frozen.state.is_finished() or (
-                frozen.state == TrialState.FAIL and "hpo_outcome" in frozen.user_attrs):
+            frozen.state == TrialState.FAIL and "hpo_outcome" in frozen.user_attrs
+        ):
             return None
         if frozen.state == TrialState.COMPLETE:
             return "complete", frozen.value, None
@@ -304,8 +337,7 @@ class OptunaBridge:
                 study = self._study(row)
                 number = self.storage.get_trial_number_from_id(trial_id)
                 if state == "complete":
-                    study.tell(number, value, state=TrialState.COMPLETE,
-                               skip_if_finished=True)
+                    study.tell(number, value, state=TrialState.COMPLETE, skip_if_finished=True)
                 else:
                     study.tell(number, state=_STATES[state], skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:

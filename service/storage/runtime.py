@@ -30,7 +30,6 @@ class Runtime:
     _lock: threading.RLock | None = field(default=None)
     metrics: Any = None  # service.api.metrics.Metrics, attached by the app
 
-
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         """Connect to a migrated database.
@@ -47,8 +46,11 @@ class Runtime:
                 f"the database at {settings.database_url} is not migrated ({found}, the code "
                 f"needs {head}); run `hpo migrate` first"
             )
-        bridge = OptunaBridge(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s,
-                              artifact_dir=settings.artifact_dir)
+        bridge = OptunaBridge(
+            settings.database_url,
+            busy_timeout_s=settings.sqlite_busy_timeout_s,
+            artifact_dir=settings.artifact_dir,
+        )
         lock = threading.RLock() if is_sqlite(settings.database_url) else None
         return cls(settings, engine, sessionmaker(engine, expire_on_commit=False), bridge, lock)
 

@@ -25,8 +25,14 @@ BASE: dict[str, Any] = {
 
 
 def _model(family: str = "mlp", **overrides: Any) -> keras.Model:
-    return build_model({**BASE, **overrides}, n_features=64, n_outputs=10, family=family,
-                       image_shape=(8, 8, 1), seed=0)
+    return build_model(
+        {**BASE, **overrides},
+        n_features=64,
+        n_outputs=10,
+        family=family,
+        image_shape=(8, 8, 1),
+        seed=0,
+    )
 
 
 def _of(model: keras.Model, cls: type) -> list[Any]:
@@ -40,20 +46,27 @@ def test_output_layer_gives_logits() -> None:
 
 
 def test_dropout_rate_sets_every_dropout_layer() -> None:
-    rates = [layer.rate for layer in _model(dropout_rate=0.3).layers
-             if isinstance(layer, keras.layers.Dropout)]
+    rates = [
+        layer.rate
+        for layer in _model(dropout_rate=0.3).layers
+        if isinstance(layer, keras.layers.Dropout)
+    ]
     assert rates == [0.3, 0.3]  # one per hidden layer (2 by default)
-    assert not any(isinstance(layer, keras.layers.Dropout)
-                   for layer in _model(dropout_rate=0.0).layers)
+    assert not any(
+        isinstance(layer, keras.layers.Dropout) for layer in _model(dropout_rate=0.0).layers
+    )
 
 
-@pytest.mark.parametrize(("name", "cls", "stddev"), [
-    ("glorot_uniform", "GlorotUniform", None),
-    ("he_normal", "HeNormal", None),
-    ("truncated_normal", "TruncatedNormal", 0.1),
-    ("random_normal", "RandomNormal", 1.0),
-    ("orthogonal", "Orthogonal", None),
-])
+@pytest.mark.parametrize(
+    ("name", "cls", "stddev"),
+    [
+        ("glorot_uniform", "GlorotUniform", None),
+        ("he_normal", "HeNormal", None),
+        ("truncated_normal", "TruncatedNormal", 0.1),
+        ("random_normal", "RandomNormal", 1.0),
+        ("orthogonal", "Orthogonal", None),
+    ],
+)
 def test_kernel_initializer(name: str, cls: str, stddev: float | None) -> None:
     dense = _model(kernel_initializer=name).get_layer("dense_0")
     init = dense.kernel_initializer
@@ -62,11 +75,16 @@ def test_kernel_initializer(name: str, cls: str, stddev: float | None) -> None:
         assert init.get_config()["stddev"] == stddev
 
 
-@pytest.mark.parametrize(("name", "cls"), [
-    ("sgd", keras.optimizers.SGD), ("adam", keras.optimizers.Adam),
-    ("rmsprop", keras.optimizers.RMSprop), ("adagrad", keras.optimizers.Adagrad),
-    ("adadelta", keras.optimizers.Adadelta),
-])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("sgd", keras.optimizers.SGD),
+        ("adam", keras.optimizers.Adam),
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("adagrad", keras.optimizers.Adagrad),
+        ("adadelta", keras.optimizers.Adadelta),
+    ],
+)
 def test_optimizer_and_learning_rate(name: str, cls: type) -> None:
     opt = build_optimizer({**BASE, "optimizer": name, "learning_rate": 0.003})
     assert isinstance(opt, cls)
@@ -81,8 +99,7 @@ def test_momentum_optimizer_uses_momentum() -> None:
 
 
 def test_exponential_decay_schedule() -> None:
-    (callback,) = schedule_callbacks({**BASE, "lr_schedule": "exponential",
-                                      "lr_decay_rate": 0.9})
+    (callback,) = schedule_callbacks({**BASE, "lr_schedule": "exponential", "lr_decay_rate": 0.9})
     assert isinstance(callback, keras.callbacks.LearningRateScheduler)
     assert callback.schedule(0, 0.01) == pytest.approx(0.01)
     assert callback.schedule(3, 0.01) == pytest.approx(0.01 * 0.9**3)
@@ -126,8 +143,9 @@ def test_l2_regularises_every_kernel() -> None:
     assert len(dense) == 3  # 2 hidden + logits
     for layer in dense:
         assert layer.kernel_regularizer.get_config()["l2"] == pytest.approx(1e-3)
-    assert all(layer.kernel_regularizer is None for layer in _of(_model(l2=0.0),
-                                                                   keras.layers.Dense))
+    assert all(
+        layer.kernel_regularizer is None for layer in _of(_model(l2=0.0), keras.layers.Dense)
+    )
 
 
 def test_hidden_layers_and_units_shape_the_mlp() -> None:
@@ -140,7 +158,7 @@ def test_hidden_layers_and_units_shape_the_mlp() -> None:
 def test_bias_initializer(name: str, value: float) -> None:
     model = _model(bias_initializer=name)
     bias = keras.ops.convert_to_numpy(model.get_layer("dense_0").bias)
-    assert (bias == pytest.approx(value))
+    assert bias == pytest.approx(value)
 
 
 def test_clipnorm_goes_to_the_optimizer() -> None:
@@ -156,7 +174,8 @@ def test_cnn_has_conv_blocks_pooling_and_a_dense_head() -> None:
     assert len(_of(model, keras.layers.MaxPooling2D)) == 2
     assert len(_of(model, keras.layers.BatchNormalization)) == 3
     assert [a.get_config()["activation"] for a in _of(model, keras.layers.Activation)] == [
-        "elu"] * 3
+        "elu"
+    ] * 3
     assert [d.rate for d in _of(model, keras.layers.Dropout)] == [0.3]
     assert model.output_shape == (None, 10)
 

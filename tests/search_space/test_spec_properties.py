@@ -36,17 +36,24 @@ KNOWN = tuple(PARAMS_BY_NAME)
 HUGE_INTS = st.sampled_from([10**400, -(10**400), 2**63, 2**64 + 1, 10**20])
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), HUGE_INTS, st.floats(),  # (nan and inf too)
-    st.text(max_size=8), st.sampled_from(["adam", "relu", "zeros", "true", "0.1", ""]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    HUGE_INTS,
+    st.floats(),  # (nan and inf too)
+    st.text(max_size=8),
+    st.sampled_from(["adam", "relu", "zeros", "true", "0.1", ""]),
 )
 junk = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 unknown_names = st.one_of(
-    st.text(max_size=12), st.sampled_from(["learn_rate", "lr", "units", "Optimizer", "low"]),
+    st.text(max_size=12),
+    st.sampled_from(["learn_rate", "lr", "units", "Optimizer", "low"]),
 ).filter(lambda name: name not in PARAMS_BY_NAME)
 
 
@@ -75,8 +82,9 @@ def valid_value(p: ParamDef) -> st.SearchStrategy[Any]:
     ints = st.integers(*_valid_ints(p))
     if p.kind == "int" or p.element == "int":
         return ints
-    floats = st.floats(low, high, exclude_min=not p.bounds.low_inclusive,
-                       exclude_max=not p.bounds.high_inclusive)
+    floats = st.floats(
+        low, high, exclude_min=not p.bounds.low_inclusive, exclude_max=not p.bounds.high_inclusive
+    )
     if p.element == "float_or_none":
         return st.none() | floats | ints
     return floats | ints
@@ -87,20 +95,28 @@ def out_of_bounds(p: ParamDef) -> st.SearchStrategy[Any]:
     if p.bounds is None:
         return st.integers(-2, 2) | st.floats(-1, 1)
     b = p.bounds
-    edges = [b.low - 1, b.high + 1, -(10**400), 10**400, math.nextafter(b.low, -math.inf),
-             math.nextafter(b.high, math.inf)]
+    edges = [
+        b.low - 1,
+        b.high + 1,
+        -(10**400),
+        10**400,
+        math.nextafter(b.low, -math.inf),
+        math.nextafter(b.high, math.inf),
+    ]
     edges += [b.low] if not b.low_inclusive else []
     edges += [b.high] if not b.high_inclusive else []
-    return st.sampled_from(edges) | st.floats(max_value=b.low, exclude_max=b.low_inclusive) \
+    return (
+        st.sampled_from(edges)
+        | st.floats(max_value=b.low, exclude_max=b.low_inclusive)
         | st.floats(min_value=b.high, exclude_min=b.high_inclusive)
+    )
 
 
 @st.composite
 def valid_dimension(draw: st.DrawFn, p: ParamDef) -> dict[str, Any]:
     """A ``search_space`` entry for ``p`` that the parser must accept."""
     if p.kind == "categorical":
-        return {"choices": draw(st.lists(valid_value(p), min_size=1, max_size=4,
-                                         unique_by=repr))}
+        return {"choices": draw(st.lists(valid_value(p), min_size=1, max_size=4, unique_by=repr))}
     low, high = sorted(draw(st.lists(valid_value(p), min_size=2, max_size=2)))
     out: dict[str, Any] = {"low": low, "high": high}
     if low > 0 and draw(st.booleans()):
@@ -128,15 +144,23 @@ def valid_dimension(draw: st.DrawFn, p: ParamDef) -> dict[str, Any]:
 def random_dimension(p: ParamDef) -> st.SearchStrategy[Any]:
     """A ``search_space`` entry for ``p``: valid, half valid, or nonsense."""
     number = valid_value(p) | out_of_bounds(p) | junk
-    ranges = st.fixed_dictionaries({}, optional={
-        "low": number, "high": number, "log": st.booleans() | junk,
-        "step": number | junk | st.just(5e-324),
-        "lo": junk,
-    })
-    choices = st.fixed_dictionaries({}, optional={
-        "choices": st.lists(valid_value(p) | out_of_bounds(p) | junk, max_size=4) | junk,
-        "extra": junk,
-    })
+    ranges = st.fixed_dictionaries(
+        {},
+        optional={
+            "low": number,
+            "high": number,
+            "log": st.booleans() | junk,
+            "step": number | junk | st.just(5e-324),
+            "lo": junk,
+        },
+    )
+    choices = st.fixed_dictionaries(
+        {},
+        optional={
+            "choices": st.lists(valid_value(p) | out_of_bounds(p) | junk, max_size=4) | junk,
+            "extra": junk,
+        },
+    )
     return valid_dimension(p) | ranges | choices | junk
 
 
@@ -147,10 +171,10 @@ def random_fixed(p: ParamDef) -> st.SearchStrategy[Any]:
 def section(value: Any) -> st.SearchStrategy[Any]:
     """A ``search_space`` or ``fixed`` object: mostly known names, some unknown, sometimes
     not an object at all."""
-    name = st.sampled_from(KNOWN) | st.sampled_from(KNOWN) | st.sampled_from(KNOWN) \
-        | unknown_names
-    entry = name.flatmap(lambda n: st.tuples(
-        st.just(n), value(PARAMS_BY_NAME[n]) if n in PARAMS_BY_NAME else junk))
+    name = st.sampled_from(KNOWN) | st.sampled_from(KNOWN) | st.sampled_from(KNOWN) | unknown_names
+    entry = name.flatmap(
+        lambda n: st.tuples(st.just(n), value(PARAMS_BY_NAME[n]) if n in PARAMS_BY_NAME else junk)
+    )
     objects = st.lists(entry, max_size=5, unique_by=lambda e: e[0]).map(dict)
     return st.none() | objects | objects | objects | junk
 
@@ -176,7 +200,8 @@ def valid_spec(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], str]:
         if cond is None:
             continue
         if (cond.param in fixed and fixed[cond.param] != cond.value) or (
-                cond.param in searched and cond.value not in searched[cond.param]["choices"]):
+            cond.param in searched and cond.value not in searched[cond.param]["choices"]
+        ):
             del searched[name]
     return searched, fixed, family
 
@@ -193,25 +218,39 @@ def _check_accepted(space: SearchSpace, seed: int) -> None:
     model that predicts, with its optimizer and schedule."""
     family = space.family
     image_shape = IMAGE_SHAPE if family == "cnn" else None
-    biggest = max_param_count(space, n_features=N_FEATURES, n_outputs=N_OUTPUTS,
-                              image_shape=image_shape)
+    biggest = max_param_count(
+        space, n_features=N_FEATURES, n_outputs=N_OUTPUTS, image_shape=image_shape
+    )
     assert biggest is not None
     for params in (space.sane_params(), _sample(space, seed)):
         assert space.check_params(params, ("p",)) == [], params
         if biggest > MAX_BUILT:
             event("accepted, too big to build")
             continue
-        model = build_model(params, n_features=N_FEATURES, n_outputs=N_OUTPUTS, family=family,
-                            image_shape=image_shape, seed=0)
+        model = build_model(
+            params,
+            n_features=N_FEATURES,
+            n_outputs=N_OUTPUTS,
+            family=family,
+            image_shape=image_shape,
+            seed=0,
+        )
         build_optimizer(params)
         schedule_callbacks(params)
         assert model.predict(np.zeros((2, N_FEATURES)), verbose=0).shape == (2, N_OUTPUTS)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(search_space=section(random_dimension), fixed=section(random_fixed),
-       family=st.sampled_from(MODEL_FAMILIES), seed=st.integers(0, 2**32 - 1))
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    search_space=section(random_dimension),
+    fixed=section(random_fixed),
+    family=st.sampled_from(MODEL_FAMILIES),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_parse_accepts_a_buildable_space_or_refuses_naming_fields(
     search_space: Any, fixed: Any, family: str, seed: int
 ) -> None:
@@ -240,8 +279,11 @@ def _check_refusal(error: SpaceError, search_space: Any, fixed: Any) -> None:
         assert problem.field in text
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(spec=valid_spec(), seed=st.integers(0, 2**32 - 1))
 def test_every_valid_spec_is_accepted_and_builds_a_model(
     spec: tuple[dict[str, Any], dict[str, Any], str], seed: int
@@ -255,8 +297,9 @@ def test_every_valid_spec_is_accepted_and_builds_a_model(
 
 
 def test_sane_params_stay_in_a_stepped_range() -> None:
-    space = SearchSpace.parse({"lr_decay_rate": {"low": 0.1, "high": 0.7, "step": 0.2}},
-                              {"lr_schedule": "exponential"})
+    space = SearchSpace.parse(
+        {"lr_decay_rate": {"low": 0.1, "high": 0.7, "step": 0.2}}, {"lr_schedule": "exponential"}
+    )
     params = space.sane_params()  # lr_decay_rate 0.7000000000000001 > 0.7
     assert space.check_params(params, ("p",)) == []
 

@@ -21,10 +21,10 @@ def _database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Api]:
-    server = start_api(tmp_path_factory.mktemp("api"),
-                       database_url=_database_url(request.param, request))
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    server = start_api(
+        tmp_path_factory.mktemp("api"), database_url=_database_url(request.param, request)
+    )
     yield server
     stop(server.process)
 
@@ -36,8 +36,7 @@ def fresh_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     def start(**settings: str) -> Api:
         folder = tmp_path / f"api{len(started)}"
         folder.mkdir()
-        server = start_api(folder, database_url=_database_url(request.param, request),
-                           **settings)
+        server = start_api(folder, database_url=_database_url(request.param, request), **settings)
         started.append(server)
         return server
 

@@ -13,10 +13,12 @@ import pytest
 from tests.support import Api
 
 
-def _upload(client: httpx.Client, name: str, filename: str, content: bytes,
-            **form: str) -> httpx.Response:
-    return client.post("/datasets", data={"name": name, **form},
-                       files={"file": (filename, content)})
+def _upload(
+    client: httpx.Client, name: str, filename: str, content: bytes, **form: str
+) -> httpx.Response:
+    return client.post(
+        "/datasets", data={"name": name, **form}, files={"file": (filename, content)}
+    )
 
 
 def _csv(n: int = 30, *, label: str = "y", bad: dict[int, str] | None = None) -> bytes:
@@ -55,8 +57,16 @@ def test_csv_upload_is_listed_and_downloadable(client: httpx.Client) -> None:
     assert info["task"] == "classification" and info["n_classes"] == 2
     assert info["n_features"] == 2 and info["n_rows"] == 30 and info["source"] == "upload"
     listed = {d["name"]: d for d in client.get("/datasets").json()}
-    assert {"digits", "iris", "wine", "breast_cancer", "diabetes", "mnist", "fashion_mnist",
-            "yes-no"} <= set(listed)
+    assert {
+        "digits",
+        "iris",
+        "wine",
+        "breast_cancer",
+        "diabetes",
+        "mnist",
+        "fashion_mnist",
+        "yes-no",
+    } <= set(listed)
     file = client.get("/datasets/yes-no/file")
     assert file.status_code == 200 and file.headers["etag"] == f'"{info["sha256"]}"'
     with np.load(io.BytesIO(file.content)) as npz:
@@ -77,45 +87,123 @@ def test_npz_images_and_regression_targets(client: httpx.Client) -> None:
 BAD_FILES: list[tuple[str, str, bytes, dict[str, str], str, str]] = [
     # (id, filename, content, form fields, field, words)
     ("not parseable", "x.npz", b"PK\x03\x04garbage", {}, "file", "is not a readable NPZ"),
-    ("not parseable csv", "x.csv", b"\xff\xfe\x00bin", {"label_column": "y"}, "file",
-     "is not a parseable CSV file"),
-    ("label column missing", "x.csv", _csv(), {"label_column": "target"}, "label_column",
-     "is not a column of the file (columns: a, b, y)"),
+    (
+        "not parseable csv",
+        "x.csv",
+        b"\xff\xfe\x00bin",
+        {"label_column": "y"},
+        "file",
+        "is not a parseable CSV file",
+    ),
+    (
+        "label column missing",
+        "x.csv",
+        _csv(),
+        {"label_column": "target"},
+        "label_column",
+        "is not a column of the file (columns: a, b, y)",
+    ),
     ("no label column given", "x.csv", _csv(), {}, "label_column", "is required"),
-    ("non-numeric features", "x.csv", _csv(bad={3: "1.0,abc,yes"}), {"label_column": "y"},
-     "file", "non-numeric feature in column 'b' (line 4)"),
-    ("missing values", "x.csv", _csv(bad={4: "1.0,,no"}), {"label_column": "y"}, "file",
-     "missing value in column 'b' (line 5)"),
-    ("npz missing values", "x.npz", _npz(x=np.array([[1.0], [np.nan]] * 10),
-                                         y=np.arange(20) % 2), {}, "file", "missing values"),
-    ("too few rows", "x.csv", _csv(8), {"label_column": "y"}, "file",
-     "too few rows for a stratified split: class 'no' has 4, each class needs at least 5"),
-    ("npz without y", "x.npz", _npz(x=np.zeros((10, 2))), {}, "file",
-     "must hold arrays named x and y"),
+    (
+        "non-numeric features",
+        "x.csv",
+        _csv(bad={3: "1.0,abc,yes"}),
+        {"label_column": "y"},
+        "file",
+        "non-numeric feature in column 'b' (line 4)",
+    ),
+    (
+        "missing values",
+        "x.csv",
+        _csv(bad={4: "1.0,,no"}),
+        {"label_column": "y"},
+        "file",
+        "missing value in column 'b' (line 5)",
+    ),
+    (
+        "npz missing values",
+        "x.npz",
+        _npz(x=np.array([[1.0], [np.nan]] * 10), y=np.arange(20) % 2),
+        {},
+        "file",
+        "missing values",
+    ),
+    (
+        "too few rows",
+        "x.csv",
+        _csv(8),
+        {"label_column": "y"},
+        "file",
+        "too few rows for a stratified split: class 'no' has 4, each class needs at least 5",
+    ),
+    (
+        "npz without y",
+        "x.npz",
+        _npz(x=np.zeros((10, 2))),
+        {},
+        "file",
+        "must hold arrays named x and y",
+    ),
     # Found in review: each of these was a 500, a 201 for unusable data, or a dead worker.
-    ("three classes of five", "x.npz", _npz(x=np.arange(30.0).reshape(15, 2),
-                                            y=np.arange(15) % 3), {}, "file",
-     "too few rows for a stratified 70/15/15 split"),
+    (
+        "three classes of five",
+        "x.npz",
+        _npz(x=np.arange(30.0).reshape(15, 2), y=np.arange(15) % 3),
+        {},
+        "file",
+        "too few rows for a stratified 70/15/15 split",
+    ),
     ("a lone npy", "x.npz", _npy(np.zeros((20, 2))), {}, "file", "is not an NPZ archive"),
-    ("no rows", "x.npz", _npz(x=np.zeros((0, 3)), y=np.zeros(0)), {}, "file",
-     "none of them empty"),
+    ("no rows", "x.npz", _npz(x=np.zeros((0, 3)), y=np.zeros(0)), {}, "file", "none of them empty"),
     ("corrupt deflate", "x.npz", _corrupt_npz(), {}, "file", "is not a readable NPZ file"),
-    ("label only", "x.csv", b"y\n" + b"a\nb\n" * 20, {"label_column": "y"}, "file",
-     "has no feature columns"),
-    ("too big for float32", "x.csv", _csv(bad={2: "1e39,1,no"}), {"label_column": "y"},
-     "file", "too large for a 32-bit float"),
-    ("fractional classes", "x.npz", _npz(x=np.zeros((40, 2)), y=np.arange(40) % 4 / 2),
-     {"task": "classification"}, "task", "labels are not whole numbers"),
-    ("repeated columns", "x.csv", b"a,a,y\n" + b"1,2,no\n3,4,yes\n" * 20,
-     {"label_column": "y"}, "file", "repeated column names"),
+    (
+        "label only",
+        "x.csv",
+        b"y\n" + b"a\nb\n" * 20,
+        {"label_column": "y"},
+        "file",
+        "has no feature columns",
+    ),
+    (
+        "too big for float32",
+        "x.csv",
+        _csv(bad={2: "1e39,1,no"}),
+        {"label_column": "y"},
+        "file",
+        "too large for a 32-bit float",
+    ),
+    (
+        "fractional classes",
+        "x.npz",
+        _npz(x=np.zeros((40, 2)), y=np.arange(40) % 4 / 2),
+        {"task": "classification"},
+        "task",
+        "labels are not whole numbers",
+    ),
+    (
+        "repeated columns",
+        "x.csv",
+        b"a,a,y\n" + b"1,2,no\n3,4,yes\n" * 20,
+        {"label_column": "y"},
+        "file",
+        "repeated column names",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "filename", "content", "form", "field", "words"), BAD_FILES,
-                         ids=[b[0] for b in BAD_FILES])
+@pytest.mark.parametrize(
+    ("case", "filename", "content", "form", "field", "words"),
+    BAD_FILES,
+    ids=[b[0] for b in BAD_FILES],
+)
 def test_bad_files_are_422_with_the_reason(
-    client: httpx.Client, case: str, filename: str, content: bytes, form: dict[str, str],
-    field: str, words: str
+    client: httpx.Client,
+    case: str,
+    filename: str,
+    content: bytes,
+    form: dict[str, str],
+    field: str,
+    words: str,
 ) -> None:
     name = "bad-" + case.replace(" ", "-")
     r = _upload(client, name, filename, content, **form)
@@ -148,33 +236,69 @@ def test_over_the_size_limit_is_413(fresh_api: Callable[..., Api]) -> None:
 STUDY = {"dataset": "digits", "n_trials": 3, "epochs": 2}
 
 
-@pytest.mark.parametrize(("body", "field", "words"), [
-    ({"dataset": "iris", "model": {"family": "cnn"}}, "model.family",
-     "needs image data, but dataset 'iris' is tabular (4 features)"),
-    ({"dataset": "iris", "metric": "val_mae"}, "metric",
-     "does not fit dataset 'iris', which is classification (allowed: val_accuracy, val_loss)"),
-    ({"dataset": "diabetes", "metric": "val_accuracy"}, "metric",
-     "which is regression (allowed: val_loss, val_mae)"),
-    ({"dataset": "nope"}, "dataset", "must be one of digits, iris"),
-    ({"sampler": "grid"}, "search_space.learning_rate", "is continuous, which the grid "
-     "sampler cannot enumerate"),
-    ({"model": {"family": "cnn"}, "fixed": {"hidden_units": 64}}, "fixed.hidden_units",
-     "applies to the model families mlp only, not cnn"),
-    ({"search_space": {"learning_rate": {"low": 0.001, "high": 0.01}},
-      "enqueue": [{"learning_rate": 0.5}]}, "enqueue.0.learning_rate",
-     "must be within the study's range [0.001, 0.01]"),
-    ({"enqueue": [{"optimizer": "lion"}]}, "enqueue.0.optimizer", "must be one of 'sgd'"),
-    ({"trial_time_limit_s": 0}, "trial_time_limit_s", "greater than 0"),
-    ({"sampler": "grid", "search_space": {"learning_rate": {"low": 0.001, "high": 0.002,
-                                                            "step": 0.001}},
-      "fixed": {"lr_schedule": "constant", "dropout_rate": 0.1},
-      "enqueue": [{"optimizer": "adam"}]}, "enqueue", "cannot be combined with the grid"),
-    ({"search_space": {"dropout_rate": {"low": 0.0, "high": 0.4, "step": 0.2}},
-      "enqueue": [{"dropout_rate": 0.13}]}, "enqueue.0.dropout_rate",
-     "must be 0 plus a whole number of steps (0.2)"),
-])
-def test_submission_checks_that_need_the_data(client: httpx.Client, body: dict[str, Any],
-                                              field: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (
+            {"dataset": "iris", "model": {"family": "cnn"}},
+            "model.family",
+            "needs image data, but dataset 'iris' is tabular (4 features)",
+        ),
+        (
+            {"dataset": "iris", "metric": "val_mae"},
+            "metric",
+            "does not fit dataset 'iris', which is classification "
+            "(allowed: val_accuracy, val_loss)",
+        ),
+        (
+            {"dataset": "diabetes", "metric": "val_accuracy"},
+            "metric",
+            "which is regression (allowed: val_loss, val_mae)",
+        ),
+        ({"dataset": "nope"}, "dataset", "must be one of digits, iris"),
+        (
+            {"sampler": "grid"},
+            "search_space.learning_rate",
+            "is continuous, which the grid sampler cannot enumerate",
+        ),
+        (
+            {"model": {"family": "cnn"}, "fixed": {"hidden_units": 64}},
+            "fixed.hidden_units",
+            "applies to the model families mlp only, not cnn",
+        ),
+        (
+            {
+                "search_space": {"learning_rate": {"low": 0.001, "high": 0.01}},
+                "enqueue": [{"learning_rate": 0.5}],
+            },
+            "enqueue.0.learning_rate",
+            "must be within the study's range [0.001, 0.01]",
+        ),
+        ({"enqueue": [{"optimizer": "lion"}]}, "enqueue.0.optimizer", "must be one of 'sgd'"),
+        ({"trial_time_limit_s": 0}, "trial_time_limit_s", "greater than 0"),
+        (
+            {
+                "sampler": "grid",
+                "search_space": {"learning_rate": {"low": 0.001, "high": 0.002, "step": 0.001}},
+                "fixed": {"lr_schedule": "constant", "dropout_rate": 0.1},
+                "enqueue": [{"optimizer": "adam"}],
+            },
+            "enqueue",
+            "cannot be combined with the grid",
+        ),
+        (
+            {
+                "search_space": {"dropout_rate": {"low": 0.0, "high": 0.4, "step": 0.2}},
+                "enqueue": [{"dropout_rate": 0.13}],
+            },
+            "enqueue.0.dropout_rate",
+            "must be 0 plus a whole number of steps (0.2)",
+        ),
+    ],
+)
+def test_submission_checks_that_need_the_data(
+    client: httpx.Client, body: dict[str, Any], field: str, words: str
+) -> None:
     r = client.post("/studies", json={**STUDY, "name": f"chk-{field}", **body})
     assert r.status_code == 422, r.text
     fields = {p["field"]: p["msg"] for p in r.json()["detail"]}
@@ -182,12 +306,23 @@ def test_submission_checks_that_need_the_data(client: httpx.Client, body: dict[s
 
 
 def test_grid_over_a_finite_space_is_accepted(client: httpx.Client) -> None:
-    r = client.post("/studies", json={
-        **STUDY, "name": "grid-ok", "sampler": "grid",
-        "search_space": {"learning_rate": {"low": 0.001, "high": 0.003, "step": 0.001},
-                         "optimizer": {"choices": ["adam", "rmsprop"]}},
-        "fixed": {"lr_schedule": "constant", "kernel_initializer": "he_normal",
-                  "dropout_rate": 0.1}})
+    r = client.post(
+        "/studies",
+        json={
+            **STUDY,
+            "name": "grid-ok",
+            "sampler": "grid",
+            "search_space": {
+                "learning_rate": {"low": 0.001, "high": 0.003, "step": 0.001},
+                "optimizer": {"choices": ["adam", "rmsprop"]},
+            },
+            "fixed": {
+                "lr_schedule": "constant",
+                "kernel_initializer": "he_normal",
+                "dropout_rate": 0.1,
+            },
+        },
+    )
     assert r.status_code == 201, r.text
 
 

@@ -25,7 +25,8 @@ def _named(client: httpx.Client, name: str) -> list[dict[str, Any]]:
 
 
 def test_a_repeated_key_creates_one_study_and_returns_the_first_answer(
-        client: httpx.Client) -> None:
+    client: httpx.Client,
+) -> None:
     key = _key()
     first = client.post("/studies", json=_study("idem-1"), headers=key)
     assert first.status_code == 201, first.text
@@ -90,8 +91,12 @@ def test_a_repeated_upload_key_stores_one_data_set(client: httpx.Client) -> None
     rows = "a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(60))
 
     def upload() -> httpx.Response:
-        return client.post("/datasets", data={"name": "idem-data", "label_column": "y"},
-                           files={"file": ("d.csv", rows.encode())}, headers=key)
+        return client.post(
+            "/datasets",
+            data={"name": "idem-data", "label_column": "y"},
+            files={"file": ("d.csv", rows.encode())},
+            headers=key,
+        )
 
     first, again = upload(), upload()
     assert first.status_code == again.status_code == 201, (first.text, again.text)

@@ -19,8 +19,14 @@ WORKER = {"worker": {"id": "w1", "host": "test", "pid": 1}}
 
 
 def _study(client: httpx.Client, name: str, **overrides: Any) -> dict[str, Any]:
-    body = {"name": name, "dataset": "digits", "n_trials": 3, "epochs": 4,
-            "sanity_check": False, **overrides}
+    body = {
+        "name": name,
+        "dataset": "digits",
+        "n_trials": 3,
+        "epochs": 4,
+        "sanity_check": False,
+        **overrides,
+    }
     r = client.post("/studies", json=body)
     assert r.status_code == 201, r.text
     result: dict[str, Any] = r.json()
@@ -36,8 +42,9 @@ def _lease(client: httpx.Client, worker: str = "w1") -> dict[str, Any] | None:
     return result
 
 
-def _call(client: httpx.Client, trial_id: int, verb: str, worker: str = "w1",
-          **body: Any) -> httpx.Response:
+def _call(
+    client: httpx.Client, trial_id: int, verb: str, worker: str = "w1", **body: Any
+) -> httpx.Response:
     return client.post(f"/trials/{trial_id}/{verb}", json={"worker_id": worker, **body})
 
 
@@ -54,8 +61,13 @@ def test_lease_report_complete(server: Api) -> None:
         assert job["kind"] == "trial" and job["study_name"] == "s1" and job["epochs"] == 2
         assert job["dataset"]["name"] == "digits" and job["dataset"]["task"] == "classification"
         assert job["model"] == {"family": "mlp"} and job["metric"] == "val_accuracy"
-        assert {"learning_rate", "optimizer", "lr_schedule", "dropout_rate",
-                "kernel_initializer"} <= set(job["params"])
+        assert {
+            "learning_rate",
+            "optimizer",
+            "lr_schedule",
+            "dropout_rate",
+            "kernel_initializer",
+        } <= set(job["params"])
         assert client.get(f"/studies/{study['id']}").json()["status"] == "running"
         for epoch, value in ((1, 0.5), (2, 0.7)):
             r = _call(client, job["trial_id"], "report", epoch=epoch, value=value)
@@ -65,8 +77,12 @@ def test_lease_report_complete(server: Api) -> None:
         final = client.get(f"/studies/{study['id']}").json()
         assert final["status"] == "completed"
         assert final["trials"]["complete"] == 1
-        assert final["best"] == {"trial_id": job["trial_id"], "number": 0, "value": 0.7,
-                                 "params": job["params"]}
+        assert final["best"] == {
+            "trial_id": job["trial_id"],
+            "number": 0,
+            "value": 0.7,
+            "params": job["params"],
+        }
         (trial,) = client.get(f"/studies/{study['id']}/trials").json()
         assert trial["state"] == "complete" and trial["epochs_run"] == 2
         assert trial["duration_s"] is not None and trial["worker_id"] == "w1"
@@ -88,8 +104,9 @@ def test_fail_records_the_reason_and_counts(server: Api) -> None:
         study = _study(client, "s2", n_trials=1)
         job = _lease(client)
         assert job is not None
-        r = _call(client, job["trial_id"], "fail", reason="non-finite loss at epoch 3",
-                  epochs_run=3)
+        r = _call(
+            client, job["trial_id"], "fail", reason="non-finite loss at epoch 3", epochs_run=3
+        )
         assert r.json()["state"] == "fail"
         final = client.get(f"/studies/{study['id']}").json()
         assert final["status"] == "completed" and final["trials"]["fail"] == 1
@@ -165,17 +182,23 @@ def test_calls_from_another_worker_or_on_unknown_trials_are_refused(server: Api)
         assert r.status_code == 409 and "fail" in r.json()["message"]
 
 
-def test_expired_lease_is_lost_and_its_parameters_run_again(fresh_api: Callable[..., Api]
-                                                            ) -> None:
+def test_expired_lease_is_lost_and_its_parameters_run_again(fresh_api: Callable[..., Api]) -> None:
     server = fresh_api(lease_seconds="1", reap_interval_s="0.2")
     with server.client() as client:
         study = _study(client, "s7", n_trials=2)
         first = _lease(client, worker="dies")
         assert first is not None
-        wait_for(lambda: client.get(f"/studies/{study['id']}").json()["trials"]["lost"] == 1,
-                 10, "the reaper to mark the lease lost")
-        assert _call(client, first["trial_id"], "report", worker="dies", epoch=1,
-                     value=0.5).status_code == 409
+        wait_for(
+            lambda: client.get(f"/studies/{study['id']}").json()["trials"]["lost"] == 1,
+            10,
+            "the reaper to mark the lease lost",
+        )
+        assert (
+            _call(
+                client, first["trial_id"], "report", worker="dies", epoch=1, value=0.5
+            ).status_code
+            == 409
+        )
         again = _lease(client, worker="w2")
         assert again is not None
         assert again["params"] == first["params"]
@@ -230,9 +253,11 @@ def test_median_pruner_prunes_a_bad_trial(server: Api) -> None:
         bad = _lease(client)
         assert bad is not None
         assert _call(client, bad["trial_id"], "report", epoch=1, value=0.1).json() == {
-            "action": "continue"}  # epoch 1 is warm-up (epochs // 4)
+            "action": "continue"
+        }  # epoch 1 is warm-up (epochs // 4)
         assert _call(client, bad["trial_id"], "report", epoch=2, value=0.1).json() == {
-            "action": "prune"}
+            "action": "prune"
+        }
         final = client.get(f"/studies/{study['id']}").json()
         assert final["trials"]["pruned"] == 1 and final["status"] == "completed"
     frozen = optuna.load_study(study_name="s10", storage=server.database_url).trials[-1]
@@ -246,9 +271,9 @@ def test_stopped_study_tells_workers_to_stop(server: Api) -> None:
         assert job is not None
         client.post(f"/studies/{study['id']}/stop")
         assert _call(client, job["trial_id"], "report", epoch=1, value=0.5).json() == {
-            "action": "stop"}
-        assert _call(client, job["trial_id"], "release", reason="study stopped").status_code \
-            == 200
+            "action": "stop"
+        }
+        assert _call(client, job["trial_id"], "release", reason="study stopped").status_code == 200
         assert _lease(client) is None  # a stopped study hands out nothing, not even reruns
 
 
@@ -264,8 +289,12 @@ def test_oldest_open_study_is_served_first(server: Api) -> None:
 def test_an_integer_log_range_is_leased(server: Api) -> None:
     """A spec accepted at submission must be sampleable at every lease."""
     with server.client() as client:
-        _study(client, "int-log", n_trials=2,
-               search_space={"hidden_layers": {"low": 1, "high": 4, "log": True}})
+        _study(
+            client,
+            "int-log",
+            n_trials=2,
+            search_space={"hidden_layers": {"low": 1, "high": 4, "log": True}},
+        )
         jobs = [_lease(client), _lease(client)]
     assert all(j is not None and 1 <= j["params"]["hidden_layers"] <= 4 for j in jobs)
 
@@ -282,9 +311,13 @@ def test_a_result_optuna_holds_but_the_service_missed_is_recorded_not_lost(
         assert job is not None
         # The crash window, reproduced: Optuna has the result, the lease row does not.
         optuna.load_study(study_name="half-told", storage=server.database_url).tell(
-            job["number"], 0.875)
-        wait_for(lambda: client.get(f"/studies/{study['id']}").json()["status"] == "completed",
-                 10, "the reaper to settle the lease from Optuna's result")
+            job["number"], 0.875
+        )
+        wait_for(
+            lambda: client.get(f"/studies/{study['id']}").json()["status"] == "completed",
+            10,
+            "the reaper to settle the lease from Optuna's result",
+        )
         final = client.get(f"/studies/{study['id']}").json()
         assert final["trials"]["complete"] == 1 and final["trials"]["lost"] == 0
         assert final["best"]["value"] == 0.875
@@ -313,21 +346,37 @@ def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
 
 
 # Every sampler with the default pruner, and every pruner with the default sampler.
-SAMPLER_PRUNER = [*((s, "median") for s in ("tpe", "random", "qmc", "grid")),
-                  *(("tpe", p) for p in ("hyperband", "successive_halving", "none"))]
+SAMPLER_PRUNER = [
+    *((s, "median") for s in ("tpe", "random", "qmc", "grid")),
+    *(("tpe", p) for p in ("hyperband", "successive_halving", "none")),
+]
 
 
 @pytest.mark.parametrize(("sampler", "pruner"), SAMPLER_PRUNER)
-def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, pruner: str
-                                                 ) -> None:
-    finite = {"search_space": {"learning_rate": {"low": 0.001, "high": 0.004, "step": 0.001},
-                               "optimizer": {"choices": ["adam", "sgd", "momentum"]},
-                               "lr_decay_rate": {"low": 0.9, "high": 0.99, "step": 0.09}},
-              "fixed": {"lr_schedule": "exponential", "kernel_initializer": "he_normal",
-                        "dropout_rate": 0.1}}
+def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, pruner: str) -> None:
+    finite = {
+        "search_space": {
+            "learning_rate": {"low": 0.001, "high": 0.004, "step": 0.001},
+            "optimizer": {"choices": ["adam", "sgd", "momentum"]},
+            "lr_decay_rate": {"low": 0.9, "high": 0.99, "step": 0.09},
+        },
+        "fixed": {
+            "lr_schedule": "exponential",
+            "kernel_initializer": "he_normal",
+            "dropout_rate": 0.1,
+        },
+    }
     with server.client() as client:
-        study = _study(client, f"{sampler}-{pruner}", n_trials=6, epochs=3, seed=5,
-                       sampler=sampler, pruner=pruner, **finite)
+        study = _study(
+            client,
+            f"{sampler}-{pruner}",
+            n_trials=6,
+            epochs=3,
+            seed=5,
+            sampler=sampler,
+            pruner=pruner,
+            **finite,
+        )
         seen = set()
         for i in range(6):
             job = _lease(client)
@@ -339,8 +388,9 @@ def test_every_sampler_and_pruner_drives_a_study(server: Api, sampler: str, prun
             seen.add(tuple(sorted(params.items())))
             action = "continue"
             for epoch in range(1, 4):
-                action = _call(client, job["trial_id"], "report", epoch=epoch,
-                               value=0.5 + i / 20 + epoch / 100).json()["action"]
+                action = _call(
+                    client, job["trial_id"], "report", epoch=epoch, value=0.5 + i / 20 + epoch / 100
+                ).json()["action"]
                 if action == "prune":
                     break
             if action != "prune":
@@ -360,13 +410,16 @@ def test_a_job_no_worker_can_run_fails_after_three_attempts(server: Api) -> None
         for attempt in range(3):
             job = _lease(client, worker=f"w{attempt}")
             assert job is not None and job["kind"] == "sanity", job
-            r = client.post(f"/jobs/{job['job_id']}/release",
-                            json={"worker_id": f"w{attempt}",
-                                  "reason": "dataset unavailable: not here"})
+            r = client.post(
+                f"/jobs/{job['job_id']}/release",
+                json={"worker_id": f"w{attempt}", "reason": "dataset unavailable: not here"},
+            )
             assert r.json()["state"] == "released"
         assert _lease(client) is None
         final = client.get(f"/studies/{study['id']}").json()
     assert final["status"] == "failed" and final["sanity_check"] == "failed"
-    assert final["reason"] == ("sanity check failed: sanity job did not finish in 3 "
-                               "attempts; the last: dataset unavailable: not here")
+    assert final["reason"] == (
+        "sanity check failed: sanity job did not finish in 3 "
+        "attempts; the last: dataset unavailable: not here"
+    )
     assert sum(final["trials"].values()) == 0

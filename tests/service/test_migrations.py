@@ -37,8 +37,11 @@ def test_orm_models_match_the_migrations(tmp_path: Path) -> None:
     engine = make_engine(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        diff = [d for d in compare_metadata(context, Base.metadata)
-                if not str(d).count("'studies'") and "hpo_" in str(d)]
+        diff = [
+            d
+            for d in compare_metadata(context, Base.metadata)
+            if not str(d).count("'studies'") and "hpo_" in str(d)
+        ]
     engine.dispose()
     assert diff == []
 
@@ -55,8 +58,13 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 def test_api_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    done = subprocess.run(hpo("api", "--port", "1"), env=child_env(database_url=url),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        hpo("api", "--port", "1"),
+        env=child_env(database_url=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "not migrated" in done.stderr and "hpo migrate" in done.stderr
 
@@ -74,15 +82,21 @@ def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
     command.upgrade(alembic_config(url), "0001")
     optuna.create_study(study_name="old", storage=url, direction="maximize")
     engine = make_engine(url)
-    spec = ('{"search_space": {"learning_rate": {"low": 0.001, "high": 0.01, "log": true}}, '
-            '"fixed": {"optimizer": "adam"}, "model": {"family": "mlp"}, "sampler": "tpe", '
-            '"pruner": "median", "seed": null}')
+    spec = (
+        '{"search_space": {"learning_rate": {"low": 0.001, "high": 0.01, "log": true}}, '
+        '"fixed": {"optimizer": "adam"}, "model": {"family": "mlp"}, "sampler": "tpe", '
+        '"pruner": "median", "seed": null}'
+    )
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO hpo_studies (name, optuna_study_id, status, dataset, n_trials, "
-            "epochs, metric, direction, spec, slots_used, created_at) VALUES ('old', 1, "
-            "'queued', 'digits', 2, 3, 'val_accuracy', 'maximize', :spec, 0, "
-            "'2026-11-01 00:00:00')"), {"spec": spec})
+        conn.execute(
+            text(
+                "INSERT INTO hpo_studies (name, optuna_study_id, status, dataset, n_trials, "
+                "epochs, metric, direction, spec, slots_used, created_at) VALUES ('old', 1, "
+                "'queued', 'digits', 2, 3, 'val_accuracy', 'maximize', :spec, 0, "
+                "'2026-11-01 00:00:00')"
+            ),
+            {"spec": spec},
+        )
     engine.dispose()
     server = start_api(tmp_path)  # runs `migrate` to head first
     try:
@@ -98,8 +112,7 @@ def test_upgrading_from_0001_keeps_old_studies_leasable(tmp_path: Path) -> None:
         stop(server.process)
 
 
-def test_migrations_on_postgresql_are_repeatable_and_match_the_models(postgres: Postgres
-                                                                      ) -> None:
+def test_migrations_on_postgresql_are_repeatable_and_match_the_models(postgres: Postgres) -> None:
     url = postgres.new_database()
     migrate(url)
     migrate(url)

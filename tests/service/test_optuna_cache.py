@@ -52,14 +52,18 @@ def test_finished_trials_are_read_once_running_ones_every_time(database_url: str
         assert [t.state for t in _trials(mine)] == [TrialState.COMPLETE, TrialState.RUNNING]
         there.tell(second, 0.7)
         assert [(t.state, t.value) for t in _trials(mine)] == [
-            (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.7)]
+            (TrialState.COMPLETE, 0.5),
+            (TrialState.COMPLETE, 0.7),
+        ]
 
         # A finished trial is not read again by later requests: a change made behind
         # Optuna's back (which Optuna never makes) stays unseen here, though a fresh
         # reader sees it.
         with mine.rdb.engine.begin() as c:
-            c.execute(text("UPDATE trial_values SET value = 0.9 WHERE trial_id = :id"),
-                      {"id": first._trial_id})
+            c.execute(
+                text("UPDATE trial_values SET value = 0.9 WHERE trial_id = :id"),
+                {"id": first._trial_id},
+            )
         assert _trials(mine)[0].value == 0.5
         fresh = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
         try:
@@ -72,8 +76,14 @@ def test_finished_trials_are_read_once_running_ones_every_time(database_url: str
 
 
 def _row(bridge: OptunaBridge, name: str, seed: int | None) -> StudyRow:
-    spec = {"sampler": "tpe", "pruner": "median", "seed": seed, "search_space": {},
-            "fixed": {}, "model": {"family": "mlp"}}
+    spec = {
+        "sampler": "tpe",
+        "pruner": "median",
+        "seed": seed,
+        "search_space": {},
+        "fixed": {},
+        "model": {"family": "mlp"},
+    }
     optuna_id = bridge.create_study(name, "maximize", {}, [])
     return StudyRow(id=1, name=name, optuna_study_id=optuna_id, epochs=3, spec=spec)
 
@@ -99,8 +109,9 @@ def test_a_seeded_draw_is_the_same_whichever_process_serves_it(database_url: str
         unseeded = _row(bridges[0], "unseeded", None)
         _draw(bridges[:1], unseeded, 2)
         space, study_id = SearchSpace.parse({}, {}), unseeded.optuna_study_id or 0
-        assert (bridges[0]._sampler(unseeded, study_id, space)
-                is bridges[0]._sampler(unseeded, study_id, space))
+        assert bridges[0]._sampler(unseeded, study_id, space) is bridges[0]._sampler(
+            unseeded, study_id, space
+        )
     finally:
         for bridge in bridges:
             bridge.close()

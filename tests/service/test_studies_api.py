@@ -15,8 +15,10 @@ GOOD = {
     "dataset": "digits",
     "n_trials": 5,
     "epochs": 3,
-    "search_space": {"learning_rate": {"low": 0.001, "high": 0.01, "log": True},
-                     "optimizer": {"choices": ["adam", "rmsprop"]}},
+    "search_space": {
+        "learning_rate": {"low": 0.001, "high": 0.01, "log": True},
+        "optimizer": {"choices": ["adam", "rmsprop"]},
+    },
     "fixed": {"dropout_rate": 0.2},
 }
 
@@ -28,8 +30,14 @@ def test_healthz(client: httpx.Client) -> None:
 def test_openapi_docs_are_served(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/studies", "/studies/{study_id}", "/trials/lease", "/trials/{trial_id}/report",
-            "/trials/{trial_id}/complete", "/trials/{trial_id}/fail"} <= set(paths)
+    assert {
+        "/studies",
+        "/studies/{study_id}",
+        "/trials/lease",
+        "/trials/{trial_id}/report",
+        "/trials/{trial_id}/complete",
+        "/trials/{trial_id}/fail",
+    } <= set(paths)
 
 
 def test_create_read_and_list(api: Api, client: httpx.Client) -> None:
@@ -38,8 +46,14 @@ def test_create_read_and_list(api: Api, client: httpx.Client) -> None:
     study = r.json()
     assert study["status"] == "queued"
     assert study["direction"] == "maximize"  # follows from val_accuracy
-    assert study["trials"] == {"running": 0, "complete": 0, "pruned": 0, "fail": 0,
-                               "lost": 0, "released": 0}
+    assert study["trials"] == {
+        "running": 0,
+        "complete": 0,
+        "pruned": 0,
+        "fail": 0,
+        "lost": 0,
+        "released": 0,
+    }
     assert study["best"] is None
     assert study["search_space"]["optimizer"] == {"choices": ["adam", "rmsprop"]}
     assert study["fixed"]["dropout_rate"] == 0.2
@@ -73,12 +87,21 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"metric": "accuracy"}, "metric", "'val_accuracy', 'val_loss' or 'val_mae'"),
     ({"sampler": "cmaes"}, "sampler", "'tpe', 'random', 'qmc' or 'grid'"),
     ({"colour": "blue"}, "colour", "is not an allowed field"),
-    ({"search_space": {"learn_rate": {"low": 0.1}}}, "search_space.learn_rate",
-     "is not a known parameter"),
-    ({"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}},
-     "search_space.learning_rate.low", "must be <= high"),
-    ({"search_space": {"optimizer": {"choices": []}}}, "search_space.optimizer.choices",
-     "must be a non-empty list"),
+    (
+        {"search_space": {"learn_rate": {"low": 0.1}}},
+        "search_space.learn_rate",
+        "is not a known parameter",
+    ),
+    (
+        {"search_space": {"learning_rate": {"low": 0.1, "high": 0.01}}},
+        "search_space.learning_rate.low",
+        "must be <= high",
+    ),
+    (
+        {"search_space": {"optimizer": {"choices": []}}},
+        "search_space.optimizer.choices",
+        "must be a non-empty list",
+    ),
     ({"fixed": {"dropout_rate": 1.5}}, "fixed.dropout_rate", "must be < 1"),
 ]
 
@@ -132,9 +155,12 @@ def test_malformed_bodies_are_422_not_500(client: httpx.Client) -> None:
 
 def test_ids_out_of_range_are_422_not_500(client: httpx.Client) -> None:
     huge = 10**20
-    for r in (client.get(f"/studies/{huge}"), client.post(f"/studies/{huge}/stop"),
-              client.post(f"/trials/{huge}/report",
-                          json={"worker_id": "w", "epoch": 1, "value": 0.5}),
-              client.post("/trials/1/complete",
-                          json={"worker_id": "w", "value": 0.5, "epochs_run": huge})):
+    for r in (
+        client.get(f"/studies/{huge}"),
+        client.post(f"/studies/{huge}/stop"),
+        client.post(f"/trials/{huge}/report", json={"worker_id": "w", "epoch": 1, "value": 0.5}),
+        client.post(
+            "/trials/1/complete", json={"worker_id": "w", "value": 0.5, "epochs_run": huge}
+        ),
+    ):
         assert r.status_code == 422, r.text

@@ -46,14 +46,20 @@ def _fake_keras_cache(root: Path) -> Path:
     rng = np.random.default_rng(0)
     cache = root / "datasets"
     (cache / "fashion-mnist").mkdir(parents=True)
+
     def images(n: int) -> np.ndarray:
         return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
     def labels(n: int) -> np.ndarray:
         return (np.arange(n) % 10).astype(np.uint8)
 
-    np.savez(cache / "mnist.npz", x_train=images(200), y_train=labels(200),
-             x_test=images(50), y_test=labels(50))
+    np.savez(
+        cache / "mnist.npz",
+        x_train=images(200),
+        y_train=labels(200),
+        x_test=images(50),
+        y_test=labels(50),
+    )
     for part, n in (("train", 200), ("t10k", 50)):
         with gzip.open(cache / "fashion-mnist" / f"{part}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(b"\0" * 8 + labels(n).tobytes())
@@ -64,8 +70,9 @@ def _fake_keras_cache(root: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_keras_data_sets_load_from_the_keras_cache(tmp_path: Path, name: str) -> None:
-    source = DataSource(keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path,
-                        allow_downloads=False)
+    source = DataSource(
+        keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path, allow_downloads=False
+    )
     data = source.load(BUILTIN_DATASETS[name])
     assert data.x_train.shape[1] == 784 and len(data.y_test) == 50  # Keras's own test split
     assert len(data.y_train) + len(data.y_val) == 200
@@ -74,8 +81,9 @@ def test_keras_data_sets_load_from_the_keras_cache(tmp_path: Path, name: str) ->
 
 def test_keras_data_sets_without_cache_or_download_are_unavailable(tmp_path: Path) -> None:
     source = DataSource(keras_dir=tmp_path, cache_dir=tmp_path, allow_downloads=False)
-    with pytest.raises(DatasetUnavailable, match="dataset unavailable: mnist is not in the "
-                                                 "Keras cache"):
+    with pytest.raises(
+        DatasetUnavailable, match="dataset unavailable: mnist is not in the Keras cache"
+    ):
         source.load(BUILTIN_DATASETS["mnist"])
 
 

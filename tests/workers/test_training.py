@@ -28,12 +28,28 @@ def digits() -> Split:
     return load("digits")
 
 
-def _job(params: dict[str, Any], epochs: int = 3, *, dataset: str = "digits",
-         family: str = "mlp", metric: str = "val_accuracy",
-         time_limit_s: float | None = None) -> Assignment:
-    return Assignment(trial_id=1, number=0, study_name="t", params=params,
-                      dataset=BUILTIN_DATASETS[dataset], model_family=family, epochs=epochs,
-                      metric=metric, seed=7, lease_seconds=60, time_limit_s=time_limit_s)
+def _job(
+    params: dict[str, Any],
+    epochs: int = 3,
+    *,
+    dataset: str = "digits",
+    family: str = "mlp",
+    metric: str = "val_accuracy",
+    time_limit_s: float | None = None,
+) -> Assignment:
+    return Assignment(
+        trial_id=1,
+        number=0,
+        study_name="t",
+        params=params,
+        dataset=BUILTIN_DATASETS[dataset],
+        model_family=family,
+        epochs=epochs,
+        metric=metric,
+        seed=7,
+        lease_seconds=60,
+        time_limit_s=time_limit_s,
+    )
 
 
 def test_trains_and_reports_every_epoch(digits: Split) -> None:
@@ -59,44 +75,62 @@ def test_same_seed_same_result(digits: Split) -> None:
 
 
 def test_non_finite_loss_fails_the_trial_at_once(digits: Split) -> None:
-    params = {**GOOD, "optimizer": "sgd", "learning_rate": 10.0,
-              "kernel_initializer": "random_normal", "dropout_rate": 0.0}
+    params = {
+        **GOOD,
+        "optimizer": "sgd",
+        "learning_rate": 10.0,
+        "kernel_initializer": "random_normal",
+        "dropout_rate": 0.0,
+    }
     seen: list[int] = []
-    outcome = train_trial(_job(params, epochs=5), digits,
-                          lambda e, *_: seen.append(e) or "continue")
+    outcome = train_trial(
+        _job(params, epochs=5), digits, lambda e, *_: seen.append(e) or "continue"
+    )
     assert outcome.state == "fail"
     assert outcome.reason == "non-finite loss at epoch 1"
     assert outcome.epochs_run == 1 and seen == []
 
 
 def test_prune_answer_stops_training(digits: Split) -> None:
-    outcome = train_trial(_job(GOOD, epochs=5), digits,
-                          lambda e, *_: "prune" if e == 2 else "continue")
+    outcome = train_trial(
+        _job(GOOD, epochs=5), digits, lambda e, *_: "prune" if e == 2 else "continue"
+    )
     assert outcome.state == "pruned"
     assert outcome.epochs_run == 2
 
 
 def test_an_exception_in_building_is_a_failed_trial(digits: Split) -> None:
-    outcome = train_trial(_job({**GOOD, "activation": "no_such_activation"}), digits,
-                          lambda *_: "continue")
+    outcome = train_trial(
+        _job({**GOOD, "activation": "no_such_activation"}), digits, lambda *_: "continue"
+    )
     assert outcome.state == "fail"
     assert outcome.reason is not None and "no_such_activation" in outcome.reason
 
 
 def test_thread_count_setting_pins_tensorflow() -> None:
-    code = ("from workers.training import configure_tensorflow; import tensorflow as tf; "
-            "configure_tensorflow(1); "
-            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
-            "tf.config.threading.get_inter_op_parallelism_threads())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    code = (
+        "from workers.training import configure_tensorflow; import tensorflow as tf; "
+        "configure_tensorflow(1); "
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""},
+    )
     assert out.stdout.split() == ["1", "1"]
 
 
 @pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer"])
 def test_every_builtin_classification_set_trains(name: str) -> None:
-    outcome = train_trial(_job({**GOOD, "learning_rate": 0.01}, epochs=5, dataset=name),
-                          load(name), lambda *_: "continue")
+    outcome = train_trial(
+        _job({**GOOD, "learning_rate": 0.01}, epochs=5, dataset=name),
+        load(name),
+        lambda *_: "continue",
+    )
     assert outcome.state == "complete", outcome.reason
     assert outcome.value is not None and outcome.value > 0.6  # far above chance
 
@@ -104,9 +138,11 @@ def test_every_builtin_classification_set_trains(name: str) -> None:
 def test_regression_trains_and_reports_mae_in_target_units() -> None:
     data = load("diabetes")
     reports: list[dict[str, float]] = []
-    outcome = train_trial(_job({**GOOD, "learning_rate": 0.01}, epochs=8, dataset="diabetes",
-                               metric="val_mae"),
-                          data, lambda _e, _v, m: reports.append(m) or "continue")
+    outcome = train_trial(
+        _job({**GOOD, "learning_rate": 0.01}, epochs=8, dataset="diabetes", metric="val_mae"),
+        data,
+        lambda _e, _v, m: reports.append(m) or "continue",
+    )
     assert outcome.state == "complete", outcome.reason
     # The targets' spread is ~77; an MAE in scaled units would be below 1.
     assert outcome.value is not None and 30 < outcome.value < 80
@@ -120,8 +156,7 @@ def test_cnn_trains_on_images(digits: Split) -> None:
 
 
 def test_time_limit_fails_the_trial(digits: Split) -> None:
-    outcome = train_trial(_job(GOOD, epochs=50, time_limit_s=0.01), digits,
-                          lambda *_: "continue")
+    outcome = train_trial(_job(GOOD, epochs=50, time_limit_s=0.01), digits, lambda *_: "continue")
     assert outcome.state == "fail"
     assert outcome.reason is not None
     assert outcome.reason.startswith("time limit of 0.01s exceeded after epoch 1")
@@ -131,11 +166,13 @@ def test_time_limit_fails_the_trial(digits: Split) -> None:
 def test_keras_data_sets_from_the_cache_train_a_cnn(tmp_path: Path, name: str) -> None:
     from tests.workers.test_data import _fake_keras_cache
 
-    source = DataSource(keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path,
-                        allow_downloads=False)
+    source = DataSource(
+        keras_dir=_fake_keras_cache(tmp_path), cache_dir=tmp_path, allow_downloads=False
+    )
     data = source.load(BUILTIN_DATASETS[name])
-    outcome = train_trial(_job(GOOD, epochs=1, dataset=name, family="cnn"), data,
-                          lambda *_: "continue")
+    outcome = train_trial(
+        _job(GOOD, epochs=1, dataset=name, family="cnn"), data, lambda *_: "continue"
+    )
     assert outcome.state == "complete", outcome.reason  # (random pixels: nothing to learn)
 
 

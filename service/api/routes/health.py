@@ -21,9 +21,12 @@ def healthz(rt: RuntimeDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", response_class=Response, dependencies=[USER],
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
-                       **error_responses(401, 503)})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[USER],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(401, 503)},
+)
 def metrics(rt: RuntimeDep) -> Response:
     """Prometheus metrics: studies by status, trials by state, live workers, leases handed
     out, lease latency and trial durations."""

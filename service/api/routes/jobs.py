@@ -22,8 +22,12 @@ from service.domain import jobs, workers_seen
 from service.errors import Invalid
 from service.storage.tables import LeaseRow
 
-router = APIRouter(prefix="/jobs", tags=["worker protocol"], dependencies=[WORKER],
-                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
+router = APIRouter(
+    prefix="/jobs",
+    tags=["worker protocol"],
+    dependencies=[WORKER],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
 
 
 def _result(rt: RuntimeDep, row: LeaseRow) -> JobResult:
@@ -42,8 +46,9 @@ def heartbeat(job_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
 @router.post("/{job_id}/sanity", response_model=JobResult)
 def sanity(job_id: DbId, body: SanityIn, rt: RuntimeDep) -> JobResult:
     """The sanity run's verdict; a failed one ends the study ``failed`` with the detail."""
-    return _result(rt, jobs.sanity_result(rt, job_id, body.worker_id, passed=body.passed,
-                                      detail=body.detail))
+    return _result(
+        rt, jobs.sanity_result(rt, job_id, body.worker_id, passed=body.passed, detail=body.detail)
+    )
 
 
 @router.post("/{job_id}/model", response_model=JobResult)
@@ -57,10 +62,14 @@ def upload_model(
     """The retrained best model (``.keras``) and its score on the test split."""
     content = file.file.read(MAX_MODEL_BYTES + 1)
     if len(content) > MAX_MODEL_BYTES or not content.startswith(b"PK"):
-        raise Invalid(("file",), "must be a .keras file (a zip archive) of at most "
-                      f"{MAX_MODEL_BYTES} bytes", f"{len(content)} bytes")
-    return _result(rt, jobs.model_result(rt, job_id, worker_id, test_value=test_value,
-                                     content=content))
+        raise Invalid(
+            ("file",),
+            f"must be a .keras file (a zip archive) of at most {MAX_MODEL_BYTES} bytes",
+            f"{len(content)} bytes",
+        )
+    return _result(
+        rt, jobs.model_result(rt, job_id, worker_id, test_value=test_value, content=content)
+    )
 
 
 @router.post("/{job_id}/release", response_model=JobResult)

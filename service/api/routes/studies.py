@@ -21,8 +21,12 @@ from service.domain import jobs, studies
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow
 
-router = APIRouter(prefix="/studies", tags=["studies"], dependencies=[USER],
-                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
+router = APIRouter(
+    prefix="/studies",
+    tags=["studies"],
+    dependencies=[USER],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
 
 
 def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:
@@ -46,9 +50,14 @@ def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) ->
         search_space=spec["search_space"],
         fixed=spec["fixed"],
         trials=TrialCounts(**studies.trial_counts(rt, row.id)),
-        best=None if best is None or best.value is None else BestTrial(
-            trial_id=best.trial_id or 0, number=best.trial_number or 0, value=best.value,
-            params=best.params or {}),
+        best=None
+        if best is None or best.value is None
+        else BestTrial(
+            trial_id=best.trial_id or 0,
+            number=best.trial_number or 0,
+            value=best.value,
+            params=best.params or {},
+        ),
         final_model=FinalModel(
             state=row.final_state,
             test_metric=row.metric.replace("val_", "test_", 1),
@@ -83,8 +92,9 @@ def _trial_out(row: LeaseRow) -> TrialOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyOut)
-def create_study(body: StudyCreate, rt: RuntimeDep,
-                 idempotency_key: IdempotencyKey = None) -> Response:
+def create_study(
+    body: StudyCreate, rt: RuntimeDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Submit a study. 409 if the name is taken; 422 naming the field if the spec is invalid.
     With an ``Idempotency-Key``, a retry gets the first answer."""
 
@@ -92,8 +102,7 @@ def create_study(body: StudyCreate, rt: RuntimeDep,
         row, warnings = studies.create(rt, body)
         return _study_out(rt, row, warnings)
 
-    return respond_once(rt, "POST /studies", idempotency_key, body, create,
-                        status.HTTP_201_CREATED)
+    return respond_once(rt, "POST /studies", idempotency_key, body, create, status.HTTP_201_CREATED)
 
 
 @router.get("", response_model=list[StudyOut])
@@ -120,12 +129,20 @@ def stop_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     return _study_out(rt, studies.stop(rt, study_id))
 
 
-@router.get("/{study_id}/model", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}},
-                       404: {"description": "No model yet: see the study's final_model."}})
+@router.get(
+    "/{study_id}/model",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        404: {"description": "No model yet: see the study's final_model."},
+    },
+)
 def download_model(study_id: DbId, rt: RuntimeDep) -> Response:
     """The best configuration retrained on train + validation, as a ``.keras`` file with
     its optimizer state (``keras.models.load_model`` reads it)."""
     study, content = jobs.model_file(rt, study_id)
-    return Response(content, media_type="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{study.name}-best.keras"'})
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{study.name}-best.keras"'},
+    )

@@ -24,13 +24,18 @@ from service.api.schemas import (
 from service.domain import leases, workers_seen
 from service.storage.tables import LeaseRow
 
-router = APIRouter(prefix="/trials", tags=["worker protocol"], dependencies=[WORKER],
-                   responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
+router = APIRouter(
+    prefix="/trials",
+    tags=["worker protocol"],
+    dependencies=[WORKER],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
 
 
 def _result(row: LeaseRow) -> TrialResult:
-    return TrialResult(trial_id=row.trial_id or 0, state=row.state, value=row.value,
-                       reason=row.reason)
+    return TrialResult(
+        trial_id=row.trial_id or 0, state=row.state, value=row.value, reason=row.reason
+    )
 
 
 @router.post(
@@ -46,8 +51,13 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
     rt.metrics.lease_latency.observe(time.perf_counter() - started)
     if grant is not None:
         rt.metrics.leases.labels(grant.kind).inc()
-    workers_seen.seen(rt, body.worker.id, host=body.worker.host, pid=body.worker.pid,
-                      job_id=None if grant is None else grant.job_id)
+    workers_seen.seen(
+        rt,
+        body.worker.id,
+        host=body.worker.host,
+        pid=body.worker.pid,
+        job_id=None if grant is None else grant.job_id,
+    )
     if grant is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     study = grant.study
@@ -91,8 +101,15 @@ def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
 @router.post("/{trial_id}/complete", response_model=TrialResult)
 def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
     """The trial's final objective value. Idempotent: a retry counts once."""
-    row = leases.complete(rt, trial_id, body.worker_id, body.value, body.epochs_run,
-                          history=body.history, train_val_gap=body.train_val_gap)
+    row = leases.complete(
+        rt,
+        trial_id,
+        body.worker_id,
+        body.value,
+        body.epochs_run,
+        history=body.history,
+        train_val_gap=body.train_val_gap,
+    )
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
 
@@ -100,8 +117,9 @@ def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialRes
 @router.post("/{trial_id}/fail", response_model=TrialResult)
 def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
-    row = leases.fail(rt, trial_id, body.worker_id, body.reason, body.epochs_run,
-                      history=body.history)
+    row = leases.fail(
+        rt, trial_id, body.worker_id, body.reason, body.epochs_run, history=body.history
+    )
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
 

@@ -13,8 +13,9 @@ from service.api.deps import RuntimeDep
 from service.api.schemas import error_responses
 from service.domain import workers_seen
 
-router = APIRouter(prefix="/workers", tags=["workers"], dependencies=[USER],
-                   responses=error_responses(401, 503))
+router = APIRouter(
+    prefix="/workers", tags=["workers"], dependencies=[USER], responses=error_responses(401, 503)
+)
 
 
 class WorkerOut(BaseModel):
