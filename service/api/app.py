@@ -24,7 +24,7 @@ from service.api.limits import SCOPE_KEY, BodyLimits
 from service.api.metrics import Metrics
 from service.api.routes import datasets, health, jobs, studies, trials, workers
 from service.config import Settings, get_settings
-from service.domain.leases import reap_expired
+from service.domain.reports import reap_expired
 from service.errors import Invalid, ServiceError
 from service.storage.runtime import Runtime
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from service.storage.runtime import Runtime
 
@@ -15,3 +15,5 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit integer).")]

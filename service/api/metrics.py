@@ -17,10 +17,9 @@ from sqlalchemy import func, select
 
 from service.domain import workers_seen
 from service.domain.studies import trial_counts
+from service.states import StudyStatus
 from service.storage.runtime import Runtime
 from service.storage.tables import StudyRow
-
-STUDY_STATUSES = ("queued", "running", "completed", "stopped", "failed")
 
 
 class _FromDatabase(Collector):
@@ -34,7 +33,7 @@ class _FromDatabase(Collector):
             by_status = dict(
                 s.execute(select(StudyRow.status, func.count()).group_by(StudyRow.status)).all()
             )
-        for status in STUDY_STATUSES:
+        for status in StudyStatus:
             studies.add_metric([status], by_status.get(status, 0))
         for state, n in trial_counts(self.rt).items():
             trials.add_metric([state], n)

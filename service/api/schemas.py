@@ -1,22 +1,22 @@
-"""Request and response bodies of the HTTP API (pydantic). Their field descriptions become
-the OpenAPI text at ``/docs``."""
+"""Request and response bodies of the users' API (pydantic; the trial protocol's are in
+``service.protocol``). Their field descriptions become the OpenAPI text at ``/docs``.
+
+Pure pydantic, no FastAPI: :mod:`service.client` parses the answers with the same models.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.storage.optuna_adapter import PrunerName, SamplerName
+from service.states import FinalState, Pruner, Sampler, SanityState, StudyStatus, TrialState
 
 Metric = Literal["val_accuracy", "val_loss", "val_mae"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 _FORBID = ConfigDict(extra="forbid")
-
-DbId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Row id (a 32-bit integer).")]
 
 
 class ModelSpec(BaseModel):
@@ -57,8 +57,8 @@ class StudyCreate(BaseModel):
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Defaults to the metric's natural direction."
     )
-    sampler: SamplerName = Field("tpe", description="Optuna sampler.")
-    pruner: PrunerName = Field("median", description="Optuna pruner fed by the epoch reports.")
+    sampler: Sampler = Field(Sampler.TPE, description="Optuna sampler.")
+    pruner: Pruner = Field(Pruner.MEDIAN, description="Optuna pruner fed by the epoch reports.")
     seed: int | None = Field(
         None,
         ge=0,
@@ -106,7 +106,7 @@ class DatasetOut(BaseModel):
 class FinalModel(BaseModel):
     """The best configuration retrained on train + validation and scored once on test."""
 
-    state: Literal["none", "pending", "running", "ready", "failed"]
+    state: FinalState
     test_metric: str | None = None
     test_value: float | None = None
     reason: str | None = None
@@ -131,9 +131,9 @@ class BestTrial(BaseModel):
 class StudyOut(BaseModel):
     id: int
     name: str
-    status: Literal["queued", "running", "completed", "stopped", "failed"]
+    status: StudyStatus
     reason: str | None = Field(None, description="Why the study failed or stopped.")
-    sanity_check: Literal["skipped", "pending", "running", "passed", "failed"]
+    sanity_check: SanityState
     dataset: str
     n_trials: int
     epochs: int
@@ -158,119 +158,20 @@ class StudyOut(BaseModel):
 class TrialOut(BaseModel):
     trial_id: int
     number: int
-    state: str
-    params: dict[str, Any]
+    state: TrialState
+    params: dict[str, Any] = Field(
+        description="The whole configuration: sampled and fixed values alike."
+    )
     value: float | None
     reason: str | None
     epochs_run: int
+    metrics: dict[str, float] | None = Field(
+        None, description="The latest epoch's metrics, as the worker reported them."
+    )
     worker_id: str
     started_at: datetime
     finished_at: datetime | None
     duration_s: float | None
-
-
-WORKER_ID = r"^[^\x00-\x1f\x7f]+$"  # printable: stored in a text column
-
-
-class WorkerInfo(BaseModel):
-    model_config = _FORBID
-    id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
-    host: str | None = Field(None, max_length=255, pattern=WORKER_ID)
-    pid: int | None = Field(None, ge=0, le=2**31 - 1)
-
-
-class LeaseRequest(BaseModel):
-    model_config = _FORBID
-    worker: WorkerInfo
-
-
-class LeaseOut(BaseModel):
-    """Everything a worker needs for the job: ``kind`` trial (``trial_id`` set), sanity
-    (the overfit check) or final (retrain the best ``params``, upload the model)."""
-
-    kind: Literal["trial", "sanity", "final"]
-    job_id: int
-    trial_id: int | None
-    number: int | None
-    study_id: int
-    study_name: str
-    params: dict[str, Any]
-    dataset: dict[str, Any]
-    model: dict[str, Any]
-    epochs: int
-    metric: str
-    direction: str
-    seed: int
-    lease_seconds: float
-    trial_time_limit_s: float | None
-    tensorboard: bool
-    max_model_params: int = Field(
-        description="Workers refuse to train a bigger model (HPO_MAX_MODEL_PARAMS)."
-    )
-
-
-class WorkerCall(BaseModel):
-    model_config = _FORBID
-    worker_id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
-
-
-class ReportIn(WorkerCall):
-    epoch: int = Field(ge=1, le=100_000, description="1-based epoch number.")
-    value: float = Field(allow_inf_nan=False, description="The objective metric this epoch.")
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-
-History = dict[
-    Annotated[str, Field(max_length=64)], Annotated[list[float], Field(max_length=100_000)]
-]
-
-
-class CompleteIn(WorkerCall):
-    value: float = Field(allow_inf_nan=False)
-    epochs_run: int = Field(0, ge=0, le=100_000)
-    history: History | None = Field(
-        None, max_length=32, description="Per-epoch metrics, stored as history.json."
-    )
-    train_val_gap: float | None = Field(
-        None, allow_inf_nan=False, description="Training minus validation metric at the last epoch."
-    )
-
-
-class FailIn(WorkerCall):
-    reason: str = Field(min_length=1, max_length=4000)
-    epochs_run: int = Field(0, ge=0, le=100_000)
-    history: History | None = Field(None, max_length=32)
-
-
-class ReleaseIn(WorkerCall):
-    reason: str = Field("worker stopping", max_length=4000)
-
-
-class SanityIn(WorkerCall):
-    passed: bool
-    detail: str = Field(max_length=4000)
-
-
-class JobFailIn(WorkerCall):
-    reason: str = Field(min_length=1, max_length=4000)
-
-
-class JobResult(BaseModel):
-    job_id: int
-    kind: str
-    state: str
-    reason: str | None
-
-
-class ActionOut(BaseModel):
-    action: Literal["continue", "prune", "stop"]
-
-
-class TrialResult(BaseModel):
-    trial_id: int
-    state: str
-    value: float | None
-    reason: str | None
 
 
 class ProblemOut(BaseModel):

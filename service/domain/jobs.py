@@ -25,6 +25,15 @@ from sqlalchemy.orm import InstrumentedAttribute
 from search_space import SearchSpace
 from service.domain import studies
 from service.errors import Conflict, NotFound
+from service.states import (
+    OPEN_STATUSES,
+    Action,
+    FinalState,
+    JobKind,
+    LeaseState,
+    SanityState,
+    StudyStatus,
+)
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, ModelRow, StudyRow, utcnow
 
@@ -32,14 +41,15 @@ log = logging.getLogger(__name__)
 
 MAX_JOB_ATTEMPTS = 3
 
+# A job's state column; SanityState and FinalState share pending, running and failed.
 _COLUMN: dict[str, InstrumentedAttribute[str]] = {
-    "sanity": StudyRow.sanity_state,
-    "final": StudyRow.final_state,
+    JobKind.SANITY: StudyRow.sanity_state,
+    JobKind.FINAL: StudyRow.final_state,
 }
 
 
 def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
-    if kind == "sanity":
+    if kind == JobKind.SANITY:
         spec = study.spec
         space = SearchSpace.parse(
             spec["search_space"], spec["fixed"], family=spec["model"]["family"]
@@ -52,13 +62,13 @@ def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
 
 def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
     """Hand out a pending final or sanity job (final first: its study is done), or None."""
-    for kind in ("final", "sanity"):
+    for kind in (JobKind.FINAL, JobKind.SANITY):
         column = _COLUMN[kind]
         with rt.sessions() as s:
-            query = select(StudyRow).where(column == "pending").order_by(StudyRow.id)
-            if kind == "sanity":
+            query = select(StudyRow).where(column == SanityState.PENDING).order_by(StudyRow.id)
+            if kind == JobKind.SANITY:
                 query = query.where(
-                    StudyRow.status.in_(("queued", "running")),
+                    StudyRow.status.in_(OPEN_STATUSES),
                     StudyRow.optuna_study_id.is_not(None),
                 )
             candidates = s.scalars(query).all()
@@ -71,22 +81,22 @@ def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
                     CursorResult[Any],
                     s.execute(
                         update(StudyRow)
-                        .where(StudyRow.id == study.id, column == "pending")
-                        .values({column: "running"})
+                        .where(StudyRow.id == study.id, column == SanityState.PENDING)
+                        .values({column: SanityState.RUNNING})
                     ),
                 )
                 if taken.rowcount != 1:
                     continue
                 s.execute(
                     update(StudyRow)
-                    .where(StudyRow.id == study.id, StudyRow.status == "queued")
-                    .values(status="running", started_at=now)
+                    .where(StudyRow.id == study.id, StudyRow.status == StudyStatus.QUEUED)
+                    .values(status=StudyStatus.RUNNING, started_at=now)
                 )
                 job = LeaseRow(
                     study_id=study.id,
                     kind=kind,
                     worker_id=worker_id,
-                    state="active",
+                    state=LeaseState.ACTIVE,
                     params=params,
                     epochs_run=0,
                     created_at=now,
@@ -101,7 +111,7 @@ def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
 def _own(rt: Runtime, job_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
     with rt.sessions() as s:
         job = s.get(LeaseRow, job_id)
-        if job is None or job.kind == "trial":
+        if job is None or job.kind == JobKind.TRIAL:
             raise NotFound(f"job {job_id} does not exist")
         if job.worker_id != worker_id:
             raise Conflict(f"job {job_id} is leased to worker {job.worker_id!r}, not {worker_id!r}")
@@ -122,7 +132,7 @@ def _end(
             CursorResult[Any],
             s.execute(
                 update(LeaseRow)
-                .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                .where(LeaseRow.id == job.id, LeaseRow.state == LeaseState.ACTIVE)
                 .values(state=state, reason=reason, finished_at=utcnow())
             ),
         )
@@ -147,7 +157,7 @@ def _end(
     return current
 
 
-def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> str:
+def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> Action:
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
         with rt.sessions.begin() as s:
@@ -155,13 +165,13 @@ def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> str:
                 CursorResult[Any],
                 s.execute(
                     update(LeaseRow)
-                    .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                    .where(LeaseRow.id == job.id, LeaseRow.state == LeaseState.ACTIVE)
                     .values(deadline=utcnow() + timedelta(seconds=rt.settings.lease_seconds))
                 ),
             )
         if changed.rowcount != 1:
             raise Conflict(f"job {job_id} is no longer running: it is {job.state}")
-        return "continue"
+        return Action.CONTINUE
 
 
 def sanity_result(
@@ -170,16 +180,18 @@ def sanity_result(
     """The sanity run's verdict: the study proceeds, or ends failed with the reason."""
     with rt.unit_of_work():
         job, study = _own(rt, job_id, worker_id)
-        if job.kind != "sanity":
+        if job.kind != JobKind.SANITY:
             raise Conflict(f"job {job_id} is a {job.kind} job, not a sanity run")
         if passed:
-            return _end(rt, job, "complete", detail, {"sanity_state": "passed"})
-        values: dict[str, Any] = {"sanity_state": "failed"}
-        if study.status in ("queued", "running"):
+            return _end(rt, job, LeaseState.COMPLETE, detail, {"sanity_state": SanityState.PASSED})
+        values: dict[str, Any] = {"sanity_state": SanityState.FAILED}
+        if study.status in OPEN_STATUSES:
             values.update(
-                status="failed", finished_at=utcnow(), reason=f"sanity check failed: {detail}"
+                status=StudyStatus.FAILED,
+                finished_at=utcnow(),
+                reason=f"sanity check failed: {detail}",
             )
-        return _end(rt, job, "fail", detail, values)
+        return _end(rt, job, LeaseState.FAIL, detail, values)
 
 
 def model_result(
@@ -188,17 +200,17 @@ def model_result(
     """The retrained best model and its test score."""
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
-        if job.kind != "final":
+        if job.kind != JobKind.FINAL:
             raise Conflict(f"job {job_id} is a {job.kind} job, not a final model")
-        if job.state == "active":
+        if job.state == LeaseState.ACTIVE:
             with rt.sessions() as s:
                 rt.optuna.attach_model(s.get_one(StudyRow, job.study_id), content)
         return _end(
             rt,
             job,
-            "complete",
+            LeaseState.COMPLETE,
             None,
-            {"final_state": "ready", "test_metric": test_value},
+            {"final_state": FinalState.READY, "test_metric": test_value},
             model=content,
         )
 
@@ -207,8 +219,14 @@ def fail(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
     """The job could not run (an exception, the data set unavailable)."""
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
-        if job.kind == "final":
-            return _end(rt, job, "fail", reason, {"final_state": "failed", "final_reason": reason})
+        if job.kind == JobKind.FINAL:
+            return _end(
+                rt,
+                job,
+                LeaseState.FAIL,
+                reason,
+                {"final_state": FinalState.FAILED, "final_reason": reason},
+            )
         return sanity_result(rt, job_id, worker_id, passed=False, detail=reason)
 
 
@@ -222,7 +240,7 @@ def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
             CursorResult[Any],
             s.execute(
                 update(LeaseRow)
-                .where(LeaseRow.id == job.id, LeaseRow.state == "active")
+                .where(LeaseRow.id == job.id, LeaseRow.state == LeaseState.ACTIVE)
                 .values(state=state, reason=reason, finished_at=utcnow())
             ),
         )
@@ -236,20 +254,24 @@ def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
             )
             or 0
         )
-        values: dict[str, Any] = {column.key: "pending"}
+        values: dict[str, Any] = {column.key: SanityState.PENDING}
         if attempts >= MAX_JOB_ATTEMPTS:
             why = f"{job.kind} job did not finish in {attempts} attempts; the last: {reason}"
-            values = {column.key: "failed"}
-            if job.kind == "final":
+            values = {column.key: SanityState.FAILED}
+            if job.kind == JobKind.FINAL:
                 values["final_reason"] = why
             else:
                 study = s.get_one(StudyRow, job.study_id)
-                if study.status in ("queued", "running"):
+                if study.status in OPEN_STATUSES:
                     values.update(
-                        status="failed", finished_at=utcnow(), reason=f"sanity check failed: {why}"
+                        status=StudyStatus.FAILED,
+                        finished_at=utcnow(),
+                        reason=f"sanity check failed: {why}",
                     )
         s.execute(
-            update(StudyRow).where(StudyRow.id == job.study_id, column == "running").values(values)
+            update(StudyRow)
+            .where(StudyRow.id == job.study_id, column == SanityState.RUNNING)
+            .values(values)
         )
     log.warning("%s job %s %s: %s", job.kind, job.id, state, reason)
 
@@ -258,7 +280,7 @@ def release(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
     """The worker cannot run the job (e.g. it lacks the data set): another worker may."""
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
-        if job.state == "active":
+        if job.state == LeaseState.ACTIVE:
             give_back(rt, job, "released", reason)
         with rt.sessions() as s:
             return s.get_one(LeaseRow, job.id)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from search_space import METRICS, SearchSpace, SpaceError
 from search_space.catalog import DEFAULT_METRIC, DatasetInfo, metric_fits
 from search_space.families import family_names
 from search_space.size import max_param_count
-from service.api.schemas import StudyCreate
 from service.domain import datasets
 from service.errors import Conflict, Invalid, NotFound
+from service.states import (
+    OPEN_STATUSES,
+    FinalState,
+    JobKind,
+    LeaseState,
+    SanityState,
+    StudyStatus,
+    TrialState,
+)
 from service.storage.optuna_adapter import DuplicateStudy, check_samplable, grid_of
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow, utcnow
@@ -22,7 +31,30 @@ from service.storage.tables import LeaseRow, StudyRow, utcnow
 log = logging.getLogger(__name__)
 
 
-def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
+@dataclass(frozen=True)
+class NewStudy:
+    """A study as submitted, already checked for types and basic ranges by the HTTP edge;
+    ``create`` checks the rest (the space, the data set, the limits)."""
+
+    name: str
+    dataset: str
+    n_trials: int
+    epochs: int
+    search_space: dict[str, Any] | None = None
+    fixed: dict[str, Any] | None = None
+    metric: str | None = None
+    direction: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int | None = None
+    model_family: str = "mlp"
+    trial_time_limit_s: float | None = None
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    sanity_check: bool = True
+    tensorboard: bool = False
+
+
+def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
     """Validate and record a study, and create its Optuna study. Returns the study and
     warnings for the user (e.g. a worker reported its data set missing).
 
@@ -43,7 +75,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     if info is None:
         known = ", ".join(d.name for d in datasets.list_all(rt))
         raise Invalid(("dataset",), f"must be one of {known} (or upload it first)", body.dataset)
-    family = body.model.family
+    family = body.model_family
     if family not in family_names():
         raise Invalid(("model", "family"), f"must be one of {', '.join(family_names())}", family)
     if family == "cnn" and info.image_shape is None:
@@ -89,7 +121,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     direction = body.direction or METRICS[metric][0]
     spec: dict[str, Any] = {
         **space.to_json(),
-        "model": body.model.model_dump(),
+        "model": {"family": body.model_family},
         "sampler": body.sampler,
         "pruner": body.pruner,
         "seed": body.seed,
@@ -106,7 +138,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
             with rt.sessions.begin() as s:
                 row = StudyRow(
                     name=body.name,
-                    status="queued",
+                    status=StudyStatus.QUEUED,
                     dataset=body.dataset,
                     n_trials=body.n_trials,
                     epochs=body.epochs,
@@ -115,8 +147,8 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
                     spec=spec,
                     slots_used=0,
                     created_at=utcnow(),
-                    sanity_state="pending" if body.sanity_check else "skipped",
-                    final_state="none",
+                    sanity_state=SanityState.PENDING if body.sanity_check else SanityState.SKIPPED,
+                    final_state=FinalState.NONE,
                 )
                 s.add(row)
         except IntegrityError as exc:
@@ -153,7 +185,7 @@ def create(rt: Runtime, body: StudyCreate) -> tuple[StudyRow, list[str]]:
     return row, warnings
 
 
-def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int, body: StudyCreate) -> None:
+def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int, body: NewStudy) -> None:
     """Refuse a space whose largest model is over the limit (built-in families; workers
     check custom ones before they train)."""
     largest = max_param_count(
@@ -195,43 +227,67 @@ def get(rt: Runtime, study_id: int) -> StudyRow:
     return row
 
 
-def list_all(rt: Runtime) -> list[StudyRow]:
+def list_all(rt: Runtime, *, name: str | None = None) -> list[StudyRow]:
+    """Every study, oldest first (or the one named ``name``, if any)."""
+    query = select(StudyRow).order_by(StudyRow.id)
+    if name is not None:
+        query = query.where(StudyRow.name == name)
     with rt.sessions() as s:
-        return list(s.scalars(select(StudyRow).order_by(StudyRow.id)).all())
+        return list(s.scalars(query).all())
 
 
-TRIAL_STATES = ("running", "complete", "pruned", "fail", "lost", "released")
+_TRIALS = (LeaseRow.kind == JobKind.TRIAL, LeaseRow.trial_id.is_not(None))
+"""Trial leases that became trials (not slots whose Optuna trial was never created)."""
 
 
-def trial_counts(rt: Runtime, study_id: int | None = None) -> dict[str, int]:
-    """Trials by state (pending and active count as running), of one study or of all."""
-    counts = dict.fromkeys(TRIAL_STATES, 0)
-    query = (
-        select(LeaseRow.state, func.count())
-        .where(
-            LeaseRow.kind == "trial", LeaseRow.trial_id.is_not(None)
-        )  # not slots that never became trials
-        .group_by(LeaseRow.state)
-    )
-    if study_id is not None:
-        query = query.where(LeaseRow.study_id == study_id)
+def trial_counts(rt: Runtime) -> dict[str, int]:
+    """Trials of every study by state (pending and active count as running)."""
+    counts = dict.fromkeys(TrialState, 0)
+    query = select(LeaseRow.state, func.count()).where(*_TRIALS).group_by(LeaseRow.state)
     with rt.sessions() as s:
         for state, n in s.execute(query):
-            counts["running" if state in ("pending", "active") else state] += n
-    return counts
+            counts[TrialState.of(state)] += n
+    return {str(k): v for k, v in counts.items()}
+
+
+def counts_of(rt: Runtime, study_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Trials by state of each study in ``study_ids``, in one query."""
+    out = {i: {str(k): 0 for k in TrialState} for i in study_ids}
+    query = (
+        select(LeaseRow.study_id, LeaseRow.state, func.count())
+        .where(*_TRIALS, LeaseRow.study_id.in_(study_ids))
+        .group_by(LeaseRow.study_id, LeaseRow.state)
+    )
+    with rt.sessions() as s:
+        for study_id, state, n in s.execute(query):
+            out[study_id][TrialState.of(state)] += n
+    return out
+
+
+def best_of(rt: Runtime, study_ids: list[int]) -> dict[int, LeaseRow]:
+    """The best completed trial of each study in ``study_ids`` that has one (ties go to
+    the earliest trial), in one query."""
+    score = case((StudyRow.direction == "maximize", -LeaseRow.value), else_=LeaseRow.value)
+    rank = (
+        func.row_number()
+        .over(partition_by=LeaseRow.study_id, order_by=(score, LeaseRow.trial_number))
+        .label("rank")
+    )
+    ranked = (
+        select(LeaseRow.id, rank)
+        .join(StudyRow, StudyRow.id == LeaseRow.study_id)
+        .where(*_TRIALS, LeaseRow.study_id.in_(study_ids), LeaseRow.state == LeaseState.COMPLETE)
+        .subquery()
+    )
+    with rt.sessions() as s:
+        rows = s.scalars(
+            select(LeaseRow).join(ranked, ranked.c.id == LeaseRow.id).where(ranked.c.rank == 1)
+        ).all()
+    return {row.study_id: row for row in rows}
 
 
 def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
-    order = LeaseRow.value.desc() if row.direction == "maximize" else LeaseRow.value.asc()
-    with rt.sessions() as s:
-        return s.scalars(
-            select(LeaseRow)
-            .where(
-                LeaseRow.study_id == row.id, LeaseRow.kind == "trial", LeaseRow.state == "complete"
-            )
-            .order_by(order, LeaseRow.trial_number)
-            .limit(1)
-        ).one_or_none()
+    return best_of(rt, [row.id]).get(row.id)
 
 
 def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:
@@ -242,8 +298,7 @@ def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:
                 select(LeaseRow)
                 .where(
                     LeaseRow.study_id == study_id,
-                    LeaseRow.kind == "trial",
-                    LeaseRow.trial_id.is_not(None),
+                    *_TRIALS,
                 )
                 .order_by(LeaseRow.trial_number)
             ).all()
@@ -257,7 +312,7 @@ def stop(rt: Runtime, study_id: int) -> StudyRow:
         row = s.get(StudyRow, study_id)
         if row is None:
             raise NotFound(f"study {study_id} does not exist")
-        if row.status in ("queued", "running"):
-            row.status = "stopped"
+        if row.status in OPEN_STATUSES:
+            row.status = StudyStatus.STOPPED
             row.finished_at = utcnow()
     return row

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from service.states import LIVE_STATES
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, WorkerRow, utcnow
 
@@ -92,8 +93,7 @@ def live(rt: Runtime) -> list[dict[str, Any]]:
             select(WorkerRow, LeaseRow)
             .outerjoin(
                 LeaseRow,
-                (LeaseRow.id == WorkerRow.current_job_id)
-                & LeaseRow.state.in_(("pending", "active")),
+                (LeaseRow.id == WorkerRow.current_job_id) & LeaseRow.state.in_(LIVE_STATES),
             )
             .where(WorkerRow.last_seen >= since)
             .order_by(WorkerRow.first_seen)

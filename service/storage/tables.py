@@ -103,6 +103,8 @@ class LeaseRow(Base):
     value: Mapped[float | None] = mapped_column(Float)
     reason: Mapped[str | None] = mapped_column(Text)
     epochs_run: Mapped[int] = mapped_column(Integer, default=0)
+    # The latest epoch's metrics (loss, accuracy, val_loss, ...) as the worker reported them.
+    metrics: Mapped[dict[str, float] | None] = mapped_column(JSON)
     deadline: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -169,8 +171,3 @@ class IdempotencyRow(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[Any] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column()
-
-
-COUNTED_STATES = ("complete", "pruned", "fail")
-"""Finished states that count toward a study's ``n_trials``."""
-LIVE_STATES = ("pending", "active")

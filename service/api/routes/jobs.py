@@ -7,19 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from service.api.auth import WORKER
-from service.api.deps import RuntimeDep
+from service.api.deps import DbId, RuntimeDep
 from service.api.limits import MAX_MODEL_BYTES
-from service.api.schemas import (
-    ActionOut,
-    DbId,
-    JobFailIn,
-    JobResult,
-    SanityIn,
-    WorkerCall,
-    error_responses,
-)
+from service.api.schemas import error_responses
 from service.domain import jobs, workers_seen
 from service.errors import Invalid
+from service.protocol import ActionOut, JobFailIn, JobResult, SanityIn, WorkerCall
 from service.storage.tables import LeaseRow
 
 router = APIRouter(

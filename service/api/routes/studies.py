@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from service.api.auth import USER
-from service.api.deps import RuntimeDep
+from service.api.deps import DbId, RuntimeDep
 from service.api.idempotency import IdempotencyKey, respond_once
 from service.api.schemas import (
+    NAME_PATTERN,
     BestTrial,
-    DbId,
     FinalModel,
     StudyCreate,
     StudyOut,
@@ -18,6 +20,7 @@ from service.api.schemas import (
     error_responses,
 )
 from service.domain import jobs, studies
+from service.states import TrialState
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow
 
@@ -29,8 +32,19 @@ router = APIRouter(
 )
 
 
-def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:
-    best = studies.best(rt, row)
+def _studies_out(rt: Runtime, rows: list[StudyRow]) -> list[StudyOut]:
+    """The answers for ``rows``, with their counts and best trials read in two queries."""
+    ids = [row.id for row in rows]
+    counts, best = studies.counts_of(rt, ids), studies.best_of(rt, ids)
+    return [_study_out(row, counts[row.id], best.get(row.id)) for row in rows]
+
+
+def _one(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> StudyOut:
+    out = _studies_out(rt, [row])[0]
+    return out.model_copy(update={"warnings": warnings or []})
+
+
+def _study_out(row: StudyRow, counts: dict[str, int], best: LeaseRow | None) -> StudyOut:
     spec = row.spec
     return StudyOut(
         id=row.id,
@@ -49,7 +63,7 @@ def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) ->
         model=spec["model"],
         search_space=spec["search_space"],
         fixed=spec["fixed"],
-        trials=TrialCounts(**studies.trial_counts(rt, row.id)),
+        trials=TrialCounts(**counts),
         best=None
         if best is None or best.value is None
         else BestTrial(
@@ -65,11 +79,16 @@ def _study_out(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) ->
             reason=row.final_reason,
         ),
         trial_time_limit_s=spec.get("trial_time_limit_s"),
-        warnings=warnings or [],
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
     )
+
+
+def _new_study(body: StudyCreate) -> studies.NewStudy:
+    """The submission as plain values for the domain."""
+    fields = body.model_dump(exclude={"model"})
+    return studies.NewStudy(**fields, model_family=body.model.family)
 
 
 def _trial_out(row: LeaseRow) -> TrialOut:
@@ -79,11 +98,12 @@ def _trial_out(row: LeaseRow) -> TrialOut:
     return TrialOut(
         trial_id=row.trial_id or 0,
         number=row.trial_number or 0,
-        state="running" if row.state == "active" else row.state,
+        state=TrialState.of(row.state),
         params=row.params or {},
         value=row.value,
         reason=row.reason,
         epochs_run=row.epochs_run,
+        metrics=row.metrics,
         worker_id=row.worker_id,
         started_at=row.created_at,
         finished_at=row.finished_at,
@@ -99,22 +119,32 @@ def create_study(
     With an ``Idempotency-Key``, a retry gets the first answer."""
 
     def create() -> StudyOut:
-        row, warnings = studies.create(rt, body)
-        return _study_out(rt, row, warnings)
+        row, warnings = studies.create(rt, _new_study(body))
+        return _one(rt, row, warnings)
 
     return respond_once(rt, "POST /studies", idempotency_key, body, create, status.HTTP_201_CREATED)
 
 
+NameFilter = Annotated[
+    str | None,
+    Query(
+        pattern=NAME_PATTERN,
+        max_length=128,
+        description="Only the study of this name (an empty list if there is none).",
+    ),
+]
+
+
 @router.get("", response_model=list[StudyOut])
-def list_studies(rt: RuntimeDep) -> list[StudyOut]:
-    """All studies, oldest first."""
-    return [_study_out(rt, row) for row in studies.list_all(rt)]
+def list_studies(rt: RuntimeDep, name: NameFilter = None) -> list[StudyOut]:
+    """All studies, oldest first; with ``name``, only that one."""
+    return _studies_out(rt, studies.list_all(rt, name=name))
 
 
 @router.get("/{study_id}", response_model=StudyOut)
 def get_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     """A study's status, trial counts per state, and best trial so far."""
-    return _study_out(rt, studies.get(rt, study_id))
+    return _one(rt, studies.get(rt, study_id))
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut])
@@ -126,7 +156,7 @@ def list_trials(study_id: DbId, rt: RuntimeDep) -> list[TrialOut]:
 @router.post("/{study_id}/stop", response_model=StudyOut)
 def stop_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
     """Hand out no more trials; running trials are told to stop at their next report."""
-    return _study_out(rt, studies.stop(rt, study_id))
+    return _one(rt, studies.stop(rt, study_id))
 
 
 @router.get(

@@ -7,21 +7,20 @@ import time
 from fastapi import APIRouter, Response, status
 
 from service.api.auth import WORKER
-from service.api.deps import RuntimeDep
-from service.api.schemas import (
+from service.api.deps import DbId, RuntimeDep
+from service.api.schemas import error_responses
+from service.domain import leases, reports, workers_seen
+from service.protocol import (
     ActionOut,
     CompleteIn,
-    DbId,
     FailIn,
-    LeaseOut,
+    Lease,
     LeaseRequest,
     ReleaseIn,
     ReportIn,
     TrialResult,
     WorkerCall,
-    error_responses,
 )
-from service.domain import leases, workers_seen
 from service.storage.tables import LeaseRow
 
 router = APIRouter(
@@ -40,10 +39,10 @@ def _result(row: LeaseRow) -> TrialResult:
 
 @router.post(
     "/lease",
-    response_model=LeaseOut,
+    response_model=Lease,
     responses={204: {"description": "No work: no open study has budget left."}},
 )
-def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
+def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> Lease | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
     trial of the oldest open study, with its parameters and how to train it."""
     started = time.perf_counter()
@@ -60,32 +59,15 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> LeaseOut | Response:
     )
     if grant is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    study = grant.study
-    return LeaseOut(
-        kind=grant.kind,
-        job_id=grant.job_id,
-        trial_id=grant.trial_id,
-        number=grant.number,
-        study_id=study.id,
-        study_name=study.name,
-        params=grant.params,
-        dataset=study.spec["dataset_info"],
-        model=study.spec["model"],
-        epochs=study.epochs,
-        metric=study.metric,
-        direction=study.direction,
-        seed=grant.seed,
-        lease_seconds=grant.lease_seconds,
-        trial_time_limit_s=study.spec.get("trial_time_limit_s"),
-        tensorboard=bool(study.spec.get("tensorboard", False)),
-        max_model_params=rt.settings.max_model_params,
-    )
+    return grant
 
 
 @router.post("/{trial_id}/report", response_model=ActionOut)
 def report_epoch(trial_id: DbId, body: ReportIn, rt: RuntimeDep) -> ActionOut:
     """One epoch's objective value; renews the lease. Answers continue, prune or stop."""
-    action = leases.report(rt, trial_id, body.worker_id, body.epoch, body.value)
+    action = reports.report(
+        rt, trial_id, body.worker_id, body.epoch, body.value, metrics=body.metrics
+    )
     workers_seen.seen(rt, body.worker_id)
     return ActionOut(action=action)
 
@@ -93,7 +75,7 @@ def report_epoch(trial_id: DbId, body: ReportIn, rt: RuntimeDep) -> ActionOut:
 @router.post("/{trial_id}/heartbeat", response_model=ActionOut)
 def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
     """Renew the lease between reports (long epochs)."""
-    action = leases.heartbeat(rt, trial_id, body.worker_id)
+    action = reports.heartbeat(rt, trial_id, body.worker_id)
     workers_seen.seen(rt, body.worker_id)
     return ActionOut(action=action)
 
@@ -101,7 +83,7 @@ def heartbeat(trial_id: DbId, body: WorkerCall, rt: RuntimeDep) -> ActionOut:
 @router.post("/{trial_id}/complete", response_model=TrialResult)
 def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialResult:
     """The trial's final objective value. Idempotent: a retry counts once."""
-    row = leases.complete(
+    row = reports.complete(
         rt,
         trial_id,
         body.worker_id,
@@ -117,7 +99,7 @@ def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialRes
 @router.post("/{trial_id}/fail", response_model=TrialResult)
 def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
-    row = leases.fail(
+    row = reports.fail(
         rt, trial_id, body.worker_id, body.reason, body.epochs_run, history=body.history
     )
     workers_seen.seen(rt, body.worker_id, job_id=None)
@@ -127,6 +109,6 @@ def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
 @router.post("/{trial_id}/release", response_model=TrialResult)
 def release_trial(trial_id: DbId, body: ReleaseIn, rt: RuntimeDep) -> TrialResult:
     """Give the trial back unfinished; its parameters run again elsewhere."""
-    row = leases.release(rt, trial_id, body.worker_id, body.reason)
+    row = reports.release(rt, trial_id, body.worker_id, body.reason)
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
