@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Options for `hpo up`, e.g. make up ARGS="--workers 4 --trials 40"
+ARGS   ?=
+LINTED := service search_space workers migrations tests benchmarks
 
-.PHONY: up test lint bench clean
+.PHONY: up test test-fast lint format bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -24,15 +27,28 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed $(VENV)/.installed-bench
 
 up: $(VENV)/.installed
-	$(BIN)/hpo up
+	$(BIN)/hpo up $(ARGS)
 
+# The checks pre-commit runs too (.pre-commit-config.yaml): lint, format, types.
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check service search_space workers migrations tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
+
+# The whole suite, as CI runs it (about 13 minutes on 2 cores).
 test: lint
 	scripts/ensure-test-tools.sh
 	$(BIN)/pytest
+
+# The edit-run loop: everything not marked slow (no TensorFlow in worker processes),
+# under 3 minutes on 2 cores. `make test` still runs all of it.
+test-fast: lint
+	scripts/ensure-test-tools.sh
+	$(BIN)/pytest -m "not slow"
 
 # All five benchmarks at full size (about 30 minutes on 2 cores): benchmarks/RESULTS.md.
 bench: $(VENV)/.installed-bench

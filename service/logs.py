@@ -75,3 +75,7 @@ def setup(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # One line per HTTP request is the access log's job, not the client's.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic says which DDL dialect it assumes on every start, even when nothing is to
+    # migrate: worth seeing only when debugging.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("alembic").setLevel(quiet)

@@ -25,6 +25,16 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, if it does not exist (SQLite would create it empty on
+    the first connection); None for an existing file, memory, or another database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def engine_kwargs(url: str, *, busy_timeout_s: float) -> dict[str, Any]:
     """Keyword arguments for ``create_engine``, shared with Optuna's own engine."""
     if is_sqlite(url):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.errors import NotMigrated
-from service.storage.engine import is_sqlite, make_engine, schema_revisions
+from service.storage.engine import is_sqlite, make_engine, missing_sqlite_file, schema_revisions
 from service.storage.optuna_adapter import OptunaBridge
 
 
@@ -37,6 +37,12 @@ class Runtime:
         Raises:
             NotMigrated: the service's tables are missing or older than the code.
         """
+        missing = missing_sqlite_file(settings.database_url)
+        if missing is not None:  # refuse without connecting, which would create it empty
+            raise NotMigrated(
+                f"the database at {settings.database_url} is not migrated (there is no file "
+                f"{missing}); run `hpo migrate` first"
+            )
         engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
         current, head = schema_revisions(engine)
         if current != head:
