@@ -29,7 +29,7 @@ WORKER_PREFIXES = ("/trials", "/jobs")
 
 class TokenByRoute(httpx.Auth):
     """The token a route takes: the worker token on the trial protocol, the user token
-    elsewhere. (tests/service/test_auth.py checks each route refuses the other one.)"""
+    elsewhere. (tests/test_auth.py checks each route refuses the other one.)"""
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         worker = request.url.path.startswith(WORKER_PREFIXES)

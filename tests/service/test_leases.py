@@ -1,5 +1,5 @@
-"""The worker protocol against a real API on a real SQLite file: lease, report, complete,
-fail, release, expiry, pruning, and the exact budget."""
+"""The worker protocol against a real API, on a SQLite file and on PostgreSQL: lease,
+report, complete, fail, release, expiry, pruning, and the exact budget."""
 
 from __future__ import annotations
 

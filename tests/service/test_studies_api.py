@@ -1,4 +1,4 @@
-"""Studies over HTTP against a real uvicorn on a real SQLite file."""
+"""Studies over HTTP against a real uvicorn, on a SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
