@@ -8,7 +8,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.support import Api
+from tests.support import REPO, Api
 
 GOOD = {
     "name": "good",
@@ -164,3 +164,15 @@ def test_ids_out_of_range_are_422_not_500(client: httpx.Client) -> None:
         ),
     ):
         assert r.status_code == 422, r.text
+
+
+def test_the_readmes_422_example_is_what_the_service_answers(client: httpx.Client) -> None:
+    body = {
+        **GOOD,
+        "name": "readme-422",
+        "search_space": {"learning_rate": {"low": 0, "high": 0.01, "log": True}},
+    }
+    r = client.post("/studies", json=body)
+    assert r.status_code == 422
+    readme = (REPO / "README.md").read_text()
+    assert f"`{r.json()['message']}`" in readme, r.json()["message"]
