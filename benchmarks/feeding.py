@@ -231,12 +231,13 @@ def _fill(database_url: str, target: int, reports: int, seed: int) -> tuple[int,
     trials = []
     for _ in range(target - have):
         t = scratch.ask()
-        params = suggest(t, space)
+        suggest(t, space)  # the searched values become t.params; the fixed, a user attribute
         value = rng.random()
         trials.append(
             optuna.trial.create_trial(
-                params=params,
+                params=t.params,
                 distributions=t.distributions,
+                user_attrs=t.user_attrs,
                 value=value,
                 intermediate_values={e: value for e in range(1, reports + 1)},
             )

@@ -9,8 +9,9 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+from search_space.dimensions import Choices, Dimension, Fixed, FloatRange, IntRange
 from search_space.params import PARAMS_BY_NAME, SEARCH
-from search_space.spec import Choices, Dimension, Fixed, FloatRange, IntRange, SearchSpace
+from search_space.spec import SearchSpace
 
 # The architecture's constants live here, not in keras_builder (which starts TensorFlow
 # when imported); keras_builder builds from them.

@@ -3,201 +3,48 @@
 ``SearchSpace.parse(search_space, fixed)`` takes the two JSON objects of a study
 submission, checks every name, range and value against the documented parameters
 (``params.PARAMS``) and returns the resolved space: every documented parameter is either
-searched (a ``FloatRange``, ``IntRange`` or ``Choices``) or fixed (``Fixed``). Anything
-wrong raises ``SpaceError`` listing every problem with its field path, the offending
-value and what is allowed.
+searched (a ``FloatRange``, ``IntRange`` or ``Choices``) or fixed (``Fixed``), the value
+objects of ``search_space.dimensions``. Anything wrong raises ``SpaceError`` listing every
+problem with its field path, the offending value and what is allowed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
+from search_space.dimensions import (
+    Choices,
+    Dimension,
+    Fixed,
+    FloatRange,
+    IntRange,
+    Problem,
+    SpaceError,
+    _show,
+)
 from search_space.params import PARAMS, PARAMS_BY_NAME, SEARCH, ParamDef
+from search_space.sanity import sane_params
+from search_space.values import allowed_text, divisible, invalid, is_number, on_step
+
+__all__ = [
+    "MAX_CHOICES",
+    "MAX_STEPS",
+    "Choices",
+    "Dimension",
+    "Fixed",
+    "FloatRange",
+    "IntRange",
+    "Problem",
+    "SearchSpace",
+    "SpaceError",
+]
 
 MAX_CHOICES = 64
 """The most choices a categorical parameter may list."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec: where, what was given, and what is allowed."""
-
-    loc: tuple[str | int, ...]
-    msg: str
-    input: Any
-
-    @property
-    def field(self) -> str:
-        return ".".join(str(part) for part in self.loc)
-
-    def __str__(self) -> str:
-        return f"{self.field} {self.msg}, got {_show(self.input)}"
-
-
-class SpaceError(ValueError):
-    """A search space or fixed value is invalid; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int) and value.bit_length() > 256:  # str() of a huge int raises
-        return f"an integer of {value.bit_length()} bits"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
-        if self.step is not None:
-            out["step"] = self.step
-        return out
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
-        if self.step != 1:
-            out["step"] = self.step
-        return out
-
-
-@dataclass(frozen=True)
-class Choices:
-    choices: tuple[Any, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"choices": list(self.choices)}
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any
-
-
-Dimension = FloatRange | IntRange | Choices | Fixed
-
-SANE: dict[str, Any] = {
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "lr_schedule": "constant",
-    "lr_decay_rate": 0.99,
-    "dropout_rate": 0.0,
-    "kernel_initializer": "glorot_uniform",
-    "bias_initializer": "zeros",
-    "activation": "relu",
-    "batch_norm": False,
-    "l2": 0.0,
-    "batch_size": 64,
-    "hidden_layers": 2,
-    "hidden_units": 128,
-    "clipnorm": None,
-}
-"""The sanity run's configuration where a study searches a parameter (clamped into it)."""
-SANE_LEARNING_RATE = {
-    "adam": 1e-3,
-    "rmsprop": 1e-3,
-    "momentum": 1e-2,
-    "sgd": 1e-1,
-    "adagrad": 1e-1,
-    "adadelta": 1.0,
-}
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, and not an int too large for a float)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _check_element(p: ParamDef, value: Any) -> str | None:
-    """Why ``value`` is not a valid value of ``p``, or None."""
-    if p.kind == "float":
-        if not _is_number(value):
-            return "must be a finite number"
-        assert p.bounds is not None
-        return p.bounds.check(float(value))
-    if p.kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            return "must be an integer"
-        assert p.bounds is not None
-        return p.bounds.check(value)
-    # categorical
-    if p.element == "str" or p.element == "bool":
-        assert p.allowed is not None
-        if value not in p.allowed or type(value) is not type(p.allowed[0]):
-            return "must be one of " + ", ".join(_show(a) for a in p.allowed)
-        return None
-    if p.element == "float_or_none" and value is None:
-        return None
-    if p.element == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-        return "must be an integer"
-    if p.element == "float_or_none" and not _is_number(value):
-        return "must be null or a finite number"
-    assert p.bounds is not None
-    return p.bounds.check(value)  # no float(): a huge int would overflow
-
-
-def _invalid(p: ParamDef, value: Any) -> str | None:
-    """``_check_element``'s reason, completed with what is allowed."""
-    why = _check_element(p, value)
-    if why is None or p.allowed is not None:
-        return why
-    return f"{why} ({_allowed_text(p)})"
-
-
-def _allowed_text(p: ParamDef) -> str:
-    if p.allowed is not None:
-        return "one of " + ", ".join(_show(a) for a in p.allowed)
-    assert p.bounds is not None
-    if p.element == "float_or_none":
-        return f"null or a number in {p.bounds.describe()}"
-    kind = "an integer" if p.kind == "int" or p.element == "int" else "a number"
-    return f"{kind} in {p.bounds.describe()}"
-
-
 MAX_STEPS = 10**9
 """A stepped range holds at most this many values (a tiny step is a mistake)."""
-
-
-def _divisible(high: float, low: float, step: float) -> bool:
-    """Whether ``high - low`` is a whole number of steps, checked in decimal as Optuna does
-    (it would otherwise narrow the range and warn on every trial)."""
-    exact = (Decimal(str(high)) - Decimal(str(low))) / Decimal(str(step))
-    return exact == exact.to_integral_value()
-
-
-def _on_step(value: float, low: float, step: float) -> bool:
-    steps = (value - low) / step
-    return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
 
 
 def _parse_numeric(
@@ -217,14 +64,14 @@ def _parse_numeric(
     log = raw.get("log", False)
     step = raw.get("step")
     for key, value in (("low", low), ("high", high)):
-        why = _invalid(p, value)
+        why = invalid(p, value)
         if why is not None:
             problems.append(Problem((*loc, key), why, value))
     if not isinstance(log, bool):
         problems.append(Problem((*loc, "log"), "must be true or false", log))
     if step is not None:
         want_int = p.kind == "int"
-        if not _is_number(step) or (want_int and not isinstance(step, int)) or step <= 0:
+        if not is_number(step) or (want_int and not isinstance(step, int)) or step <= 0:
             kind = "a positive integer" if want_int else "a positive number"
             problems.append(Problem((*loc, "step"), f"must be {kind}", step))
     if problems:
@@ -249,7 +96,7 @@ def _parse_numeric(
                 step,
             )
         )
-    elif step is not None and not problems and not _divisible(high, low, step):
+    elif step is not None and not problems and not divisible(high, low, step):
         problems.append(
             Problem(
                 (*loc, "high"),
@@ -278,7 +125,7 @@ def _parse_choices(
     choices = raw.get("choices")
     if not isinstance(choices, list) or not choices:
         problems.append(
-            Problem((*loc, "choices"), f"must be a non-empty list of {_allowed_text(p)}", choices)
+            Problem((*loc, "choices"), f"must be a non-empty list of {allowed_text(p)}", choices)
         )
         return None, problems
     if len(choices) > MAX_CHOICES:
@@ -291,7 +138,7 @@ def _parse_choices(
         )
         return None, problems
     for i, value in enumerate(choices):
-        why = _invalid(p, value)
+        why = invalid(p, value)
         if why is not None:
             problems.append(Problem((*loc, "choices", i), why, value))
     if not problems and len(set(map(repr, choices))) != len(choices):
@@ -379,7 +226,7 @@ class SearchSpace:
             dim: Dimension | None
             if p.name in fixed:
                 value = fixed[p.name]
-                why = _invalid(p, value)
+                why = invalid(p, value)
                 if why is not None:
                     problems.append(Problem(("fixed", p.name), why, value))
                     continue
@@ -438,44 +285,8 @@ class SearchSpace:
         return p.condition is None or p.condition.value in self._possible_values(p.condition.param)
 
     def sane_params(self) -> dict[str, Any]:
-        """A configuration that should learn, for the sanity run: fixed values as fixed,
-        and for searched parameters the value the notes recommend (adam, a learning rate
-        that suits the optimizer, no dropout, no decay, ...), taken into the study's range
-        or choices."""
-        params: dict[str, Any] = {}
-        optimizer = self["optimizer"]
-        chosen = (
-            optimizer.value
-            if isinstance(optimizer, Fixed)
-            else (
-                "adam"
-                if isinstance(optimizer, Choices) and "adam" in optimizer.choices
-                else optimizer.choices[0]
-                if isinstance(optimizer, Choices)
-                else "adam"
-            )
-        )
-        for name, dim in self.dimensions:
-            if not SearchSpace.is_active(name, params, self.family):
-                continue
-            if isinstance(dim, Fixed):
-                params[name] = dim.value
-                continue
-            wish = SANE.get(name)
-            if name == "learning_rate":  # (comes before optimizer, hence `chosen`)
-                wish = SANE_LEARNING_RATE[chosen]
-            if isinstance(dim, Choices):
-                params[name] = wish if wish in dim.choices else dim.choices[0]
-            else:
-                low, high = dim.low, dim.high
-                value = min(max(wish if wish is not None else low, low), high)
-                if isinstance(dim, IntRange):
-                    value = low + (int(value) - low) // dim.step * dim.step
-                elif dim.step is not None:
-                    # (float error can put low + k * step just past high)
-                    value = min(low + round((value - low) / dim.step) * dim.step, high)
-                params[name] = value
-        return params
+        """The sanity run's configuration (``sanity.sane_params``)."""
+        return sane_params(self)
 
     def check_params(self, params: Any, loc: tuple[str | int, ...]) -> list[Problem]:
         """Problems of a set of parameter values (an enqueued trial) against this space:
@@ -490,7 +301,7 @@ class SearchSpace:
             if p is None or not self.can_be_active(name):
                 problems.append(Problem(where, "is not a parameter this study can use", value))
                 continue
-            why = _invalid(p, value)
+            why = invalid(p, value)
             dim = self[name]
             if why is None and isinstance(dim, Fixed) and value != dim.value:
                 why = f"must equal the fixed value {_show(dim.value)}"
@@ -506,7 +317,7 @@ class SearchSpace:
                 why is None
                 and isinstance(dim, FloatRange | IntRange)
                 and dim.step
-                and not _on_step(value, dim.low, dim.step)
+                and not on_step(value, dim.low, dim.step)
             ):
                 why = f"must be {dim.low:g} plus a whole number of steps ({dim.step:g})"
             if why is not None:

@@ -4,6 +4,7 @@ loads the study's page, and the test checks what it shows and keeps a screenshot
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import optuna
 import pytest
 
 from tests.support import Api, free_port, start_worker, stop, wait_for
+
+FIXED = {"optimizer": "adam", "lr_schedule": "constant"}
+SEARCHED = {"learning_rate", "dropout_rate", "kernel_initializer"}
+"""The study's fixed values, and what it searches (the defaults the fixed ones leave; with a
+constant schedule ``lr_decay_rate`` is never used)."""
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +43,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Pa
                     "dataset": "digits",
                     "n_trials": 3,
                     "epochs": 3,
-                    "fixed": {"optimizer": "adam", "lr_schedule": "constant"},
+                    "fixed": FIXED,
                 },
             )
             study_id = r.json()["id"]
@@ -117,6 +124,41 @@ def test_dashboard_api_lists_every_trial_with_curves_attrs_note_and_artifacts(
         "Submitted spec" in study["note"]["body"] and '"dataset": "digits"' in study["note"]["body"]
     )
     assert [a["filename"] for a in study["artifacts"]] == ["shown-best.keras"]
+
+
+def test_the_dashboard_speaks_the_study_s_language(
+    dashboard: str, finished: tuple[Api, Path, int]
+) -> None:
+    """The objective is named after the study's metric; a trial's parameters are what the
+    study searches, its fixed values a user attribute; importances list searched ones only.
+    The service's own trials keep the whole configuration."""
+    server, _, service_id = finished
+    optuna_id, study = _study(dashboard)
+    assert study["objective_names"] == ["val_accuracy"]
+    with server.client() as client:
+        leased = {
+            t["number"]: t["params"] for t in client.get(f"/studies/{service_id}/trials").json()
+        }
+    assert len(leased) == 3
+    for t in study["trials"]:
+        params = {p["name"]: p["param_external_value"] for p in t["params"]}
+        assert set(params) == SEARCHED
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        fixed = json.loads(attrs["fixed_params"])
+        assert FIXED.items() <= fixed.items() and not set(fixed) & SEARCHED
+        assert set(leased[t["number"]]) == set(fixed) | SEARCHED
+    r = httpx.get(f"{dashboard}/api/studies/{optuna_id}/param_importances")
+    assert r.is_success, r.text
+    (importances,) = r.json()["param_importances"]
+    assert {i["name"] for i in importances} == SEARCHED
+
+    # The same, read with Optuna itself.
+    loaded = optuna.load_study(study_name="shown", storage=server.database_url)
+    assert loaded.metric_names == ["val_accuracy"]
+    for trial in loaded.trials:
+        assert set(trial.params) == SEARCHED
+        assert {**trial.user_attrs["fixed_params"], **trial.params} == leased[trial.number]
+    assert set(optuna.importance.get_param_importances(loaded)) == SEARCHED
 
 
 def test_a_browser_shows_the_study(dashboard: str, tmp_path: Path) -> None:

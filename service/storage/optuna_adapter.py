@@ -1,5 +1,8 @@
-"""Everything the service asks of Optuna: its storage, the sampler and pruner of a study,
-and the ask / report / tell of a trial. Only this module touches Optuna's API."""
+"""The service's Optuna: its storage in the service's database, the sampler and pruner of
+a study, and the ask / report / tell of a trial. The domain reaches Optuna through this
+module only; besides it, ``search_space.optuna_space`` samples a space through a trial,
+``storage.migrate`` upgrades Optuna's schema, and ``api.app`` maps Optuna's storage
+error to a 503."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ import logging
 import math
 import tempfile
 import threading
+import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import optuna
-import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
@@ -25,16 +28,15 @@ from search_space import (
     SpaceError,
 )
 from search_space.optuna_space import suggest
+from service.states import Pruner, Sampler
 from service.storage.engine import engine_kwargs
 from service.storage.tables import StudyRow
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SamplerName = Literal["tpe", "random", "qmc", "grid"]
-PrunerName = Literal["median", "hyperband", "successive_halving", "none"]
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
-PRUNERS: tuple[str, ...] = get_args(PrunerName)
+SAMPLERS: tuple[str, ...] = tuple(Sampler)
+PRUNERS: tuple[str, ...] = tuple(Pruner)
 MAX_GRID_POINTS = 1_000_000
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
@@ -47,7 +49,8 @@ def derive_seed(base: int | None, index: int) -> int:
 
 
 def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
-    """The grid of a finite space: every value of every parameter that can be active.
+    """The grid of a finite space: every value of every searched parameter that can be
+    active. Fixed values are not in it: ``suggest`` does not ask Optuna for them.
 
     Raises:
         SpaceError: a searched parameter is continuous (a float range without a step), or
@@ -56,11 +59,9 @@ def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     problems = []
     for name, dim in space.dimensions:
-        if not space.can_be_active(name):
+        if isinstance(dim, Fixed) or not space.can_be_active(name):
             continue
-        if isinstance(dim, Fixed):
-            grid[name] = [dim.value]
-        elif isinstance(dim, Choices):
+        if isinstance(dim, Choices):
             grid[name] = list(dim.choices)
         elif isinstance(dim, IntRange):
             grid[name] = list(range(dim.low, dim.high + 1, dim.step))
@@ -109,7 +110,10 @@ def make_sampler(
         )
     if name == "grid":
         assert grid is not None
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        # The seed shuffles the grid, and a trial's grid id indexes the shuffled grid: it
+        # must be the study's own seed, or each trial's sampler would number the points
+        # differently and a seeded study would run some twice and others never.
+        return optuna.samplers.GridSampler(grid, seed=base_seed)
     # Optuna 5: multivariate TPE with the constant liar, right for parallel workers.
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -213,20 +217,34 @@ class OptunaBridge:
         )
 
     def create_study(
-        self, name: str, direction: str, note: dict[str, Any], enqueue: list[dict[str, Any]]
+        self,
+        name: str,
+        direction: str,
+        note: dict[str, Any],
+        enqueue: list[dict[str, Any]],
+        *,
+        metric: str | None = None,
     ) -> int:
         """Create the Optuna study named ``name``, with ``enqueue`` as its first trials'
-        parameters; returns its Optuna study id."""
+        parameters; returns its Optuna study id. The objective is named after the study's
+        ``metric`` (by default the note's ``hpo_spec.metric``), which the dashboard shows."""
         study = optuna.create_study(
             study_name=name,
             storage=self.storage,
             direction="maximize" if direction == "maximize" else "minimize",
         )
+        metric = metric or note.get("hpo_spec", {}).get("metric")
+        if metric:
+            with warnings.catch_warnings():  # experimental since 3.2, still in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric])
         for key, value in note.items():
             study.set_user_attr(key, value)
         for params in enqueue:
             study.enqueue_trial(params)
         # The dashboard shows the study's note: the spec as submitted, resolved.
+        import optuna_dashboard  # (a second of imports, sklearn's among them: when needed)
+
         optuna_dashboard.save_note(
             study, "## Submitted spec\n\n```json\n" + json.dumps(note, indent=2) + "\n```\n"
         )

@@ -95,7 +95,8 @@ def test_lease_report_complete(server: Api) -> None:
     frozen = optuna.load_study(study_name="s1", storage=server.database_url).trials[0]
     assert frozen.state == TrialState.COMPLETE and frozen.value == 0.7
     assert frozen.intermediate_values == {1: 0.5, 2: 0.7}
-    assert frozen.params == job["params"]
+    # Optuna holds the searched values as params, the fixed ones as a user attribute.
+    assert {**frozen.user_attrs["fixed_params"], **frozen.params} == job["params"]
     assert frozen.user_attrs["worker_id"] == "w1"
 
 
