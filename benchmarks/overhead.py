@@ -38,6 +38,8 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def _timed_client() -> type:
+    from service.protocol import TrialResult
+    from service.states import Action
     from workers.client import ServiceClient
 
     class TimedClient(ServiceClient):
@@ -61,13 +63,15 @@ def _timed_client() -> type:
                 self.jobs.append(job)
             return job
 
-        def report(self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]) -> str:
+        def report(
+            self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]
+        ) -> Action:
             t0 = time.perf_counter()
             action = super().report(trial_id, epoch, value, metrics)
             self.report_s[trial_id] = self.report_s.get(trial_id, 0.0) + time.perf_counter() - t0
             return action
 
-        def complete(self, trial_id: int, **kwargs: Any) -> dict[str, Any]:
+        def complete(self, trial_id: int, **kwargs: Any) -> TrialResult:
             t0 = time.perf_counter()
             answer = super().complete(trial_id, **kwargs)
             self.complete_s[trial_id] = time.perf_counter() - t0

@@ -83,19 +83,27 @@ def _counter(budget: Budget) -> Any:
 
 
 def assignment(params: dict[str, Any], epochs: int, seed: int, data: Any) -> Any:
-    from workers.training import Assignment
+    from service.protocol import Lease, ModelRef
+    from service.states import JobKind
 
-    return Assignment(
+    return Lease(
+        kind=JobKind.TRIAL,
+        job_id=0,
         trial_id=None,
         number=None,
+        study_id=0,
         study_name="quality",
         params=params,
         dataset=data.info,
-        model_family="mlp",
+        model=ModelRef(family="mlp"),
         epochs=epochs,
         metric="val_accuracy",
+        direction="maximize",
         seed=seed,
         lease_seconds=600,
+        trial_time_limit_s=None,
+        tensorboard=False,
+        max_model_params=10**9,
     )
 
 
@@ -127,6 +135,7 @@ def _fit(params: dict[str, Any], seed: int, data: Any, epochs: int, budget: Budg
 def _service(
     pruner: str, seed: int, budget: Budget, epochs: int, data: Any, tmp: Path
 ) -> dict[str, Any]:
+    from service.states import Action
     from workers.client import ServiceClient
 
     with running_api(tmp / "api") as api:
@@ -157,7 +166,7 @@ def _service(
 
             def report(
                 self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]
-            ) -> str:
+            ) -> Action:
                 action = super().report(trial_id, epoch, value, metrics)
                 budget.used += 1
                 if budget.spent and not stopped:
@@ -165,8 +174,8 @@ def _service(
                     with user_client(api) as c:
                         c.post(f"/studies/{study['id']}/stop").raise_for_status()
                     # A trial whose last epoch this was completes; one cut short goes back.
-                    if action == "continue" and epoch < epochs:
-                        return "stop"
+                    if action == Action.CONTINUE and epoch < epochs:
+                        return Action.STOP
                 return action
 
         worker = in_process_worker(api.url, tmp, client_class=BudgetClient)
@@ -297,7 +306,8 @@ def _optuna_random(seed: int, budget: Budget, epochs: int, data: Any) -> dict[st
         study.tell(trial, _fit(params, seed * 10_000 + trial.number, data, epochs, budget))
     return {
         "best_val": study.best_value,
-        "best_params": study.best_params,
+        # Optuna's params hold the searched values; the fixed ones are a user attribute.
+        "best_params": {**study.best_trial.user_attrs["fixed_params"], **study.best_params},
         "trials": len(study.trials),
         "pruned": None,
     }

@@ -1,33 +1,60 @@
-"""The worker's HTTP client for the trial protocol (``POST /trials/...``).
+"""The worker's HTTP client for the trial protocol (``POST /trials/...``, ``/jobs/...``).
 
-Every call is retried with exponential backoff while the service is unreachable or answers
-5xx, for up to ``retry_max_s``: the service's calls are idempotent, so a retried
-``complete`` counts once. A 4xx is final and raised as ``Rejected``.
+Bodies are the models of :mod:`service.protocol`, the same ones the API parses and
+answers with, so a field renamed on one side fails the other's type check. This module
+imports neither TensorFlow nor Keras: the client works without them.
+
+Every call is retried with exponential backoff and jitter (tenacity) while the service is
+unreachable or answers 500/502/503/504, for up to ``retry_max_s``: the service's calls are
+idempotent, so a retried ``complete`` counts once. A stopping worker makes one try only.
+A 4xx is final and raised as ``Rejected`` (``Unauthorized`` for 401).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import threading
-import time
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    stop_when_event_set,
+    wait_exponential,
+    wait_random,
+)
 
-from workers.training import Assignment
+from service.protocol import (
+    MAX_TEXT,
+    ActionOut,
+    CompleteIn,
+    FailIn,
+    JobFailIn,
+    JobResult,
+    Lease,
+    LeaseRequest,
+    ReleaseIn,
+    ReportIn,
+    SanityIn,
+    TrialResult,
+    WorkerCall,
+    WorkerInfo,
+    finite,
+    finite_history,
+)
+from service.states import Action
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {500, 502, 503, 504}
-
-
-def _finite(history: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-    """JSON has no NaN: a diverged epoch's values are left out of the history."""
-    if not history:
-        return None
-    return {k: [v for v in vs if math.isfinite(v)] for k, vs in history.items()}
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+FIRST_WAIT_S = 0.5
+"""The first wait between tries; it doubles (plus up to ``JITTER_S``) up to ``MAX_WAIT_S``."""
+MAX_WAIT_S = 15.0
+JITTER_S = 0.5
 
 
 class Rejected(RuntimeError):
@@ -42,6 +69,17 @@ class Unauthorized(Rejected):
     """The service refused the worker token (401): misconfigured, so the worker stops."""
 
 
+class _Retryable(Exception):
+    """A try that may succeed later: the service unreachable, or a 500/502/503/504."""
+
+
+def _log_retry(state: RetryCallState) -> None:
+    method, path = state.args[0], state.args[1]
+    problem = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
+
+
 class ServiceClient:
     """Calls of one worker; ``worker`` identifies it in every request."""
 
@@ -49,7 +87,7 @@ class ServiceClient:
         self,
         base_url: str,
         *,
-        worker: dict[str, Any],
+        worker: WorkerInfo,
         token: str,
         timeout_s: float = 30.0,
         retry_max_s: float = 300.0,
@@ -69,25 +107,34 @@ class ServiceClient:
     def close(self) -> None:
         self._http.close()
 
+    def _try(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}")
+        return response
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        deadline = time.monotonic() + self.retry_max_s
-        delay = 0.5
-        while True:
-            try:
-                response = self._http.request(method, path, **kwargs)
-                if response.status_code not in RETRY_STATUS:
-                    break
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() + delay > deadline or self.stopping.is_set():
-                raise ConnectionError(f"{method} {path} failed: {problem}")
-            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
-            self.stopping.wait(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 15.0)
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            # Give up before a wait would end past retry_max_s, or at once when stopping.
+            stop=stop_before_delay(self.retry_max_s) | stop_when_event_set(self.stopping),
+            wait=wait_exponential(multiplier=FIRST_WAIT_S, max=MAX_WAIT_S)
+            + wait_random(0, JITTER_S),
+            sleep=self._wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            response: httpx.Response = retrying(self._try, method, path, **kwargs)
+        except _Retryable as exc:
+            raise ConnectionError(f"{method} {path} failed: {exc}") from None
         if response.status_code >= 400:
             try:
-                message = str(response.json().get("message") or response.json())
+                body = response.json()
+                message = str(body.get("message") or body) if isinstance(body, dict) else str(body)
             except ValueError:
                 message = response.text
             if response.status_code == 401:
@@ -95,28 +142,37 @@ class ServiceClient:
             raise Rejected(response.status_code, message)
         return response
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return self._request("POST", path, json=body)
+    def _wait(self, seconds: float) -> None:
+        """Sleep between tries; a stop (SIGTERM) ends the wait at once."""
+        self.stopping.wait(seconds)
 
-    def lease(self) -> Assignment | None:
-        """A trial to train, or None when the service has no work."""
-        response = self._post("/trials/lease", {"worker": self.worker})
+    def _post(self, path: str, body: BaseModel) -> httpx.Response:
+        return self._request("POST", path, json=body.model_dump(mode="json"))
+
+    def _call(self) -> WorkerCall:
+        return WorkerCall(worker_id=self.worker.id)
+
+    def lease(self) -> Lease | None:
+        """A job to run (a trial, a sanity run, a final model), or None when there is none."""
+        response = self._post("/trials/lease", LeaseRequest(worker=self.worker))
         if response.status_code == 204:
             return None
-        return Assignment.from_json(response.json())
+        return Lease.model_validate(response.json())
 
-    def _trial_call(self, trial_id: int, verb: str, **fields: Any) -> dict[str, Any]:
-        body = {"worker_id": self.worker["id"], **fields}
-        result: dict[str, Any] = self._post(f"/trials/{trial_id}/{verb}", body).json()
-        return result
+    def _trial(self, trial_id: int, verb: str, body: BaseModel) -> TrialResult:
+        return TrialResult.model_validate(self._post(f"/trials/{trial_id}/{verb}", body).json())
 
-    def report(self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]) -> str:
-        """Send one epoch's metrics; returns the service's action: continue, prune or stop."""
-        body = self._trial_call(trial_id, "report", epoch=epoch, value=value, metrics=metrics)
-        return str(body["action"])
+    def _action(self, path: str, body: BaseModel) -> Action:
+        return ActionOut.model_validate(self._post(path, body).json()).action
 
-    def heartbeat(self, trial_id: int) -> str:
-        return str(self._trial_call(trial_id, "heartbeat")["action"])
+    def report(self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]) -> Action:
+        """Send one epoch's metrics (non-finite ones left out: JSON has no NaN); returns
+        the service's action: continue, prune or stop."""
+        body = ReportIn(worker_id=self.worker.id, epoch=epoch, value=value, metrics=finite(metrics))
+        return self._action(f"/trials/{trial_id}/report", body)
+
+    def heartbeat(self, trial_id: int) -> Action:
+        return self._action(f"/trials/{trial_id}/heartbeat", self._call())
 
     def complete(
         self,
@@ -126,15 +182,15 @@ class ServiceClient:
         epochs_run: int,
         history: dict[str, list[float]] | None = None,
         train_val_gap: float | None = None,
-    ) -> dict[str, Any]:
-        return self._trial_call(
-            trial_id,
-            "complete",
+    ) -> TrialResult:
+        body = CompleteIn(
+            worker_id=self.worker.id,
             value=value,
             epochs_run=epochs_run,
-            history=_finite(history),
+            history=finite_history(history),
             train_val_gap=train_val_gap,
         )
+        return self._trial(trial_id, "complete", body)
 
     def fail(
         self,
@@ -143,40 +199,47 @@ class ServiceClient:
         reason: str,
         epochs_run: int,
         history: dict[str, list[float]] | None = None,
-    ) -> dict[str, Any]:
-        return self._trial_call(
-            trial_id, "fail", reason=reason, epochs_run=epochs_run, history=_finite(history)
+    ) -> TrialResult:
+        body = FailIn(
+            worker_id=self.worker.id,
+            reason=reason[:MAX_TEXT],
+            epochs_run=epochs_run,
+            history=finite_history(history),
         )
+        return self._trial(trial_id, "fail", body)
 
-    def release(self, trial_id: int, *, reason: str) -> dict[str, Any]:
-        return self._trial_call(trial_id, "release", reason=reason)
+    def release(self, trial_id: int, *, reason: str) -> TrialResult:
+        body = ReleaseIn(worker_id=self.worker.id, reason=reason[:MAX_TEXT])
+        return self._trial(trial_id, "release", body)
 
     def fetch_dataset(self, name: str) -> bytes:
         """An uploaded data set's normalised NPZ."""
         return self._request("GET", f"/datasets/{name}/file").content
 
-    def _job_call(self, job_id: int, verb: str, **fields: Any) -> dict[str, Any]:
-        body = {"worker_id": self.worker["id"], **fields}
-        result: dict[str, Any] = self._post(f"/jobs/{job_id}/{verb}", body).json()
-        return result
+    def _job(self, job_id: int, verb: str, body: BaseModel) -> JobResult:
+        return JobResult.model_validate(self._post(f"/jobs/{job_id}/{verb}", body).json())
 
-    def job_heartbeat(self, job_id: int) -> str:
-        return str(self._job_call(job_id, "heartbeat")["action"])
+    def job_heartbeat(self, job_id: int) -> Action:
+        return self._action(f"/jobs/{job_id}/heartbeat", self._call())
 
-    def sanity(self, job_id: int, *, passed: bool, detail: str) -> dict[str, Any]:
-        return self._job_call(job_id, "sanity", passed=passed, detail=detail[:4000])
+    def sanity(self, job_id: int, *, passed: bool, detail: str) -> JobResult:
+        body = SanityIn(worker_id=self.worker.id, passed=passed, detail=detail[:MAX_TEXT])
+        return self._job(job_id, "sanity", body)
 
-    def job_fail(self, job_id: int, *, reason: str) -> dict[str, Any]:
-        return self._job_call(job_id, "fail", reason=reason[:4000])
+    def job_fail(self, job_id: int, *, reason: str) -> JobResult:
+        return self._job(job_id, "fail", self._job_reason(reason))
 
-    def job_release(self, job_id: int, *, reason: str) -> dict[str, Any]:
-        return self._job_call(job_id, "release", reason=reason[:4000])
+    def job_release(self, job_id: int, *, reason: str) -> JobResult:
+        return self._job(job_id, "release", self._job_reason(reason))
 
-    def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = self._request(
+    def _job_reason(self, reason: str) -> JobFailIn:
+        return JobFailIn(worker_id=self.worker.id, reason=reason[:MAX_TEXT] or "unknown")
+
+    def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> JobResult:
+        response = self._request(
             "POST",
             f"/jobs/{job_id}/model",
-            data={"worker_id": self.worker["id"], "test_value": repr(test_value)},
+            data={"worker_id": self.worker.id, "test_value": repr(test_value)},
             files={"file": ("best.keras", content, "application/octet-stream")},
-        ).json()
-        return result
+        )
+        return JobResult.model_validate(response.json())

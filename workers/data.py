@@ -10,7 +10,7 @@
 The split is fixed and seeded (``SPLIT_SEED``), stratified for classification, so every
 trial of every study sees the same rows. Features are standardised with statistics of the
 training split only, then applied to validation and test; regression targets are scaled
-the same way (the notes' advice), and ``Split.y_std`` turns scaled errors back into the
+the same way (the notes' advice), and ``Split.to_target_units`` turns scaled errors into the
 target's units.
 """
 
@@ -20,15 +20,19 @@ import gzip
 import hashlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn import datasets as sk_datasets
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo
 from search_space.splits import Array, split_rows
+
+TARGET_UNIT_METRICS = frozenset({"mae"})
+"""Metrics in the target's units (with their ``val_`` twins): scaled back by ``y_std``."""
 
 
 class DatasetUnavailable(RuntimeError):
@@ -54,6 +58,21 @@ class Split:
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    def to_target_units(self, name: str, value: float) -> float:
+        """A metric back in the target's units: models train on standardised regression
+        targets, so an absolute error (``mae``, ``val_mae``) is scaled by ``y_std``; every
+        other metric (accuracies, losses) is returned as is."""
+        scaled = name.removeprefix("val_") in TARGET_UNIT_METRICS
+        return float(value) * self.y_std if scaled else float(value)
+
+    def metrics_in_target_units(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """The numeric entries of ``metrics`` (Keras logs), each via ``to_target_units``."""
+        return {
+            k: self.to_target_units(k, float(v))
+            for k, v in metrics.items()
+            if isinstance(v, int | float | np.number)
+        }
 
 
 def _standardiser(x_train: Array) -> Callable[[Array], Array]:

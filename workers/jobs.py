@@ -7,12 +7,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
-from search_space.keras_builder import schedule_callbacks
+from service.protocol import Lease
 from workers.data import Split
-from workers.training import Assignment, compiled_model
+from workers.quiet import tensorflow_import
+
+with tensorflow_import():
+    import keras
+
+    from search_space.keras_builder import schedule_callbacks
+    from workers.training import compiled_model
 
 SANITY_ROWS = 32
 SANITY_MAX_EPOCHS = 300
@@ -39,7 +44,7 @@ class _Fitted(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def sanity_check(job: Assignment, data: Split) -> tuple[bool, str]:
+def sanity_check(job: Lease, data: Split) -> tuple[bool, str]:
     """Can the model overfit a handful of training rows? (True, detail) or (False, why)."""
     n = min(SANITY_ROWS, len(data.y_train))
     x, y = data.x_train[:n], data.y_train[:n]
@@ -66,7 +71,7 @@ def sanity_check(job: Assignment, data: Split) -> tuple[bool, str]:
     )
 
 
-def train_final(job: Assignment, data: Split) -> tuple[float, bytes]:
+def train_final(job: Lease, data: Split) -> tuple[float, bytes]:
     """Retrain the best configuration on train + validation for the study's epochs and
     score it once on the test split. Returns (test value, the ``.keras`` file's bytes)."""
     x = np.concatenate([data.x_train, data.x_val])
@@ -90,7 +95,7 @@ def train_final(job: Assignment, data: Split) -> tuple[float, bytes]:
         )
     scores = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
     name = job.metric.removeprefix("val_")
-    value = float(scores[name]) * (data.y_std if name == "mae" else 1.0)
+    value = data.to_target_units(name, scores[name])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "best.keras"
         model.save(path)  # architecture, weights and optimizer state

@@ -12,14 +12,18 @@ import uuid
 from collections.abc import Callable
 from types import FrameType
 
+from pydantic import ValidationError
+
 from search_space.catalog import DatasetInfo
 from search_space.families import FamilyUnavailable
 from service.logs import log_context
+from service.protocol import Lease, WorkerInfo
+from service.states import Action, JobKind
 from workers.client import Rejected, ServiceClient, Unauthorized
 from workers.config import WorkerSettings
 from workers.data import DatasetUnavailable, DataSource, Split
 from workers.jobs import sanity_check, train_final
-from workers.training import Assignment, Outcome, configure_tensorflow, train_trial
+from workers.training import Outcome, configure_tensorflow, train_trial
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(self.interval_s):
             try:
-                if self.beat() == "stop":
+                if self.beat() == Action.STOP:
                     self.stop_requested = True
             except Exception:  # a missed heartbeat is not fatal; the next report renews
                 log.warning("heartbeat failed", exc_info=True)
@@ -59,11 +63,9 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         host = socket.gethostname()
-        self.identity = {
-            "id": f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-            "host": host,
-            "pid": os.getpid(),
-        }
+        self.identity = WorkerInfo(
+            id=f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}", host=host, pid=os.getpid()
+        )
         self._stopping = threading.Event()
         if settings.worker_token is None or not settings.worker_token.get_secret_value():
             raise ValueError(
@@ -88,7 +90,7 @@ class Worker:
         )
 
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        log.info("worker %s stopping (signal %s)", self.identity["id"], signum)
+        log.info("worker %s stopping (signal %s)", self.identity.id, signum)
         self._stopping.set()
 
     def install_signal_handlers(self) -> None:
@@ -100,7 +102,7 @@ class Worker:
         Returns the number of trials this worker finished."""
         configure_tensorflow(self.settings.tf_threads)
         done = 0
-        log.info("worker %s pulling from %s", self.identity["id"], self.settings.api_url)
+        log.info("worker %s pulling from %s", self.identity.id, self.settings.api_url)
         try:
             while not self._stopping.is_set() and (max_trials is None or done < max_trials):
                 try:
@@ -135,16 +137,16 @@ class Worker:
             self._data[key] = self.source.load(info)
         return self._data[key]
 
-    def _run_one(self, job: Assignment) -> None:
+    def _run_one(self, job: Lease) -> None:
         with log_context(
-            study=job.study_name, trial=job.trial_id, job=job.job_id, worker=self.identity["id"]
+            study=job.study_name, trial=job.trial_id, job=job.job_id, worker=self.identity.id
         ):
-            if job.kind == "trial":
+            if job.kind == JobKind.TRIAL:
                 self._run_trial(job)
             else:
                 self._run_job(job)
 
-    def _run_trial(self, job: Assignment) -> None:
+    def _run_trial(self, job: Lease) -> None:
         assert job.trial_id is not None
         trial_id = job.trial_id
         log.info(
@@ -176,11 +178,11 @@ class Worker:
         )
         self._hand_back(job, outcome)
 
-    def _train(self, job: Assignment, data: Split, beat: _Heartbeat) -> Outcome:
+    def _train(self, job: Lease, data: Split, beat: _Heartbeat) -> Outcome:
         trial_id = job.trial_id
         assert trial_id is not None
 
-        def report(epoch: int, value: float, metrics: dict[str, float]) -> str:
+        def report(epoch: int, value: float, metrics: dict[str, float]) -> Action:
             return self.client.report(trial_id, epoch, value, metrics)
 
         tensorboard_dir = (
@@ -194,7 +196,7 @@ class Worker:
             tensorboard_dir=tensorboard_dir,
         )
 
-    def _run_job(self, job: Assignment) -> None:
+    def _run_job(self, job: Lease) -> None:
         """A sanity run or a final model; any failure is reported, never raised."""
         log.info("%s job %s of %s leased", job.kind, job.job_id, job.study_name)
         try:
@@ -202,7 +204,7 @@ class Worker:
                 lambda: self.client.job_heartbeat(job.job_id), max(job.lease_seconds / 3, 0.5)
             ):
                 data = self._dataset(job.dataset)
-                if job.kind == "sanity":
+                if job.kind == JobKind.SANITY:
                     passed, detail = sanity_check(job, data)
                     log.info("sanity run of %s: %s", job.study_name, detail)
                     self.client.sanity(job.job_id, passed=passed, detail=detail)
@@ -232,7 +234,7 @@ class Worker:
             except (Rejected, ConnectionError):
                 log.exception("could not report the failure of job %s", job.job_id)
 
-    def _hand_back(self, job: Assignment, outcome: Outcome) -> None:
+    def _hand_back(self, job: Lease, outcome: Outcome) -> None:
         """Tell the service how the trial ended (pruned trials were already ended by it).
         A result is retried until the service takes it, unless the worker is stopping."""
         assert job.trial_id is not None
@@ -257,7 +259,7 @@ class Worker:
                 elif outcome.state == "stopped":
                     self.client.release(job.trial_id, reason=outcome.reason or "worker stopping")
                 return
-            except Rejected as exc:
+            except (Rejected, ValidationError) as exc:  # a body the service would refuse
                 log.warning("service refused the result of trial %s: %s", job.trial_id, exc)
                 return
             except ConnectionError as exc:

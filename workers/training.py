@@ -17,58 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import keras
-
-from search_space.catalog import DatasetInfo
 from search_space.families import BUILTIN_FAMILIES, load_builder
-from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
+from service.protocol import Lease
+from service.states import Action
 from workers.data import Split
+from workers.quiet import tensorflow_import
+
+with tensorflow_import():  # TensorFlow loads here (its start-up lines: ``workers.quiet``)
+    import keras
+
+    from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[int, float, dict[str, float]], str]
 """``report(epoch, objective_value, metrics) -> action`` (continue, prune or stop)."""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What the service hands a worker with a lease (``POST /trials/lease``)."""
-
-    trial_id: int | None
-    number: int | None
-    study_name: str
-    params: dict[str, Any]
-    dataset: DatasetInfo
-    model_family: str
-    epochs: int
-    metric: str
-    seed: int
-    lease_seconds: float
-    time_limit_s: float | None = None
-    kind: str = "trial"
-    job_id: int = 0
-    tensorboard: bool = False
-    max_model_params: int | None = None
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Assignment:
-        return cls(
-            kind=str(body["kind"]),
-            job_id=int(body["job_id"]),
-            trial_id=body.get("trial_id"),
-            number=body.get("number"),
-            study_name=str(body["study_name"]),
-            params=dict(body["params"]),
-            dataset=DatasetInfo.from_json(body["dataset"]),
-            model_family=str(body["model"]["family"]),
-            epochs=int(body["epochs"]),
-            metric=str(body["metric"]),
-            seed=int(body["seed"]),
-            lease_seconds=float(body["lease_seconds"]),
-            time_limit_s=body.get("trial_time_limit_s"),
-            tensorboard=bool(body.get("tensorboard", False)),
-            max_model_params=body.get("max_model_params"),
-        )
 
 
 @dataclass
@@ -103,27 +66,19 @@ class _EpochReporter(keras.callbacks.Callback):
         report: Reporter,
         should_stop: Callable[[], bool],
         *,
-        y_std: float = 1.0,
+        in_target_units: Callable[[dict[str, Any]], dict[str, float]],
         time_limit_s: float | None = None,
     ) -> None:
         super().__init__()
         self.metric = metric
         self.report = report
         self.should_stop = should_stop
-        self.y_std = y_std
+        self.in_target_units = in_target_units
         self.time_limit_s = time_limit_s
         self.started = time.monotonic()
         self.outcome: Outcome | None = None
         self.epochs_run = 0
         self.last_value: float | None = None
-
-    def _metrics(self, logs: dict[str, Any]) -> dict[str, float]:
-        """Numeric logs; absolute errors back in the target's units (targets are scaled)."""
-        out = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-        for key in ("mae", "val_mae"):
-            if key in out:
-                out[key] *= self.y_std
-        return out
 
     def _end(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -143,7 +98,7 @@ class _EpochReporter(keras.callbacks.Callback):
         if not math.isfinite(loss):
             self._end(Outcome("fail", reason=f"non-finite loss at epoch {epoch + 1}"))
             return
-        metrics = self._metrics(logs)
+        metrics = self.in_target_units(logs)  # absolute errors in the target's units
         value = metrics.get(self.metric, math.nan)
         if not math.isfinite(value):
             self._end(Outcome("fail", reason=f"non-finite {self.metric} at epoch {epoch + 1}"))
@@ -151,9 +106,9 @@ class _EpochReporter(keras.callbacks.Callback):
         self.last_value = value
         action = self.report(epoch + 1, value, metrics)
         elapsed = time.monotonic() - self.started
-        if action == "prune":
+        if action == Action.PRUNE:
             self._end(Outcome("pruned", value=value))
-        elif action == "stop" or self.should_stop():
+        elif action == Action.STOP or self.should_stop():
             self._end(Outcome("stopped", value=value, reason="stop requested"))
         elif (
             self.time_limit_s is not None
@@ -173,7 +128,7 @@ class ModelTooLarge(ValueError):
     """The trial's model has more parameters than the service allows."""
 
 
-def compiled_model(job: Assignment, data: Split) -> keras.Model:
+def compiled_model(job: Lease, data: Split) -> keras.Model:
     """The trial's model, compiled for its task (seeded: the same job builds the same)."""
     keras.utils.set_random_seed(job.seed)
     shape: dict[str, Any] = {
@@ -182,17 +137,17 @@ def compiled_model(job: Assignment, data: Split) -> keras.Model:
         "image_shape": data.info.image_shape,
         "seed": job.seed,
     }
-    if job.model_family in BUILTIN_FAMILIES:
-        model = build_model(job.params, family=job.model_family, **shape)
+    family = job.model.family
+    if family in BUILTIN_FAMILIES:
+        model = build_model(job.params, family=family, **shape)
     else:
-        model = load_builder(job.model_family)(dict(job.params), **shape)
+        model = load_builder(family)(dict(job.params), **shape)
         if not isinstance(model, keras.Model):
             raise TypeError(
-                f"model family {job.model_family!r} built a "
-                f"{type(model).__name__}, not a keras.Model"
+                f"model family {family!r} built a {type(model).__name__}, not a keras.Model"
             )
     size = model.count_params()
-    if job.max_model_params is not None and size > job.max_model_params:
+    if size > job.max_model_params:
         raise ModelTooLarge(
             f"the model has {size} parameters, more than the service's "
             f"limit of {job.max_model_params} (HPO_MAX_MODEL_PARAMS)"
@@ -222,7 +177,7 @@ def _tensorboard(log_dir: Path | None) -> list[keras.callbacks.Callback]:
 
 
 def train_trial(
-    job: Assignment,
+    job: Lease,
     data: Split,
     report: Reporter,
     should_stop: Callable[[], bool] = lambda: False,
@@ -233,7 +188,11 @@ def train_trial(
     failure of the trial itself (a bad configuration, a non-finite loss, out of memory):
     those come back as ``Outcome("fail", reason=...)``."""
     reporter = _EpochReporter(
-        job.metric, report, should_stop, y_std=data.y_std, time_limit_s=job.time_limit_s
+        job.metric,
+        report,
+        should_stop,
+        in_target_units=data.metrics_in_target_units,
+        time_limit_s=job.trial_time_limit_s,
     )
     history: dict[str, list[float]] = {}
     try:
@@ -253,9 +212,8 @@ def train_trial(
             ],
         )
         # Absolute errors back in the target's units, like the reported values.
-        scale = {"mae": data.y_std, "val_mae": data.y_std}
         history = {
-            k: [float(v) * scale.get(k, 1.0) for v in vs]
+            k: [data.to_target_units(k, v) for v in vs]
             for k, vs in fit.history.items()
             if k != "learning_rate"
         }
@@ -272,7 +230,8 @@ def train_trial(
     outcome.history = history
     train_key = job.metric.removeprefix("val_")
     if history.get(train_key) and history.get(job.metric):
-        outcome.train_val_gap = history[train_key][-1] - history[job.metric][-1]
+        gap = history[train_key][-1] - history[job.metric][-1]
+        outcome.train_val_gap = gap if math.isfinite(gap) else None
     if outcome.state == "complete" and outcome.value is None:
         outcome = Outcome("fail", reason="training ran no epoch", history=history)
     return outcome

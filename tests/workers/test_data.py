@@ -92,3 +92,18 @@ def test_regression_targets_are_scaled_with_training_statistics() -> None:
     assert d.y_train.mean() == pytest.approx(0, abs=1e-5)
     assert d.y_train.std() == pytest.approx(1, abs=1e-4)
     assert 50 < d.y_std < 100  # the target's own spread, to turn errors back into units
+
+
+def test_only_absolute_errors_are_scaled_back_to_target_units() -> None:
+    d = load("diabetes")
+    assert d.y_std > 1
+    assert d.to_target_units("mae", 0.5) == 0.5 * d.y_std
+    assert d.to_target_units("val_mae", 2) == 2 * d.y_std
+    assert d.to_target_units("val_loss", 0.5) == 0.5  # an MSE in scaled units stays so
+    logs = {"loss": 0.25, "val_mae": 0.5, "learning_rate": np.float32(0.01), "note": "x"}
+    assert d.metrics_in_target_units(logs) == {
+        "loss": 0.25,
+        "val_mae": 0.5 * d.y_std,
+        "learning_rate": pytest.approx(0.01),
+    }
+    assert load("digits").to_target_units("val_accuracy", 0.9) == 0.9

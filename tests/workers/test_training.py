@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from search_space.catalog import BUILTIN_DATASETS
+from service.protocol import Lease, ModelRef
+from service.states import JobKind
 from workers.data import DataSource, Split, load
-from workers.training import Assignment, train_trial
+from workers.training import train_trial
 
 GOOD: dict[str, Any] = {
     "learning_rate": 0.003,
@@ -36,19 +38,25 @@ def _job(
     family: str = "mlp",
     metric: str = "val_accuracy",
     time_limit_s: float | None = None,
-) -> Assignment:
-    return Assignment(
+) -> Lease:
+    return Lease(
+        kind=JobKind.TRIAL,
+        job_id=1,
         trial_id=1,
         number=0,
+        study_id=1,
         study_name="t",
         params=params,
         dataset=BUILTIN_DATASETS[dataset],
-        model_family=family,
+        model=ModelRef(family=family),
         epochs=epochs,
         metric=metric,
+        direction="minimize" if metric.endswith(("loss", "mae")) else "maximize",
         seed=7,
         lease_seconds=60,
-        time_limit_s=time_limit_s,
+        trial_time_limit_s=time_limit_s,
+        tensorboard=False,
+        max_model_params=10_000_000,
     )
 
 
@@ -147,6 +155,30 @@ def test_regression_trains_and_reports_mae_in_target_units() -> None:
     # The targets' spread is ~77; an MAE in scaled units would be below 1.
     assert outcome.value is not None and 30 < outcome.value < 80
     assert reports[-1]["val_mae"] == outcome.value
+    assert outcome.history["val_mae"][-1] == outcome.value  # the history in the same units
+    assert outcome.history["val_loss"][-1] == reports[-1]["val_loss"]  # losses stay scaled
+
+
+def test_final_model_scores_mae_in_target_units() -> None:
+    from workers.jobs import train_final
+
+    job = _job({**GOOD, "learning_rate": 0.01}, epochs=3, dataset="diabetes", metric="val_mae")
+    value, content = train_final(job, load("diabetes"))
+    assert 20 < value < 200  # the targets' units (a scaled MAE would be below ~1.5)
+    assert content[:2] == b"PK"  # a .keras file is a zip archive
+
+
+def test_tensorflow_start_up_lines_are_hidden_at_log_level_3() -> None:
+    code = "import workers.training, tensorflow as tf; tf.constant(1); print('ran')"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""},
+    )
+    assert out.stdout == "ran\n"
+    assert out.stderr == ""
 
 
 def test_cnn_trains_on_images(digits: Split) -> None:
@@ -177,12 +209,10 @@ def test_keras_data_sets_from_the_cache_train_a_cnn(tmp_path: Path, name: str) -
 
 
 def test_tensorboard_logs_only_when_the_study_asks(digits: Split, tmp_path: Path) -> None:
-    import dataclasses
-
     logs = tmp_path / "tb"
     train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue", tensorboard_dir=logs)
     assert not logs.exists()
-    asked = dataclasses.replace(_job(GOOD, epochs=2), tensorboard=True)
+    asked = _job(GOOD, epochs=2).model_copy(update={"tensorboard": True})
     outcome = train_trial(asked, digits, lambda *_: "continue", tensorboard_dir=logs)
     assert outcome.state == "complete"
     events = sorted(p.parent.name for p in logs.rglob("events.out.tfevents.*"))
@@ -191,10 +221,8 @@ def test_tensorboard_logs_only_when_the_study_asks(digits: Split, tmp_path: Path
 
 def test_a_model_over_the_size_limit_fails_before_training(digits: Split) -> None:
     """Custom families cannot be sized at submission; the worker counts before it fits."""
-    from dataclasses import replace
-
     reports: list[int] = []
-    job = replace(_job(GOOD), max_model_params=1000)  # the mlp has ~13k parameters
+    job = _job(GOOD).model_copy(update={"max_model_params": 1000})  # the mlp has ~13k parameters
     outcome = train_trial(job, digits, lambda epoch, *_: reports.append(epoch) or "continue")
     assert outcome.state == "fail" and reports == []
     assert outcome.reason is not None
