@@ -34,15 +34,23 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    best = re.search(r"best trial #\d+: val_accuracy = ([0-9.]+)", done.stdout)
+    best = re.search(r"best trial #\d+ of demo-digits-\S+: val_accuracy = ([0-9.]+)", done.stdout)
     assert best is not None, done.stdout
     assert float(best.group(1)) >= 0.95, done.stdout
     assert "20/20 trials done" in done.stdout
+    assert "\x1b[" not in done.stdout  # no terminal: no colours, no redraw
+    assert "cuInit" not in done.stdout + done.stderr  # TF_CPP_MIN_LOG_LEVEL=3 in the workers
     assert "Generated" not in done.stdout  # the tokens it was given, not new ones
     assert re.search(r"Optuna dashboard at http://127\.0\.0\.1:\d+/dashboard", done.stdout)
-    for name in ("learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"):
-        assert f"  {name} = " in done.stdout
-    test = re.search(r"test_accuracy = ([0-9.]+); download it from (\S+)", done.stdout)
+    for param in (
+        "learning_rate",
+        "optimizer",
+        "lr_schedule",
+        "dropout_rate",
+        "kernel_initializer",
+    ):
+        assert f"  {param} = " in done.stdout
+    test = re.search(r"test_accuracy = ([0-9.]+); download it with `hpo model ", done.stdout)
     assert test is not None, done.stdout
     assert float(test.group(1)) > 0.9
     name = re.search(r"study_name='([^']+)'", done.stdout)
@@ -115,5 +123,8 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
     # ... and its parameters are queued to run again when the service comes back.
     # (An enqueued trial holds its parameters as "fixed_params" until it runs.)
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [released[0].params]
+    # Optuna's own trial.params hold the searched parameters; the fixed ones travel as the
+    # user attribute fixed_params; the re-run is queued with the whole configuration.
+    whole = {**released[0].user_attrs["fixed_params"], **released[0].params}
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [whole]
     assert waiting[0].user_attrs["hpo_reruns_trial"] == released[0]._trial_id

@@ -11,22 +11,26 @@ no authentication of its own, always does. Tokens not set in ``HPO_API_TOKEN`` a
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from rich.console import Console
 
 from service.api.auth import generate_token, token_problems
+from service.cli import render
+from service.client import Client, ServiceError
 from service.config import Settings, get_settings
+from service.states import StudyStatus
 from service.storage.migrate import migrate
 
 DEMO_SEED = 42
@@ -94,37 +98,7 @@ def demo_spec(trials: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def _progress_line(study: dict[str, Any], elapsed: float) -> str:
-    t = study["trials"]
-    done = t["complete"] + t["pruned"] + t["fail"]
-    best = study["best"]
-    best_text = f"best {study['metric']} {best['value']:.4f}" if best else "no result yet"
-    return (
-        f"[{elapsed:5.0f}s] {study['name']}: {done}/{study['n_trials']} trials done "
-        f"(complete {t['complete']}, pruned {t['pruned']}, failed {t['fail']}, "
-        f"running {t['running']}), {best_text}"
-    )
-
-
-def _follow(client: httpx.Client, study_id: int) -> dict[str, Any]:
-    """Print progress until the study ends; returns its final state."""
-    started = time.monotonic()
-    last = ""
-    while True:
-        study: dict[str, Any] = client.get(f"/studies/{study_id}").raise_for_status().json()
-        line = _progress_line(study, time.monotonic() - started)
-        if line.split("]", 1)[1] != last:
-            print(line, flush=True)
-            last = line.split("]", 1)[1]
-        if study["status"] in ("stopped", "failed") or (
-            study["status"] == "completed"
-            and study["final_model"]["state"] in ("ready", "failed", "none")
-        ):
-            return study
-        time.sleep(1.0)
-
-
-def _tokens(settings: Settings) -> tuple[str, str]:
+def _tokens(settings: Settings, out: Console) -> tuple[str, str]:
     """The user and worker tokens: the configured ones, or fresh ones printed once."""
     given = {"HPO_API_TOKEN": settings.api_token, "HPO_WORKER_TOKEN": settings.worker_token}
     tokens = {name: secret.get_secret_value() if secret else "" for name, secret in given.items()}
@@ -142,114 +116,126 @@ def _tokens(settings: Settings) -> tuple[str, str]:
     if problems:
         raise RuntimeError("; ".join(problems))
     if fresh:
-        print(
-            "Generated for this run (shown once; export them to use the CLI or to add workers):",
-            flush=True,
+        out.print(
+            "Generated for this run (shown once; export them to use the CLI or to add workers):"
         )
         for name in fresh:
-            print(f"  export {name}={tokens[name]}", flush=True)
+            out.print(f"  export {name}={tokens[name]}", markup=False)
     return tokens["HPO_API_TOKEN"], tokens["HPO_WORKER_TOKEN"]
 
 
-def up(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class UpOptions:
+    """``hpo up``'s options."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    trials: int = 20
+    epochs: int = 20
+    demo: bool = True
+    dashboard_port: int = 8080
+    dashboard: bool = True
+    exit_when_done: bool = False
+
+
+def _start_dashboard(
+    settings: Settings, port: int, env: dict[str, str], out: Console
+) -> subprocess.Popen[bytes]:
+    dashboard = subprocess.Popen(
+        [
+            _dashboard_command(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--artifact-dir",
+            str(settings.artifact_dir),
+            settings.database_url,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out.print(f"Optuna dashboard at http://127.0.0.1:{port}/dashboard", markup=False)
+    return dashboard
+
+
+def _run_demo(opts: UpOptions, url: str, token: str, settings: Settings, out: Console) -> int:
+    """Submit the demo, follow it, print its best trial; 1 if it ended without one."""
+    with Client(url, token) as client:
+        study = client.submit(demo_spec(opts.trials, opts.epochs))
+        out.print(
+            f"submitted demo study {study.name} (id {study.id}): "
+            f"{study.n_trials} trials x {study.epochs} epochs on {study.dataset}",
+            markup=False,
+        )
+        with render.Follow(out) as follow:
+            study = client.wait(study, on_progress=follow)
+    if study.status != StudyStatus.COMPLETED or study.best is None:
+        out.print(
+            f"demo study ended {study.status} without a best trial"
+            + (f": {study.reason}" if study.reason else ""),
+            markup=False,
+        )
+        return 1
+    out.print(render.best_text(study, url), markup=False)
+    out.print(
+        f"read it with optuna.load_study(study_name={study.name!r}, "
+        f"storage={settings.database_url!r})",
+        markup=False,
+    )
+    return 0
+
+
+def run(opts: UpOptions) -> int:
+    """Run ``hpo up``; returns the exit code."""
     settings = get_settings()
+    out = render.console()
     try:
-        user_token, worker_token = _tokens(settings)
+        user_token, worker_token = _tokens(settings, out)
     except RuntimeError as exc:
-        print(f"hpo up: {exc}", file=sys.stderr)
+        render.error("up", exc)
         return 2
     migrate(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
-    url = f"http://{args.host}:{args.port}"
-    # The children log warnings only, so the progress lines stay readable.
+    url = f"http://{opts.host}:{opts.port}"
+    # The children log warnings only, so the progress stays readable.
     env = {
         "HPO_LOG_LEVEL": "WARNING",
         **os.environ,
         "HPO_API_URL": url,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
         "HPO_API_TOKEN": user_token,
         "HPO_WORKER_TOKEN": worker_token,
     }
-    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+    # TensorFlow's C++ side logs "failed call to cuInit" and the like at ERROR: 3 hides it.
+    worker_env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    threads = max(1, (os.cpu_count() or 1) // max(opts.workers, 1))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        api = _spawn(["api", "--host", args.host, "--port", str(args.port)], env)
+        api = _spawn(["api", "--host", opts.host, "--port", str(opts.port)], env)
         procs.append(api)
         _wait_healthy(api, url)
-        print(f"API at {url} (OpenAPI: {url}/docs), database {settings.database_url}", flush=True)
-        for _ in range(args.workers):
-            procs.append(_spawn(["worker", "--api-url", url, "--tf-threads", str(threads)], env))
-        print(f"{args.workers} local workers, {threads} TensorFlow thread(s) each", flush=True)
-        if not args.no_dashboard:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        _dashboard_command(),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(args.dashboard_port),
-                        "--artifact-dir",
-                        str(settings.artifact_dir),
-                        settings.database_url,
-                    ],
-                    env=env,
-                    start_new_session=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            print(
-                f"Optuna dashboard at http://127.0.0.1:{args.dashboard_port}/dashboard", flush=True
-            )
-        code = 0
-        if not args.no_demo:
-            with httpx.Client(
-                base_url=url, timeout=30, headers={"Authorization": f"Bearer {user_token}"}
-            ) as client:
-                spec = demo_spec(args.trials, args.epochs)
-                created = client.post("/studies", json=spec).raise_for_status().json()
-                print(
-                    f"submitted demo study {created['name']} (id {created['id']}): "
-                    f"{spec['n_trials']} trials x {spec['epochs']} epochs on digits",
-                    flush=True,
-                )
-                study = _follow(client, created["id"])
-            best = study["best"]
-            if study["status"] != "completed" or best is None:
-                print(
-                    f"demo study ended {study['status']} without a best trial"
-                    + (f": {study['reason']}" if study.get("reason") else ""),
-                    flush=True,
-                )
-                code = 1
-            else:
-                print(f"best trial #{best['number']}: {study['metric']} = {best['value']:.4f}")
-                for name, value in best["params"].items():
-                    print(f"  {name} = {value}")
-                final = study["final_model"]
-                if final["state"] == "ready":
-                    print(
-                        f"best model retrained on train + validation: "
-                        f"{final['test_metric']} = {final['test_value']:.4f}; download it "
-                        f"from {url}/studies/{study['id']}/model"
-                    )
-                else:
-                    print(f"the best model could not be retrained: {final['reason']}")
-                print(
-                    f"read it with optuna.load_study(study_name={study['name']!r}, "
-                    f"storage={settings.database_url!r})",
-                    flush=True,
-                )
-        if args.exit_when_done:
+        out.print(
+            f"API at {url} (OpenAPI: {url}/docs), database {settings.database_url}", markup=False
+        )
+        for _ in range(opts.workers):
+            args = ["worker", "--api-url", url, "--tf-threads", str(threads)]
+            procs.append(_spawn(args, worker_env))
+        out.print(f"{opts.workers} local workers, {threads} TensorFlow thread(s) each")
+        if opts.dashboard:
+            procs.append(_start_dashboard(settings, opts.dashboard_port, env, out))
+        code = _run_demo(opts, url, user_token, settings, out) if opts.demo else 0
+        if opts.exit_when_done:
             return code
-        print(f"serving at {url}; press Ctrl-C to stop", flush=True)
+        out.print(f"serving at {url}; press Ctrl-C to stop", markup=False)
         api.wait()
         return api.returncode or 0
     except KeyboardInterrupt:
-        print("stopping", flush=True)
+        out.print("stopping")
         return 0
-    except (RuntimeError, httpx.HTTPError) as exc:
-        print(f"hpo up: {exc}", file=sys.stderr)
+    except (RuntimeError, ServiceError) as exc:
+        render.error("up", exc)
         return 1
     finally:
         _stop_all(procs)
