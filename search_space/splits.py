@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from numpy.typing import NDArray
-from sklearn.model_selection import train_test_split
 
 SPLIT_SEED = 20_240_611
 VALIDATION_FRACTION = 0.15
@@ -26,6 +25,10 @@ def split_rows(
     Raises:
         ValueError: too few rows (of some class) to split this way.
     """
+    # Imported here: scikit-learn takes a second to import, and the API needs it only
+    # when a data set is uploaded.
+    from sklearn.model_selection import train_test_split
+
     if test is None:
         held_out = VALIDATION_FRACTION + TEST_FRACTION
         x_train, x_rest, y_train, y_rest = train_test_split(

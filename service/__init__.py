@@ -17,6 +17,6 @@ imports and fails on any other)::
 
 Beside the layers, small modules every layer (and the workers) may import: ``config``
 (settings), ``errors`` (domain errors), ``states`` (state names), ``protocol`` (the trial
-protocol's wire bodies, free of TensorFlow), ``logs`` and ``client`` (the public Python
-client).
+protocol's wire bodies, free of TensorFlow) and ``logs``. ``client`` (the public Python
+client) sits at the top, beside the CLI: it speaks HTTP to ``api`` and reads its schemas.
 """

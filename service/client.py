@@ -43,7 +43,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from service.api.schemas import BestTrial, DatasetOut, StudyCreate, StudyOut, TrialOut
+from service.api.schemas import (
+    NAME_PATTERN,
+    BestTrial,
+    DatasetOut,
+    StudyCreate,
+    StudyOut,
+    TrialOut,
+)
 from service.config import get_settings
 from service.states import study_is_over
 
@@ -154,7 +161,9 @@ class Client:
             study = study.id
         if isinstance(study, int):
             return StudyOut.model_validate(self._json("GET", f"/studies/{study}"))
-        found = _STUDIES.validate_python(self._json("GET", "/studies", params={"name": study}))
+        found = []
+        if re.fullmatch(NAME_PATTERN, study):  # (no study can have another name)
+            found = _STUDIES.validate_python(self._json("GET", "/studies", params={"name": study}))
         if not found:
             raise ServiceError(f"no study named {study!r}", 404)
         return found[0]

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from service.api.schemas import StudyOut, TrialOut
-from service.states import FinalState, StudyStatus
+from service.states import FinalState, SanityState, StudyStatus
 
 STATUS_STYLE = {
     "completed": "green",
@@ -98,7 +98,10 @@ def _stage(study: StudyOut) -> str:
     final = study.final_model.state
     if study.status == StudyStatus.COMPLETED and final in (FinalState.PENDING, FinalState.RUNNING):
         return "retraining the best model"
-    if study.status == StudyStatus.QUEUED and study.sanity_check in ("pending", "running"):
+    if study.status == StudyStatus.QUEUED and study.sanity_check in (
+        SanityState.PENDING,
+        SanityState.RUNNING,
+    ):
         return "sanity run"
     return ""
 

@@ -281,7 +281,7 @@ def release(rt: Runtime, job_id: int, worker_id: str, reason: str) -> LeaseRow:
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
         if job.state == LeaseState.ACTIVE:
-            give_back(rt, job, "released", reason)
+            give_back(rt, job, LeaseState.RELEASED, reason)
         with rt.sessions() as s:
             return s.get_one(LeaseRow, job.id)
 

@@ -72,7 +72,7 @@ def _renew(
         row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
         if epoch is not None:
             row.epochs_run = max(row.epochs_run, epoch)
-        if metrics is not None:
+        if metrics:  # (a report without them keeps the last ones)
             row.metrics = metrics
         return (Action.STOP if study.status == StudyStatus.STOPPED else Action.CONTINUE), study
 

@@ -20,6 +20,8 @@ from service.states import (
     FinalState,
     JobKind,
     LeaseState,
+    Pruner,
+    Sampler,
     SanityState,
     StudyStatus,
     TrialState,
@@ -44,8 +46,8 @@ class NewStudy:
     fixed: dict[str, Any] | None = None
     metric: str | None = None
     direction: str | None = None
-    sampler: str = "tpe"
-    pruner: str = "median"
+    sampler: str = Sampler.TPE
+    pruner: str = Pruner.MEDIAN
     seed: int | None = None
     model_family: str = "mlp"
     trial_time_limit_s: float | None = None
@@ -95,7 +97,7 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
             metric,
         )
     space = SearchSpace.parse(body.search_space, body.fixed, family=family)
-    if body.sampler == "grid":
+    if body.sampler == Sampler.GRID:
         grid_of(space)
         if body.enqueue:
             raise Invalid(

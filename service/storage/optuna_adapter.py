@@ -97,9 +97,9 @@ def make_sampler(
     """The study's sampler for its ``index``-th trial. Seeded studies get a seed derived
     from their seed and the trial count, so sampling is the same whichever process asks."""
     seed = None if base_seed is None else derive_seed(base_seed, index)
-    if name == "random":
+    if name == Sampler.RANDOM:
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "qmc":
+    if name == Sampler.QMC:
         # The QMC sequence position lives in the study's storage; the scrambling seed must
         # stay the study's own for the sequence to stay one sequence.
         return optuna.samplers.QMCSampler(
@@ -108,7 +108,7 @@ def make_sampler(
             warn_asynchronous_seeding=False,
             warn_independent_sampling=False,
         )
-    if name == "grid":
+    if name == Sampler.GRID:
         assert grid is not None
         # The seed shuffles the grid, and a trial's grid id indexes the shuffled grid: it
         # must be the study's own seed, or each trial's sampler would number the points
@@ -119,11 +119,11 @@ def make_sampler(
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "none":
+    if name == Pruner.NONE:
         return optuna.pruners.NopPruner()
-    if name == "hyperband":
+    if name == Pruner.HYPERBAND:
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    if name == "successive_halving":
+    if name == Pruner.SUCCESSIVE_HALVING:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     # Judge no trial on its first quarter of epochs, and only once 5 trials have finished.
     # Steps are 1-based epochs and Optuna skips steps < n_warmup_steps, hence the + 1.
@@ -146,7 +146,7 @@ def _optuna_id(row: StudyRow) -> int:
     return row.optuna_study_id
 
 
-class OptunaBridge:
+class OptunaAdapter:
     """Optuna's storage in the service's database, and the studies the service drives."""
 
     def __init__(
@@ -298,7 +298,10 @@ class OptunaBridge:
 
         def new(index: int) -> optuna.samplers.BaseSampler:
             return make_sampler(
-                name, base_seed=seed, index=index, grid=grid_of(space) if name == "grid" else None
+                name,
+                base_seed=seed,
+                index=index,
+                grid=grid_of(space) if name == Sampler.GRID else None,
             )
 
         if seed is not None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.errors import NotMigrated
 from service.storage.engine import is_sqlite, make_engine, missing_sqlite_file, schema_revisions
-from service.storage.optuna_adapter import OptunaBridge
+from service.storage.optuna_adapter import OptunaAdapter
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    optuna: OptunaBridge
+    optuna: OptunaAdapter
     # SQLite allows one writer at a time, and a transaction that reads before it writes
     # can fail at once ("database is locked") when another wrote in between. With SQLite
     # the service is the only writer, so it serialises its own units of work here.
@@ -52,7 +52,7 @@ class Runtime:
                 f"the database at {settings.database_url} is not migrated ({found}, the code "
                 f"needs {head}); run `hpo migrate` first"
             )
-        bridge = OptunaBridge(
+        bridge = OptunaAdapter(
             settings.database_url,
             busy_timeout_s=settings.sqlite_busy_timeout_s,
             artifact_dir=settings.artifact_dir,

@@ -82,8 +82,9 @@ class StudyRow(Base):
 
 
 class LeaseRow(Base):
-    """One trial handed to a worker. ``state``: pending (slot reserved, trial being
-    created), active, complete, pruned, fail, lost (deadline passed), released."""
+    """One piece of work handed to a worker: a trial, a sanity run or a final model.
+    ``state`` (``service.states.LeaseState``): pending (slot reserved, trial being created),
+    active, complete, pruned, fail, lost (deadline passed), released."""
 
     __tablename__ = "hpo_leases"
     __table_args__ = (

@@ -15,7 +15,7 @@ import pytest
 
 from search_space import Fixed, SearchSpace, SpaceError
 from service.storage.migrate import migrate
-from service.storage.optuna_adapter import SAMPLERS, OptunaBridge, grid_of
+from service.storage.optuna_adapter import SAMPLERS, OptunaAdapter, grid_of
 from service.storage.tables import StudyRow
 from tests.service.conftest import BACKENDS, _database_url
 
@@ -41,13 +41,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def bridge(database_url: str) -> Any:
-    bridge = OptunaBridge(database_url, busy_timeout_s=10)
+    bridge = OptunaAdapter(database_url, busy_timeout_s=10)
     yield bridge
     bridge.close()
 
 
 def _row(
-    bridge: OptunaBridge,
+    bridge: OptunaAdapter,
     name: str,
     *,
     search_space: dict[str, Any],
@@ -78,7 +78,7 @@ def _searched(space: SearchSpace) -> set[str]:
     return {n for n, d in space.dimensions if not isinstance(d, Fixed) and space.can_be_active(n)}
 
 
-def _run(bridge: OptunaBridge, row: StudyRow, n: int) -> list[dict[str, Any]]:
+def _run(bridge: OptunaAdapter, row: StudyRow, n: int) -> list[dict[str, Any]]:
     """``n`` trials leased and completed, as workers would; their whole configurations."""
     drawn = []
     for i in range(n):
@@ -92,7 +92,7 @@ def _run(bridge: OptunaBridge, row: StudyRow, n: int) -> list[dict[str, Any]]:
 
 
 def test_the_dashboard_sees_the_metric_searched_params_and_fixed_values(
-    bridge: OptunaBridge, database_url: str
+    bridge: OptunaAdapter, database_url: str
 ) -> None:
     row = _row(bridge, "shown", search_space=SEARCHED, fixed=FIXED, metric="val_auc", seed=4)
     drawn = _run(bridge, row, 8)
@@ -117,7 +117,7 @@ def test_the_dashboard_sees_the_metric_searched_params_and_fixed_values(
 
 
 def test_create_study_takes_the_metric_from_its_argument_or_none(
-    bridge: OptunaBridge, database_url: str
+    bridge: OptunaAdapter, database_url: str
 ) -> None:
     bridge.create_study("named", "minimize", {"hpo_spec": {"metric": "val_loss"}}, [])
     bridge.create_study("given", "minimize", {}, [], metric="val_mae")
@@ -131,7 +131,7 @@ def test_create_study_takes_the_metric_from_its_argument_or_none(
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_single_searched_parameter(
-    bridge: OptunaBridge, database_url: str, sampler: str
+    bridge: OptunaAdapter, database_url: str, sampler: str
 ) -> None:
     everything = SearchSpace.parse(None, None).sane_params()
     fixed = {k: v for k, v in everything.items() if k != "optimizer"}
@@ -164,7 +164,7 @@ def test_every_sampler_runs_a_single_searched_parameter(
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs_a_space_with_nothing_searched(
-    bridge: OptunaBridge, database_url: str, sampler: str
+    bridge: OptunaAdapter, database_url: str, sampler: str
 ) -> None:
     everything = SearchSpace.parse(None, None).sane_params()
     row = _row(bridge, "none", search_space={}, fixed=everything, sampler=sampler, seed=2)
@@ -175,7 +175,7 @@ def test_every_sampler_runs_a_space_with_nothing_searched(
 
 @pytest.mark.parametrize("sampler", ["tpe", "grid"])
 def test_an_enqueued_full_configuration_is_leased_whole(
-    bridge: OptunaBridge, database_url: str, sampler: str
+    bridge: OptunaAdapter, database_url: str, sampler: str
 ) -> None:
     search = {"dropout_rate": SEARCHED["dropout_rate"], "hidden_units": SEARCHED["hidden_units"]}
     fixed = {**FIXED, "learning_rate": 0.01}  # (a grid has no continuous range)
@@ -183,7 +183,7 @@ def test_an_enqueued_full_configuration_is_leased_whole(
     row = _row(bridge, "queued", search_space=search, fixed=fixed, sampler=sampler, enqueue=[first])
     trial_id, _number, params = bridge.ask(row)
     assert params == first
-    # A lost trial comes back with its whole configuration (``OptunaBridge.enqueue``).
+    # A lost trial comes back with its whole configuration (``OptunaAdapter.enqueue``).
     bridge.finish(row, trial_id, "fail")
     bridge.enqueue(row, params, replaces=trial_id)
     again_id, _number, again = bridge.ask(row)

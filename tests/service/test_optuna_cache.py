@@ -1,7 +1,7 @@
 """What the service keeps of Optuna per process, and why it stays right with several API
 processes on one database (see benchmarks/RESULTS.md, feeding workers):
 
-- one cache of finished trials (``OptunaBridge.storage``): without it every lease and
+- one cache of finished trials (``OptunaAdapter.storage``): without it every lease and
   every epoch report re-read the whole study. Finished trials never change; running
   trials must still be read every time.
 - one sampler per unseeded study; a seeded study's draw must stay the same whichever
@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from search_space import SearchSpace
 from service.storage.migrate import migrate
-from service.storage.optuna_adapter import OptunaBridge
+from service.storage.optuna_adapter import OptunaAdapter
 from service.storage.tables import StudyRow
 from tests.service.conftest import BACKENDS, _database_url
 
@@ -30,15 +30,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def _trials(bridge: OptunaBridge) -> list[optuna.trial.FrozenTrial]:
+def _trials(bridge: OptunaAdapter) -> list[optuna.trial.FrozenTrial]:
     """The study as one request of the service sees it: loaded anew from the bridge."""
     return optuna.load_study(study_name="cache", storage=bridge.storage).get_trials()
 
 
 def test_finished_trials_are_read_once_running_ones_every_time(database_url: str) -> None:
     # Two bridges on one database: two API processes.
-    mine = OptunaBridge(database_url, busy_timeout_s=10)
-    other = OptunaBridge(database_url, busy_timeout_s=10)
+    mine = OptunaAdapter(database_url, busy_timeout_s=10)
+    other = OptunaAdapter(database_url, busy_timeout_s=10)
     try:
         mine.create_study("cache", "maximize", {}, [])
         here = optuna.load_study(study_name="cache", storage=mine.storage)
@@ -75,7 +75,7 @@ def test_finished_trials_are_read_once_running_ones_every_time(database_url: str
         other.close()
 
 
-def _row(bridge: OptunaBridge, name: str, seed: int | None) -> StudyRow:
+def _row(bridge: OptunaAdapter, name: str, seed: int | None) -> StudyRow:
     spec = {
         "sampler": "tpe",
         "pruner": "median",
@@ -88,7 +88,7 @@ def _row(bridge: OptunaBridge, name: str, seed: int | None) -> StudyRow:
     return StudyRow(id=1, name=name, optuna_study_id=optuna_id, epochs=3, spec=spec)
 
 
-def _draw(bridges: list[OptunaBridge], row: StudyRow, n: int) -> list[dict[str, object]]:
+def _draw(bridges: list[OptunaAdapter], row: StudyRow, n: int) -> list[dict[str, object]]:
     """``n`` trials asked in turn of ``bridges`` (API processes), each told a value."""
     drawn = []
     for i in range(n):
@@ -100,7 +100,7 @@ def _draw(bridges: list[OptunaBridge], row: StudyRow, n: int) -> list[dict[str, 
 
 
 def test_a_seeded_draw_is_the_same_whichever_process_serves_it(database_url: str) -> None:
-    bridges = [OptunaBridge(database_url, busy_timeout_s=10) for _ in range(3)]
+    bridges = [OptunaAdapter(database_url, busy_timeout_s=10) for _ in range(3)]
     try:
         one = _draw(bridges[:1], _row(bridges[0], "one-process", 11), 14)
         two = _draw(bridges[1:], _row(bridges[1], "two-processes", 11), 14)

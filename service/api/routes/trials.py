@@ -46,20 +46,20 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> Lease | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
     trial of the oldest open study, with its parameters and how to train it."""
     started = time.perf_counter()
-    grant = leases.lease(rt, body.worker.id)
+    work = leases.lease(rt, body.worker.id)
     rt.metrics.lease_latency.observe(time.perf_counter() - started)
-    if grant is not None:
-        rt.metrics.leases.labels(grant.kind).inc()
+    if work is not None:
+        rt.metrics.leases.labels(work.kind).inc()
     workers_seen.seen(
         rt,
         body.worker.id,
         host=body.worker.host,
         pid=body.worker.pid,
-        job_id=None if grant is None else grant.job_id,
+        job_id=None if work is None else work.job_id,
     )
-    if grant is None:
+    if work is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return grant
+    return work
 
 
 @router.post("/{trial_id}/report", response_model=ActionOut)
