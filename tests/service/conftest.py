@@ -10,7 +10,9 @@ import pytest
 
 from tests.support import Api, Postgres, start_api, stop
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+"""Every test here runs on both; the PostgreSQL half is marked slow, so ``make test-fast``
+runs the contract once (on SQLite) and ``make test`` runs it on both."""
 
 
 def _database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
