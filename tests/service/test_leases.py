@@ -424,3 +424,23 @@ def test_a_job_no_worker_can_run_fails_after_three_attempts(server: Api) -> None
         "attempts; the last: dataset unavailable: not here"
     )
     assert sum(final["trials"].values()) == 0
+
+
+def test_an_epochs_metrics_are_kept_and_shown_with_the_trial(server: Api) -> None:
+    with server.client() as client:
+        study = _study(client, "metrics", n_trials=1, epochs=3)
+        job = _lease(client)
+        assert job is not None
+        first = {"loss": 0.9, "accuracy": 0.6, "val_loss": 1.0, "val_accuracy": 0.5}
+        assert _call(client, job["trial_id"], "report", epoch=1, value=0.5, metrics=first)
+        (trial,) = client.get(f"/studies/{study['id']}/trials").json()
+        assert trial["state"] == "running" and trial["metrics"] == first
+        # A report without metrics keeps the last ones; a non-finite one is refused.
+        assert _call(client, job["trial_id"], "report", epoch=2, value=0.6).status_code == 200
+        assert client.get(f"/studies/{study['id']}/trials").json()[0]["metrics"] == first
+        r = client.post(
+            f"/trials/{job['trial_id']}/report",
+            content='{"worker_id": "w1", "epoch": 3, "value": 0.6, "metrics": {"loss": NaN}}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and "metrics.loss" in r.json()["message"]
