@@ -35,6 +35,10 @@ from service.config import Settings
 from tests.search_space.test_spec_properties import random_dimension, random_fixed, section
 from tests.support import USER_TOKEN, WORKER_PREFIXES, WORKER_TOKEN, Api, start_api, stop
 
+# One process: under pytest-xdist, schemathesis's generated tests (one per operation)
+# are collected but all but one are silently never run.
+pytestmark = pytest.mark.serial
+
 
 def _describe_schemathesis_lambdas_now() -> None:
     """Work around a CPython 3.11 bug seen in CI: Hypothesis describes a strategy's lambdas

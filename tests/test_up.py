@@ -60,7 +60,10 @@ def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
     assert study.best_value == pytest.approx(float(best.group(1)), abs=1e-4)
 
 
-def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_stops_workers_first_so_running_trials_are_released(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     """Also: with no tokens set, `hpo up` generates both, prints them once, and they work."""
     port = free_port()
     env = {k: v for k, v in child_env().items() if not k.endswith("_TOKEN")}
@@ -105,7 +108,7 @@ def test_ctrl_c_stops_workers_first_so_running_trials_are_released(tmp_path: Pat
             return bool(studies) and studies[0]["trials"]["running"] == 1
 
         wait_for(running, 120, "the demo's first trial to start")
-        up.send_signal(signal.SIGINT)
+        up.send_signal(sig)
         out, _ = up.communicate(timeout=90)
     finally:
         if up.poll() is None:

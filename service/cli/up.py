@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -189,6 +190,10 @@ def _run_demo(opts: UpOptions, url: str, token: str, settings: Settings, out: Co
     return 0
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run(opts: UpOptions) -> int:
     """Run ``hpo up``; returns the exit code."""
     settings = get_settings()
@@ -212,6 +217,10 @@ def run(opts: UpOptions) -> int:
     worker_env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3"}
     threads = max(1, (os.cpu_count() or 1) // max(opts.workers, 1))
     procs: list[subprocess.Popen[bytes]] = []
+    # `kill` (SIGTERM, as a supervisor stops a process) ends `hpo up` as Ctrl-C does: the
+    # workers release their trials, then the API stops. The children run in sessions of
+    # their own, so without this they would outlive it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         api = _spawn(["api", "--host", opts.host, "--port", str(opts.port)], env)
         procs.append(api)

@@ -240,6 +240,7 @@ def _check_accepted(space: SearchSpace, seed: int) -> None:
         assert model.predict(np.zeros((2, N_FEATURES)), verbose=0).shape == (2, N_OUTPUTS)
 
 
+@pytest.mark.slow  # builds a Keras model for each example
 @settings(
     max_examples=40,
     deadline=None,
@@ -279,6 +280,7 @@ def _check_refusal(error: SpaceError, search_space: Any, fixed: Any) -> None:
         assert problem.field in text
 
 
+@pytest.mark.slow  # builds a Keras model for each example
 @settings(
     max_examples=25,
     deadline=None,

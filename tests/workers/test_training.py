@@ -15,6 +15,8 @@ from service.states import JobKind
 from workers.data import DataSource, Split, load
 from workers.training import train_trial
 
+pytestmark = pytest.mark.slow  # trains Keras models in this process
+
 GOOD: dict[str, Any] = {
     "learning_rate": 0.003,
     "optimizer": "adam",
