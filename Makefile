@@ -39,13 +39,12 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-# The whole suite, as CI runs it: the fast tests on every core, then the slow ones (TensorFlow
-# in worker processes, the PostgreSQL half of the contract suite) one at a time, so their
-# timings stay those of a quiet machine. About 12 minutes on 2 cores.
+# The whole suite, as CI runs it: every test on every core, but those marked serial (worker
+# processes with TensorFlow, whose timings matter; schemathesis) one at a time after.
 test: lint
 	scripts/ensure-test-tools.sh
-	$(BIN)/pytest -m "not slow and not serial" -n auto --dist loadfile
-	$(BIN)/pytest -m "slow or serial"
+	$(BIN)/pytest -m "not serial" -n auto --dist loadfile
+	$(BIN)/pytest -m serial
 
 # The edit-run loop: everything not marked slow (no Keras model trained, SQLite only),
 # with 10 fuzzed requests an operation instead of 25; under 3 minutes on 2 cores.

@@ -158,6 +158,7 @@ def test_the_api_refuses_to_start_without_two_good_tokens(
 
 
 @pytest.mark.slow  # a real worker process: TensorFlow starts
+@pytest.mark.serial
 def test_a_worker_with_a_wrong_token_stops_and_says_why(api: Api, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     worker = start_worker(api.url, log, worker_token="not-the-worker-token-at-all")

@@ -17,7 +17,7 @@ import pytest
 from benchmarks import feeding, memory, overhead, quality, scaling
 from tests.support import REPO, child_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

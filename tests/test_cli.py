@@ -41,6 +41,7 @@ def _json(api_url: str, *args: str) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_submit_wait_then_status_trials_best_model_stop(
     fresh_api: Callable[..., Api], tmp_path: Path
 ) -> None:

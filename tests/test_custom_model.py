@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import REPO, Api, start_worker, stop, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 EXAMPLE = REPO / "examples" / "custom_model"
 

@@ -23,7 +23,7 @@ SEARCHED = {"learning_rate", "dropout_rate", "kernel_initializer"}
 """The study's fixed values, and what it searches (the defaults the fixed ones leave; with a
 constant schedule ``lr_decay_rate`` is never used)."""
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tests.support import Api, free_port, start_api, start_worker, stop, wait_fo
 
 BRIEF = {"learning_rate", "optimizer", "lr_schedule", "dropout_rate", "kernel_initializer"}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_study_over_http_trained_by_a_worker_read_back_with_optuna(

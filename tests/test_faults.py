@@ -30,7 +30,7 @@ from tests.support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 # Short enough that a killed worker's trial is reaped within the test, long enough that a
 # live worker on a loaded 2-core machine never misses it.

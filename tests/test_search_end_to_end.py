@@ -20,7 +20,7 @@ from sklearn.datasets import load_iris
 from tests.support import Api, start_worker, stop, wait_for
 from workers.data import load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 GOOD = {
     "optimizer": "adam",

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import child_env, free_port, hpo, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_up_runs_the_demo_to_a_good_model(tmp_path: Path) -> None:
