@@ -174,6 +174,18 @@ def heartbeat(rt: Runtime, job_id: int, worker_id: str) -> Action:
         return Action.CONTINUE
 
 
+def _failed_by_sanity(study: StudyRow, why: str) -> dict[str, Any]:
+    """What a failed sanity run changes in its study: an open study ends failed, saying why;
+    a stopped or finished one keeps its status."""
+    if study.status not in OPEN_STATUSES:
+        return {}
+    return {
+        "status": StudyStatus.FAILED,
+        "finished_at": utcnow(),
+        "reason": f"sanity check failed: {why}",
+    }
+
+
 def sanity_result(
     rt: Runtime, job_id: int, worker_id: str, *, passed: bool, detail: str
 ) -> LeaseRow:
@@ -184,13 +196,7 @@ def sanity_result(
             raise Conflict(f"job {job_id} is a {job.kind} job, not a sanity run")
         if passed:
             return _end(rt, job, LeaseState.COMPLETE, detail, {"sanity_state": SanityState.PASSED})
-        values: dict[str, Any] = {"sanity_state": SanityState.FAILED}
-        if study.status in OPEN_STATUSES:
-            values.update(
-                status=StudyStatus.FAILED,
-                finished_at=utcnow(),
-                reason=f"sanity check failed: {detail}",
-            )
+        values = {"sanity_state": SanityState.FAILED, **_failed_by_sanity(study, detail)}
         return _end(rt, job, LeaseState.FAIL, detail, values)
 
 
@@ -261,13 +267,7 @@ def give_back(rt: Runtime, job: LeaseRow, state: str, reason: str) -> None:
             if job.kind == JobKind.FINAL:
                 values["final_reason"] = why
             else:
-                study = s.get_one(StudyRow, job.study_id)
-                if study.status in OPEN_STATUSES:
-                    values.update(
-                        status=StudyStatus.FAILED,
-                        finished_at=utcnow(),
-                        reason=f"sanity check failed: {why}",
-                    )
+                values.update(_failed_by_sanity(s.get_one(StudyRow, job.study_id), why))
         s.execute(
             update(StudyRow)
             .where(StudyRow.id == job.study_id, column == SanityState.RUNNING)

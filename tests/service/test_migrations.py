@@ -57,15 +57,16 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def _hpo(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``hpo ARGS`` in a child process with these HPO_* settings, its output captured."""
+    return subprocess.run(
+        hpo(*args), env=child_env(**settings), capture_output=True, text=True, timeout=120
+    )
+
+
 def test_api_refuses_an_unmigrated_database_quietly_and_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
-    done = subprocess.run(
-        hpo("api", "--port", "1"),
-        env=child_env(database_url=f"sqlite:///{path}"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _hpo("api", "--port", "1", database_url=f"sqlite:///{path}")
     assert done.returncode == 2
     assert "not migrated" in done.stderr and "hpo migrate" in done.stderr
     assert not path.exists(), "a refused start must not leave an empty database behind"
@@ -75,13 +76,7 @@ def test_api_refuses_an_unmigrated_database_quietly_and_leaves_no_file(tmp_path:
 def test_api_refuses_a_database_file_without_the_service_tables(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     sqlite3.connect(path).close()  # an existing file, of something else
-    done = subprocess.run(
-        hpo("api", "--port", "1"),
-        env=child_env(database_url=f"sqlite:///{path}"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _hpo("api", "--port", "1", database_url=f"sqlite:///{path}")
     assert done.returncode == 2
     assert "no service tables" in done.stderr and "hpo migrate" in done.stderr
     assert "alembic" not in done.stderr, done.stderr
@@ -148,12 +143,6 @@ def test_migrations_on_postgresql_are_repeatable_and_match_the_models(postgres: 
 def test_migrate_is_quiet_unless_debugging(tmp_path: Path) -> None:
     """Alembic's INFO lines (the DDL dialect it assumes, each revision) show at DEBUG only."""
     for level, expect_alembic in (("INFO", False), ("DEBUG", True)):
-        done = subprocess.run(
-            hpo("migrate"),
-            env=child_env(database_url=f"sqlite:///{tmp_path / level}.db", log_level=level),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = _hpo("migrate", database_url=f"sqlite:///{tmp_path / level}.db", log_level=level)
         assert done.returncode == 0, done.stderr
         assert ("alembic" in done.stderr) is expect_alembic, done.stderr
