@@ -244,12 +244,12 @@ _TRIALS = (LeaseRow.kind == JobKind.TRIAL, LeaseRow.trial_id.is_not(None))
 
 def trial_counts(rt: Runtime) -> dict[str, int]:
     """Trials of every study by state (pending and active count as running)."""
-    counts = dict.fromkeys(TrialState, 0)
+    counts = {str(k): 0 for k in TrialState}
     query = select(LeaseRow.state, func.count()).where(*_TRIALS).group_by(LeaseRow.state)
     with rt.sessions() as s:
         for state, n in s.execute(query):
             counts[TrialState.of(state)] += n
-    return {str(k): v for k, v in counts.items()}
+    return counts
 
 
 def counts_of(rt: Runtime, study_ids: list[int]) -> dict[int, dict[str, int]]:
