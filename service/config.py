@@ -44,6 +44,33 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(
         default=5.0, gt=0, description="How often the service looks for expired leases."
     )
+    suggestions_ahead: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Suggestions each open study keeps ready beyond one per live worker "
+        "(a seeded study keeps none beyond them, so one worker sees one sequence).",
+    )
+    feeder_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How often each API process refreshes its cache of open studies' "
+        "trials and tops up the suggestions of the studies it samples.",
+    )
+    sampler_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="An API process that samples a study renews its claim on it; once "
+        "not renewed for this long, another process takes the study over.",
+    )
+    lease_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a lease waits for a suggestion when a study has budget "
+        "left but none ready (it is being sampled), before answering 204.",
+    )
     artifact_dir: Path = Field(
         default=Path("./artifacts"),
         description="Optuna's artifact store: each trial's history.json, the best models.",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +25,7 @@ from service.api.limits import SCOPE_KEY, BodyLimits
 from service.api.metrics import Metrics
 from service.api.routes import datasets, health, jobs, studies, trials, workers
 from service.config import Settings, get_settings
+from service.domain.feeder import Feeder
 from service.domain.reports import reap_expired
 from service.errors import Invalid, ServiceError
 from service.storage.runtime import Runtime
@@ -140,6 +142,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+THREADS = 200
+"""Requests served at once by one API process (sync routes run in threads)."""
+
+
 def _reaper(rt: Runtime, stop: threading.Event) -> None:
     while not stop.wait(rt.settings.reap_interval_s):
         try:
@@ -165,13 +171,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rt = Runtime.open(settings)
         rt.metrics = Metrics(rt)
         app.state.runtime = rt
+        # Sync routes run in anyio's thread pool; a lease may wait there for a suggestion
+        # (up to HPO_LEASE_WAIT_S), so the pool is larger than anyio's default of 40.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         stop = threading.Event()
         reaper = threading.Thread(target=_reaper, args=(rt, stop), name="reaper", daemon=True)
         reaper.start()
+        feeder = Feeder(rt)
+        feeder.start()
         try:
             yield
         finally:
             stop.set()
+            feeder.stop()
             reaper.join(timeout=10)
             rt.close()
 

@@ -1,16 +1,20 @@
 """Handing out work: ``lease`` gives a worker the next job, final model or sanity run
-first, else a trial of the oldest open study with budget left.
+first, else a trial of the oldest open study with budget left, claimed from the
+suggestions the feeder (``service.domain.feeder``) sampled ahead: no sampling on the
+request path.
 
-Invariants (``service.domain.reports`` keeps the rest of them):
+Invariants (``service.domain.reports`` and ``feeder`` keep the rest of them):
 - A study's ``slots_used`` (active leases + counted results) never exceeds ``n_trials``:
   a slot is taken by one conditional ``UPDATE ... WHERE slots_used < n_trials``, atomic on
-  SQLite and PostgreSQL alike, before Optuna is asked for a trial.
-- A trial is handed out once: its lease row is unique by trial id.
+  SQLite and PostgreSQL alike, in the transaction that claims the suggestion.
+- A trial is handed out once: the claim deletes its suggestion, and its lease row is
+  unique by trial id.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any, cast
 
@@ -26,9 +30,9 @@ from service.states import (
     SanityState,
     StudyStatus,
 )
-from service.storage.optuna_adapter import derive_seed
+from service.storage.optuna_choices import derive_seed
 from service.storage.runtime import Runtime
-from service.storage.tables import LeaseRow, StudyRow, utcnow
+from service.storage.tables import LeaseRow, StudyRow, SuggestionRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,10 @@ def _lease(
     )
 
 
-def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
-    """Take one slot of the oldest open study with budget left; record a pending lease."""
+def _claim(rt: Runtime, worker_id: str) -> tuple[Lease | None, bool]:
+    """Claim a suggestion of the oldest open study with budget left, in one transaction:
+    take a slot (conditional UPDATE), take the suggestion (deleted: handed out once), write
+    the active lease. Returns (the lease or None, whether some study has budget left)."""
     now = utcnow()
     with rt.sessions.begin() as s:
         candidates = s.scalars(
@@ -82,6 +88,7 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
             .order_by(StudyRow.id)
         ).all()
         for study_id in candidates:
+            # The study row first, then the suggestion: the order stopping a study takes.
             taken = cast(
                 CursorResult[Any],
                 s.execute(
@@ -101,68 +108,83 @@ def _reserve_slot(rt: Runtime, worker_id: str) -> tuple[int, StudyRow] | None:
             )
             if taken.rowcount != 1:
                 continue  # another lease took the last slot first
-            lease = LeaseRow(
+            suggestion = s.scalars(
+                select(SuggestionRow)
+                .where(SuggestionRow.study_id == study_id)
+                .order_by(SuggestionRow.priority.desc(), SuggestionRow.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if suggestion is None:  # none ready yet: give the slot back
+                s.execute(
+                    update(StudyRow)
+                    .where(StudyRow.id == study_id)
+                    .values(slots_used=StudyRow.slots_used - 1)
+                    .execution_options(synchronize_session=False)
+                )
+                continue
+            s.delete(suggestion)
+            row = LeaseRow(
                 study_id=study_id,
                 worker_id=worker_id,
-                state=LeaseState.PENDING,
+                state=LeaseState.ACTIVE,
+                trial_id=suggestion.trial_id,
+                trial_number=suggestion.trial_number,
+                params=suggestion.params,
                 epochs_run=0,
                 deadline=now + timedelta(seconds=rt.settings.lease_seconds),
                 created_at=now,
             )
-            s.add(lease)
+            s.add(row)
             s.flush()
             study = s.scalars(
                 select(StudyRow)
                 .where(StudyRow.id == study_id)
                 .execution_options(populate_existing=True)
             ).one()
-            return lease.id, study
-    return None
+            work = _lease(
+                rt,
+                JobKind.TRIAL,
+                row.id,
+                study,
+                suggestion.params,
+                trial_id=suggestion.trial_id,
+                number=suggestion.trial_number,
+            )
+            return work, True
+    return None, bool(candidates)
 
 
 def lease(rt: Runtime, worker_id: str) -> Lease | None:
-    """Hand the worker a trial of the oldest open study with budget left, or None."""
-    with rt.unit_of_work():
-        reap_expired(rt)
-        job = jobs.take(rt, worker_id)
-        if job is not None:
-            with rt.sessions() as s:
-                study = s.get_one(StudyRow, job.study_id)
-            return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
-        reserved = _reserve_slot(rt, worker_id)
-        if reserved is None:
+    """Hand the worker a job (final model, sanity run) or a suggested trial of the oldest
+    open study with budget left. When a study has budget but no suggestion ready (the
+    feeder is sampling it), wait for one up to ``lease_wait_s``; None when there is none.
+    """
+    deadline = time.monotonic() + rt.settings.lease_wait_s
+    while True:
+        with rt.unit_of_work():
+            reap_expired(rt)  # (one indexed query when nothing has expired)
+            job = jobs.take(rt, worker_id)
+            if job is not None:
+                with rt.sessions() as s:
+                    study = s.get_one(StudyRow, job.study_id)
+                return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
+            work, budget_left = _claim(rt, worker_id)
+        rt.wanted.set()  # the feeder tops up what was taken, or samples what is missing
+        if work is not None:
+            log.info(
+                "leased trial %s (#%s of %s) to %s",
+                work.trial_id,
+                work.number,
+                work.study_name,
+                worker_id,
+                extra={"study": work.study_name, "trial": work.trial_id, "worker": worker_id},
+            )
+            return work
+        left = deadline - time.monotonic()
+        if not budget_left or left <= 0:
             return None
-        lease_id, study = reserved
-        try:
-            trial_id, number, params = rt.optuna.ask(study)
-        except Exception:
-            with rt.sessions.begin() as s:
-                s.execute(
-                    update(StudyRow)
-                    .where(StudyRow.id == study.id)
-                    .values(slots_used=StudyRow.slots_used - 1)
-                )
-                s.execute(
-                    update(LeaseRow)
-                    .where(LeaseRow.id == lease_id)
-                    .values(
-                        state=LeaseState.LOST, reason="the sampler failed", finished_at=utcnow()
-                    )
-                )
-            raise
-        with rt.sessions.begin() as s:
-            row = s.get_one(LeaseRow, lease_id)
-            row.trial_id = trial_id
-            row.trial_number = number
-            row.params = params
-            row.state = LeaseState.ACTIVE
-            row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
-        log.info(
-            "leased trial %s (#%s of %s) to %s",
-            trial_id,
-            number,
-            study.name,
-            worker_id,
-            extra={"study": study.name, "trial": trial_id, "worker": worker_id},
-        )
-        return _lease(rt, JobKind.TRIAL, lease_id, study, params, trial_id=trial_id, number=number)
+        # Woken by this process's feeder; suggestions of another process's feeder are
+        # seen by asking again (a 50 ms poll, on the server, only while none is ready).
+        with rt.suggested:
+            rt.suggested.wait(min(left, 0.05))

@@ -19,7 +19,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from service.domain import jobs
+from service.domain import feeder, jobs
 from service.errors import Conflict, NotFound
 from service.states import (
     COUNTED_STATES,
@@ -309,6 +309,11 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
             got, value, why = adopted
             _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
             return
+    rerun: tuple[int, int] | None = None
+    if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
+        # The same parameters, next in line: a RUNNING trial of their own, recorded as a
+        # suggestion (handed out first) in the transaction that gives the slot back.
+        rerun = rt.optuna.rerun(study, trial_id)
     with rt.sessions.begin() as s:
         changed = cast(
             CursorResult[Any],
@@ -318,15 +323,21 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
                 .values(state=state, reason=reason, finished_at=utcnow())
             ),
         )
-        if changed.rowcount != 1:
-            return  # another process settled it first; its slot is already back
-        s.execute(
-            update(StudyRow)
-            .where(StudyRow.id == study.id)
-            .values(slots_used=StudyRow.slots_used - 1)
-        )
-    if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
-        rt.optuna.enqueue(study, params, replaces=trial_id)
+        if changed.rowcount == 1:
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study.id)
+                .values(slots_used=StudyRow.slots_used - 1)
+            )
+            if rerun is not None and params is not None:
+                s.add(feeder.suggestion(study, *rerun, params, priority=1))
+    if changed.rowcount != 1:  # another process settled it first; its slot is back
+        if rerun is not None:
+            rt.optuna.discard(study, rerun[0], "a re-run not needed: settled elsewhere")
+        return
+    with rt.suggested:
+        rt.suggested.notify_all()
+    rt.wanted.set()  # the feeder tops up what the freed slot allows
     log.warning(
         "trial %s of %s %s: %s",
         trial_id,

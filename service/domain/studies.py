@@ -13,7 +13,7 @@ from search_space import METRICS, SearchSpace, SpaceError
 from search_space.catalog import DEFAULT_METRIC, DatasetInfo, metric_fits
 from search_space.families import family_names
 from search_space.size import max_param_count
-from service.domain import datasets
+from service.domain import datasets, feeder
 from service.errors import Conflict, Invalid, NotFound
 from service.states import (
     OPEN_STATUSES,
@@ -26,7 +26,8 @@ from service.states import (
     StudyStatus,
     TrialState,
 )
-from service.storage.optuna_adapter import DuplicateStudy, check_samplable, grid_of
+from service.storage.optuna_adapter import DuplicateStudy
+from service.storage.optuna_choices import check_samplable, grid_of
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow, utcnow
 
@@ -317,4 +318,5 @@ def stop(rt: Runtime, study_id: int) -> StudyRow:
         if row.status in OPEN_STATUSES:
             row.status = StudyStatus.STOPPED
             row.finished_at = utcnow()
+    feeder.discard(rt, row)  # its suggestions were never handed out: failed, not kept
     return row

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,124 +22,21 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from search_space import (
-    Choices,
-    Fixed,
-    IntRange,
-    Problem,
     SearchSpace,
-    SpaceError,
 )
 from search_space.optuna_space import suggest
-from service.states import Pruner, Sampler
+from service.states import Sampler
 from service.storage.engine import engine_kwargs
+from service.storage.optuna_cache import Draft, ServiceCache
+from service.storage.optuna_choices import grid_of, make_pruner, make_sampler
 from service.storage.tables import StudyRow
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SAMPLERS: tuple[str, ...] = tuple(Sampler)
-PRUNERS: tuple[str, ...] = tuple(Pruner)
-MAX_GRID_POINTS = 1_000_000
-
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
-
-def derive_seed(base: int | None, index: int) -> int:
-    """A distinct, reproducible 31-bit seed for the ``index``-th draw of a study seeded
-    ``base`` (0 when the study has no seed)."""
-    return ((base or 0) * 1_000_003 + index) % (2**31)
-
-
-def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
-    """The grid of a finite space: every value of every searched parameter that can be
-    active. Fixed values are not in it: ``suggest`` does not ask Optuna for them.
-
-    Raises:
-        SpaceError: a searched parameter is continuous (a float range without a step), or
-            the grid has more than ``MAX_GRID_POINTS`` points.
-    """
-    grid: dict[str, list[Any]] = {}
-    problems = []
-    for name, dim in space.dimensions:
-        if isinstance(dim, Fixed) or not space.can_be_active(name):
-            continue
-        if isinstance(dim, Choices):
-            grid[name] = list(dim.choices)
-        elif isinstance(dim, IntRange):
-            grid[name] = list(range(dim.low, dim.high + 1, dim.step))
-        elif dim.step is not None:
-            n = round((dim.high - dim.low) / dim.step)
-            grid[name] = [round(dim.low + k * dim.step, 12) for k in range(n + 1)]
-        else:
-            problems.append(
-                Problem(
-                    ("search_space", name),
-                    "is continuous, which the grid sampler cannot "
-                    "enumerate: give it a step, fix it, or use another sampler",
-                    dim.to_json(),
-                )
-            )
-    if problems:
-        raise SpaceError(problems)
-    points = math.prod(len(values) for values in grid.values())
-    if points > MAX_GRID_POINTS:
-        raise SpaceError(
-            [
-                Problem(
-                    ("sampler",), f"grid has {points} points, more than {MAX_GRID_POINTS}", "grid"
-                )
-            ]
-        )
-    return grid
-
-
-def make_sampler(
-    name: str, *, base_seed: int | None, index: int, grid: dict[str, list[Any]] | None = None
-) -> optuna.samplers.BaseSampler:
-    """The study's sampler for its ``index``-th trial. Seeded studies get a seed derived
-    from their seed and the trial count, so sampling is the same whichever process asks."""
-    seed = None if base_seed is None else derive_seed(base_seed, index)
-    if name == Sampler.RANDOM:
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == Sampler.QMC:
-        # The QMC sequence position lives in the study's storage; the scrambling seed must
-        # stay the study's own for the sequence to stay one sequence.
-        return optuna.samplers.QMCSampler(
-            seed=base_seed,
-            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-            warn_asynchronous_seeding=False,
-            warn_independent_sampling=False,
-        )
-    if name == Sampler.GRID:
-        assert grid is not None
-        # The seed shuffles the grid, and a trial's grid id indexes the shuffled grid: it
-        # must be the study's own seed, or each trial's sampler would number the points
-        # differently and a seeded study would run some twice and others never.
-        return optuna.samplers.GridSampler(grid, seed=base_seed)
-    # Optuna 5: multivariate TPE with the constant liar, right for parallel workers.
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == Pruner.NONE:
-        return optuna.pruners.NopPruner()
-    if name == Pruner.HYPERBAND:
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    if name == Pruner.SUCCESSIVE_HALVING:
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    # Judge no trial on its first quarter of epochs, and only once 5 trials have finished.
-    # Steps are 1-based epochs and Optuna skips steps < n_warmup_steps, hence the + 1.
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs // 4 + 1)
-
-
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
-
-
-def check_samplable(space: SearchSpace) -> None:
-    """Sample ``space`` once in memory, so a study that cannot be sampled is refused at
-    submission rather than failing every lease."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    suggest(study.ask(), space)
 
 
 def _optuna_id(row: StudyRow) -> int:
@@ -157,19 +56,19 @@ class OptunaAdapter:
             engine_kwargs=engine_kwargs(url, busy_timeout_s=busy_timeout_s),
             skip_table_creation=True,  # `hpo migrate` owns the schema
         )
-        # One cache of finished trials for the life of the process, as Optuna keeps for a
-        # storage URL. Handed a bare RDBStorage, every optuna.load_study wraps it in a new,
-        # empty cache, so each lease and each epoch report re-read every trial of the study
-        # (benchmarks/feeding.py measured 16x fewer leases a second than plain Optuna at
-        # 100 trials). Only finished trials are cached: they never change, so several API
-        # processes on one database still agree; running trials are read from the database.
-        self.storage = optuna.storages._CachedStorage(self.rdb)
+        # One cache of the trials for the life of the process, which only the feeder reads
+        # from the database (``refresh``): samplers and pruners work from memory, where a
+        # cache per ``optuna.load_study`` re-read every running trial of the study on each
+        # lease and each epoch report (see ``optuna_cache``).
+        self.storage = ServiceCache(self.rdb)
+        # Each study's ``optuna.Study`` (with its pruner), made once.
+        self._studies: dict[int, optuna.Study] = {}
         # The sampler of each unseeded study, kept for the life of the process: TPE keeps
         # the study's search space up to date incrementally, where a new sampler for every
         # lease recomputed it over every trial. Optuna shares one sampler between threads
         # itself (``optimize(n_jobs=...)``).
         self._samplers: dict[tuple[int, str], optuna.samplers.BaseSampler] = {}
-        self._samplers_lock = threading.Lock()
+        self._lock = threading.Lock()
         self.artifacts: FileSystemArtifactStore | None = None
         if artifact_dir is not None:
             artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -262,32 +161,69 @@ class OptunaAdapter:
             optuna.delete_study(study_name=name, storage=self.storage)
 
     def _study(self, row: StudyRow) -> optuna.Study:
-        spec = row.spec
-        return optuna.load_study(
-            study_name=row.name,
-            storage=self.storage,
-            pruner=make_pruner(spec["pruner"], row.epochs),
-        )
+        optuna_id = _optuna_id(row)
+        with self._lock:
+            study = self._studies.get(optuna_id)
+        if study is None:
+            study = optuna.Study(
+                study_name=row.name,
+                storage=self.storage,
+                pruner=make_pruner(row.spec["pruner"], row.epochs),
+            )
+            with self._lock:
+                study = self._studies.setdefault(optuna_id, study)
+        return study
 
-    def ask(self, row: StudyRow) -> tuple[int, int, dict[str, Any]]:
-        """Create a trial and sample its parameters: (trial id, number, params).
+    def refresh(self, row: StudyRow) -> None:
+        """Read the study's new and running trials from the database into the cache that
+        its sampler and pruner read (the feeder calls it a few times a second)."""
+        self.storage.refresh(_optuna_id(row))
+
+    def draw(
+        self, row: StudyRow, *, writing: Callable[[], AbstractContextManager[None]]
+    ) -> tuple[int, int, dict[str, Any], bool]:
+        """Create a trial and sample its parameters: (trial id, number, params, whether
+        it was queued). The
+        sampler works from the cache; the trial is written in one transaction. A waiting
+        trial (queued at submission, or a lost trial's re-run) comes first, through
+        Optuna's own ``ask``, which writes it parameter by parameter.
 
         With a study ``seed`` the sampler is seeded from it and the number of trials so
-        far, so sampling is deterministic whichever API process serves the lease.
+        far, so sampling is deterministic whichever API process samples. ``writing`` is
+        held while Optuna writes (the SQLite write lock), not while the sampler thinks.
         """
-        study = self._study(row)
         optuna_id = _optuna_id(row)
         family = row.spec["model"]["family"]
         space = SearchSpace.parse(row.spec["search_space"], row.spec["fixed"], family=family)
-        study.sampler = self._sampler(row, optuna_id, space)
-        trial = study.ask()
-        try:
-            params = suggest(trial, space)
-        except Exception:
-            study.tell(trial, state=TrialState.FAIL)  # leave no trial RUNNING forever
-            raise
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(optuna_id, trial.number)
-        return int(trial_id), trial.number, params
+        sampler = self._sampler(row, optuna_id, space)
+        waiting = self.storage.get_all_trials(
+            optuna_id, deepcopy=False, states=(TrialState.WAITING,)
+        )
+        if waiting:
+            with writing():
+                study = self._study(row)
+                study.sampler = sampler
+                trial = study.ask()
+                try:
+                    params = suggest(trial, space)
+                except Exception:
+                    study.tell(trial, state=TrialState.FAIL)  # leave no trial RUNNING forever
+                    raise
+            return trial._trial_id, trial.number, params, True
+        draft = Draft(self.storage)
+        trial = optuna.Study(study_name=row.name, storage=draft, sampler=sampler).ask()
+        params = suggest(trial, space)  # (a failure here writes nothing)
+        assert draft.trial is not None
+        with writing():
+            frozen = self.storage.create_trial_from(optuna_id, draft.trial)
+        return frozen._trial_id, frozen.number, params, False
+
+    def discard(self, row: StudyRow, trial_id: int, reason: str) -> None:
+        """End a suggestion that was never handed out (its study stopped): failed, with
+        ``hpo_outcome`` saying so, like a released trial."""
+        self.finish(
+            row, trial_id, "fail", attrs={"fail_reason": reason, "hpo_outcome": "discarded"}
+        )
 
     def _sampler(
         self, row: StudyRow, optuna_id: int, space: SearchSpace
@@ -305,9 +241,9 @@ class OptunaAdapter:
             )
 
         if seed is not None:
-            return new(self.storage.get_n_trials(optuna_id))
+            return new(len(self.storage.get_all_trials(optuna_id, deepcopy=False)))
         key = (optuna_id, row.name)
-        with self._samplers_lock:
+        with self._lock:
             sampler = self._samplers.get(key)
             if sampler is None:
                 sampler = self._samplers[key] = new(0)
@@ -336,6 +272,8 @@ class OptunaAdapter:
             self.storage.set_trial_intermediate_value(trial_id, step, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             return None
+        # The pruner compares with the trials in the cache (as of the feeder's last
+        # refresh), not re-read from the database on every report.
         study = self._study(row)
         return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
 
@@ -363,8 +301,31 @@ class OptunaAdapter:
                     study.tell(number, state=_STATES[state], skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another process ended it between our look and our write
-        return bool(self.storage.get_trial(trial_id).state == _STATES[state])
+        frozen = self.storage.get_trial(trial_id)
+        self.storage.finished(_optuna_id(row), frozen)  # its sampler and pruner see it now
+        return bool(frozen.state == _STATES[state])
 
-    def enqueue(self, row: StudyRow, params: dict[str, Any], *, replaces: int) -> None:
-        """Queue ``params`` again, so a lost or released trial runs once more."""
-        self._study(row).enqueue_trial(params, user_attrs={"hpo_reruns_trial": replaces})
+    def rerun(self, row: StudyRow, trial_id: int) -> tuple[int, int]:
+        """A new trial with the parameters of ``trial_id`` (lost or released), written in
+        one transaction and running at once, so it is the next suggestion handed out:
+        (trial id, number)."""
+        old = self.storage.get_trial(trial_id)
+        template = optuna.trial.FrozenTrial(
+            number=0,  # (Optuna numbers it)
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params=old.params,
+            distributions=old.distributions,
+            user_attrs={
+                **{k: v for k, v in old.user_attrs.items() if k == "fixed_params"},
+                "hpo_reruns_trial": trial_id,
+            },
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
+        )
+        frozen = self.storage.create_trial_from(_optuna_id(row), template)
+        return frozen._trial_id, frozen.number

@@ -29,6 +29,11 @@ class Runtime:
     # PostgreSQL needs no process lock: leasing is a conditional UPDATE (a row lock).
     _lock: threading.RLock | None = field(default=None)
     metrics: Any = None  # service.api.metrics.Metrics, attached by the app
+    # The feeder (service.domain.feeder) and the leases signal each other in a process:
+    # ``wanted`` wakes the feeder (a suggestion was taken, a slot given back), and
+    # ``suggested`` wakes the leases waiting for a suggestion.
+    wanted: threading.Event = field(default_factory=threading.Event)
+    suggested: threading.Condition = field(default_factory=threading.Condition)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:

@@ -172,3 +172,35 @@ class IdempotencyRow(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[Any] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column()
+
+
+class SuggestionRow(Base):
+    """A trial sampled ahead of the workers that will ask for it (``service.domain.feeder``):
+    a RUNNING Optuna trial, not yet leased. A lease claims one and deletes it, in the same
+    transaction that takes the study's slot."""
+
+    __tablename__ = "hpo_suggestions"
+    __table_args__ = (Index("ix_hpo_suggestions_study", "study_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hpo_studies.id", ondelete="CASCADE"))
+    trial_id: Mapped[int] = mapped_column(Integer, unique=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Handed out first when higher: 1 for a lost trial's re-run and the trials queued at
+    # submission, 0 for the sampler's.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class SamplerRow(Base):
+    """Which API process samples a study: ``owner`` until ``expires_at``, renewed while it
+    lives; once it expires another process takes the study over."""
+
+    __tablename__ = "hpo_samplers"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -7,15 +7,18 @@ runs a space with a single searched parameter, or none."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from search_space import Fixed, SearchSpace, SpaceError
 from service.storage.migrate import migrate
-from service.storage.optuna_adapter import SAMPLERS, OptunaAdapter, grid_of
+from service.storage.optuna_adapter import OptunaAdapter
+from service.storage.optuna_choices import SAMPLERS, grid_of
 from service.storage.tables import StudyRow
 from tests.service.conftest import BACKENDS, _database_url
 
@@ -82,7 +85,7 @@ def _run(bridge: OptunaAdapter, row: StudyRow, n: int) -> list[dict[str, Any]]:
     """``n`` trials leased and completed, as workers would; their whole configurations."""
     drawn = []
     for i in range(n):
-        trial_id, _number, params = bridge.ask(row)
+        trial_id, _number, params = bridge.draw(row, writing=nullcontext)[:3]
         value = (
             0.5 + 0.4 * math.sin(i) if "learning_rate" not in params else params["learning_rate"]
         )
@@ -181,13 +184,16 @@ def test_an_enqueued_full_configuration_is_leased_whole(
     fixed = {**FIXED, "learning_rate": 0.01}  # (a grid has no continuous range)
     first = {**SearchSpace.parse(search, fixed).sane_params(), "hidden_units": 64}
     row = _row(bridge, "queued", search_space=search, fixed=fixed, sampler=sampler, enqueue=[first])
-    trial_id, _number, params = bridge.ask(row)
+    trial_id, _number, params = bridge.draw(row, writing=nullcontext)[:3]
     assert params == first
-    # A lost trial comes back with its whole configuration (``OptunaAdapter.enqueue``).
+    # A lost trial comes back with its whole configuration (``OptunaAdapter.rerun``).
     bridge.finish(row, trial_id, "fail")
-    bridge.enqueue(row, params, replaces=trial_id)
-    again_id, _number, again = bridge.ask(row)
-    assert again == first and again_id != trial_id
+    again_id, _number = bridge.rerun(row, trial_id)
+    again_trial = optuna.load_study(study_name="queued", storage=database_url).trials[-1]
+    assert again_trial._trial_id == again_id != trial_id
+    assert again_trial.state == TrialState.RUNNING
+    assert again_trial.user_attrs["hpo_reruns_trial"] == trial_id
+    assert {**again_trial.user_attrs["fixed_params"], **again_trial.params} == first
     searched = _searched(_space(row))
     for trial in optuna.load_study(study_name="queued", storage=database_url).trials:
         assert set(trial.params) == searched

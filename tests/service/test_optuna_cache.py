@@ -1,14 +1,15 @@
 """What the service keeps of Optuna per process, and why it stays right with several API
 processes on one database (see benchmarks/RESULTS.md, feeding workers):
 
-- one cache of finished trials (``OptunaAdapter.storage``): without it every lease and
-  every epoch report re-read the whole study. Finished trials never change; running
-  trials must still be read every time.
+- one cache of the trials (``OptunaAdapter.storage``), read from the database only by
+  the feeder's refresh: without it every lease and every epoch report re-read the whole
+  study. Finished trials never change; new and running ones arrive with each refresh.
 - one sampler per unseeded study; a seeded study's draw must stay the same whichever
   process serves the lease, so it gets a sampler seeded from the trial count each time."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
@@ -35,22 +36,31 @@ def _trials(bridge: OptunaAdapter) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="cache", storage=bridge.storage).get_trials()
 
 
-def test_finished_trials_are_read_once_running_ones_every_time(database_url: str) -> None:
+def test_the_request_path_reads_memory_and_a_refresh_reads_new_and_running_trials(
+    database_url: str,
+) -> None:
     # Two bridges on one database: two API processes.
     mine = OptunaAdapter(database_url, busy_timeout_s=10)
     other = OptunaAdapter(database_url, busy_timeout_s=10)
     try:
         mine.create_study("cache", "maximize", {}, [])
+        study_id = mine.storage.get_study_id_from_name("cache")
         here = optuna.load_study(study_name="cache", storage=mine.storage)
         there = optuna.load_study(study_name="cache", storage=other.storage)
         first = here.ask()
         here.tell(first, 0.5)
+        mine.storage.refresh(study_id)
         assert [t.value for t in _trials(mine)] == [0.5]
 
-        # A trial the other process starts, then finishes, is seen here at each step.
+        # A trial the other process starts, then finishes, is seen here after a refresh
+        # (the feeder's, a few times a second), not before: reads between are memory.
         second = there.ask()
+        assert [t.state for t in _trials(mine)] == [TrialState.COMPLETE]
+        mine.storage.refresh(study_id)
         assert [t.state for t in _trials(mine)] == [TrialState.COMPLETE, TrialState.RUNNING]
         there.tell(second, 0.7)
+        assert [t.state for t in _trials(mine)] == [TrialState.COMPLETE, TrialState.RUNNING]
+        mine.storage.refresh(study_id)
         assert [(t.state, t.value) for t in _trials(mine)] == [
             (TrialState.COMPLETE, 0.5),
             (TrialState.COMPLETE, 0.7),
@@ -64,6 +74,7 @@ def test_finished_trials_are_read_once_running_ones_every_time(database_url: str
                 text("UPDATE trial_values SET value = 0.9 WHERE trial_id = :id"),
                 {"id": first._trial_id},
             )
+        mine.storage.refresh(study_id)
         assert _trials(mine)[0].value == 0.5
         fresh = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
         try:
@@ -93,7 +104,8 @@ def _draw(bridges: list[OptunaAdapter], row: StudyRow, n: int) -> list[dict[str,
     drawn = []
     for i in range(n):
         bridge = bridges[i % len(bridges)]
-        trial_id, _number, params = bridge.ask(row)
+        bridge.refresh(row)  # (the feeder refreshes before it samples)
+        trial_id, _number, params = bridge.draw(row, writing=nullcontext)[:3]
         bridge.finish(row, trial_id, "complete", value=float(i % 5) / 5)
         drawn.append(params)
     return drawn
@@ -115,3 +127,50 @@ def test_a_seeded_draw_is_the_same_whichever_process_serves_it(database_url: str
     finally:
         for bridge in bridges:
             bridge.close()
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
+    database_url: str, pruner: str
+) -> None:
+    """Reports read no finished trial from the database, yet each decision is Optuna's own
+    on the same history: the trials this process ends enter the cache at once."""
+    import random
+
+    from service.storage.optuna_choices import make_pruner
+
+    epochs = 8
+    bridge = OptunaAdapter(database_url, busy_timeout_s=10)
+    try:
+        row = _row(bridge, "same-history", None)
+        row.spec["pruner"] = pruner
+        row.epochs = epochs
+        reference = optuna.create_study(
+            study_name="same-history", direction="maximize", pruner=make_pruner(pruner, epochs)
+        )
+        rng = random.Random(7)
+        decisions: list[tuple[bool | None, bool]] = []
+        for _ in range(14):
+            trial_id, _number, _params = bridge.draw(row, writing=nullcontext)[:3]
+            ref = reference.ask()
+            quality = rng.random()
+            pruned = False
+            for epoch in range(1, epochs + 1):
+                value = quality * epoch / epochs + rng.random() * 0.05
+                ours = bridge.report(row, trial_id, epoch, value)
+                ref.report(value, epoch)
+                theirs = ref.should_prune()
+                decisions.append((ours, theirs))
+                if theirs:
+                    pruned = True
+                    break
+            if pruned:
+                bridge.finish(row, trial_id, "pruned")
+                reference.tell(ref, state=TrialState.PRUNED)
+            else:
+                bridge.finish(row, trial_id, "complete", value=value)
+                reference.tell(ref, value)
+        assert [ours for ours, _ in decisions] == [theirs for _, theirs in decisions]
+        assert any(theirs for _, theirs in decisions)  # the history made it prune
+    finally:
+        bridge.close()
