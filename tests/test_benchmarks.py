@@ -66,19 +66,99 @@ def test_overhead_times_the_same_trials_both_ways(bench: Path) -> None:
     assert len({json.dumps(r["params"], sort_keys=True) for r in rows}) == len(rows)
 
 
-def test_feeding_measures_service_and_optuna_on_both_databases(bench: Path) -> None:
+def _ordered(ms: dict[str, float]) -> None:
+    assert 0 < ms["p50"] <= ms["p95"] <= ms["p99"] <= ms["max"], ms
+
+
+def _rate(measured: dict[str, Any]) -> None:
+    assert measured["leases"] > 0 and measured["leases_per_s"] > 0
+    assert math.isclose(
+        measured["leases_per_s"], measured["leases"] / measured["seconds"], rel_tol=1e-2
+    )
+    _ordered(measured["lease_ms"])
+
+
+def _cycles(row: dict[str, Any], who: str) -> None:
+    """Saturation: bare lease -> complete cycles, the run's count unless time ran out."""
+    measured = row[who]
+    _rate(measured)
+    assert measured["leases"] == row["cycles"] or measured["capped"], measured
+    assert measured["completes"] == measured["leases"] and measured["reports"] == 0
+
+
+def test_feeding_measures_each_part_on_both_databases(bench: Path) -> None:
     params = feeding.SIZES["smoke"]
-    rows = result(bench, "feeding")["result"]["rows"]
-    assert [(r["backend"], r["trials"]) for r in rows] == [
-        (b, n) for b in ("sqlite", "postgresql") for n in params["sizes"]
-    ]
-    for row in rows:
+    res = result(bench, "feeding")["result"]
+    pairs = [(b, n) for b in params["backends"] for n in params["sizes"]]
+    reports, load, sat = params["reports"], params["load"], params["saturation"]
+
+    # The sampler alone: the study's trials at the size, copied in memory, K draws.
+    assert [(r["backend"], r["trials"]) for r in res["sampler"]] == pairs
+    for row in res["sampler"]:
+        assert row["trials_in_copy"] == row["trials"]
+        assert row["draws"] == params["sampler_draws"] and row["per_s"] > 0
+        _ordered(row["ms"])
+
+    # Under load: every worker ran trials with reports, service then Optuna on one study;
+    # each cycle of one adds a trial the other starts with.
+    assert [(r["backend"], r["trials"]) for r in res["load"]] == pairs
+    for row in res["load"]:
+        assert row["workers"] == load["processes"] * load["threads"]
         for who in ("service", "optuna"):
             measured = row[who]
-            assert measured["leases"] == params["window"]
-            assert measured["leases_per_s"] > 0
-            ms = measured["lease_ms"]
-            assert 0 < ms["p50"] <= ms["p95"] <= ms["p99"] <= ms["max"]
+            _rate(measured)
+            assert measured["leases"] >= row["workers"]
+            assert measured["completes"] + measured["pruned"] == measured["leases"]
+            assert measured["completes"] * reports <= measured["reports"]
+            assert measured["reports"] <= measured["leases"] * reports
+            _ordered(measured["report_ms"])
+        service, optuna = row["service"], row["optuna"]
+        assert service["trials_at_start"] >= row["trials"]
+        assert optuna["trials_at_start"] == service["trials_at_start"] + service["leases"]
+        assert row["trials_at_end"] == optuna["trials_at_start"] + optuna["leases"]
+
+    # At saturation: each worker count, beside Optuna and the sampler's limit.
+    assert [
+        (r["backend"], r["trials"], [r["processes"], r["threads"]]) for r in res["saturation"]
+    ] == [(b, n, w) for b, n in pairs for w in sat["workers"]]
+    for row in res["saturation"]:
+        assert sat["min_cycles"] <= row["cycles"] <= sat["max_cycles"]
+        for who in ("service", "optuna"):
+            _cycles(row, who)
+        service, optuna = row["service"], row["optuna"]
+        assert service["trials_at_start"] >= row["trials"]
+        assert optuna["trials_at_start"] == service["trials_at_start"] + service["leases"]
+        assert math.isclose(
+            row["service_over_optuna"],
+            service["leases_per_s"] / optuna["leases_per_s"],
+            rel_tol=1e-2,
+        )
+        limit = next(
+            r["per_s"]
+            for r in res["sampler"]
+            if (r["backend"], r["trials"]) == (row["backend"], row["trials"])
+        )
+        assert row["sampler_per_s"] == limit
+        assert math.isclose(
+            row["service_over_sampler"], service["leases_per_s"] / limit, rel_tol=1e-2
+        )
+
+    # The random sampler's study, and more API processes beside one.
+    rnd = params["random"]
+    assert [(r["backend"], r["trials"]) for r in res["random"]] == [
+        (b, rnd["trials"]) for b in rnd["backends"]
+    ]
+    for row in res["random"]:
+        _cycles(row, "service")
+        assert row["service"]["trials_at_start"] >= rnd["trials"]
+    proc = params["processes"]
+    rows = res["processes"]
+    assert [r["api_processes"] for r in rows] == [1, proc["api"]]
+    for row in rows:
+        assert (row["backend"], row["trials"]) == (proc["backend"], proc["trials"])
+        assert [row["processes"], row["threads"]] == proc["workers"]
+        assert row["cycles"] == rows[0]["cycles"]
+        _cycles(row, "service")
 
 
 def test_quality_runs_every_method_on_the_same_budget(bench: Path) -> None:

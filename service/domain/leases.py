@@ -36,6 +36,9 @@ from service.storage.tables import LeaseRow, StudyRow, SuggestionRow, utcnow
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.02
+"""How often a lease that waits for a suggestion looks for one."""
+
 
 def _lease(
     rt: Runtime,
@@ -184,7 +187,8 @@ def lease(rt: Runtime, worker_id: str) -> Lease | None:
         left = deadline - time.monotonic()
         if not budget_left or left <= 0:
             return None
-        # Woken by this process's feeder; suggestions of another process's feeder are
-        # seen by asking again (a 50 ms poll, on the server, only while none is ready).
+        # The sampler process writes suggestions to the database: ask again every 20 ms
+        # (on the server, only while a study has budget and none is ready; woken at once
+        # when this process records one itself, a re-run).
         with rt.suggested:
-            rt.suggested.wait(min(left, 0.05))
+            rt.suggested.wait(min(left, POLL_S))

@@ -61,8 +61,10 @@ def _renew(
     worker_id: str,
     epoch: int | None = None,
     metrics: dict[str, float] | None = None,
+    value: float | None = None,
 ) -> tuple[Action, StudyRow]:
-    """Extend the lease; returns the worker's action (without asking the pruner)."""
+    """Extend the lease, and with ``value`` store the epoch's value in Optuna, in one
+    transaction; returns the worker's action (without asking the pruner)."""
     with rt.sessions.begin() as s:
         row, study = _load(s, trial_id, worker_id)
         if row.state == LeaseState.PRUNED:
@@ -74,7 +76,16 @@ def _renew(
             row.epochs_run = max(row.epochs_run, epoch)
         if metrics:  # (a report without them keeps the last ones)
             row.metrics = metrics
-        return (Action.STOP if study.status == StudyStatus.STOPPED else Action.CONTINUE), study
+        if study.status == StudyStatus.STOPPED:
+            return Action.STOP, study
+        written = value is None or epoch is None or rt.optuna.write_step(s, trial_id, epoch, value)
+        if not written:
+            raise _EndedInOptuna
+        return Action.CONTINUE, study
+
+
+class _EndedInOptuna(Exception):
+    """Optuna has already ended the trial; the service never recorded how."""
 
 
 def heartbeat(rt: Runtime, trial_id: int, worker_id: str) -> Action:
@@ -97,18 +108,18 @@ def report(
     ``stop`` (the study was stopped; release the trial).
     """
     with rt.unit_of_work():
-        action, study = _renew(rt, trial_id, worker_id, epoch, metrics)
-        if action != Action.CONTINUE:
-            return action
-        prune = rt.optuna.report(study, trial_id, epoch, value)
-        if prune is None:
+        try:
+            action, study = _renew(rt, trial_id, worker_id, epoch, metrics, value)
+        except _EndedInOptuna:
             # Optuna has already ended the trial, but the service never recorded how (it
             # stopped in between): settle the lease from Optuna's record.
             row = _settle(rt, trial_id, LeaseState.LOST, "ended in Optuna but not in the service")
             if row.state == LeaseState.PRUNED:
                 return Action.PRUNE
-            raise _gone(row)
-        if not prune:
+            raise _gone(row) from None
+        if action != Action.CONTINUE:
+            return action
+        if not rt.optuna.judge(study, trial_id, epoch, value):
             return Action.CONTINUE
         _finish(rt, trial_id, worker_id, LeaseState.PRUNED, value=value, epochs_run=epoch)
         return Action.PRUNE
@@ -297,14 +308,14 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         jobs.give_back(rt, row, state, reason)
         return
     if trial_id is not None:
-        adopted = rt.optuna.result(trial_id)
+        adopted = rt.optuna.result(study, trial_id)
         if adopted is None and not rt.optuna.finish(
             study,
             trial_id,
             LeaseState.FAIL,
             attrs={"worker_id": worker, "fail_reason": reason, "hpo_outcome": state},
         ):
-            adopted = rt.optuna.result(trial_id)  # a result landed just before us
+            adopted = rt.optuna.result(study, trial_id)  # a result landed just before us
         if adopted is not None:
             got, value, why = adopted
             _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -16,6 +17,10 @@ from service.storage.tables import LeaseRow, WorkerRow, utcnow
 log = logging.getLogger(__name__)
 _KEEP = object()
 
+SEEN_EVERY_S = 2.0
+"""A worker's ``last_seen`` is written at most this often by one process (each epoch
+report would otherwise write it), unless what it holds changed."""
+
 
 def seen(
     rt: Runtime,
@@ -28,8 +33,15 @@ def seen(
     """Record that ``worker_id`` called now (and, when given, the job it now holds).
     Best effort: bookkeeping never fails the call it accompanies (a lease already granted
     must reach its worker)."""
+    now = time.monotonic()
+    what = (host, pid, job_id)
+    last = rt.seen.get(worker_id)
+    if last is not None and last[1] == what and now - last[0] < SEEN_EVERY_S:
+        return  # written a moment ago: a report need not write it again
     try:
-        _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+        with rt.unit_of_work():
+            _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+        rt.seen[worker_id] = (now, what)
     except Exception:
         log.warning("could not record worker %s as seen", worker_id, exc_info=True)
 

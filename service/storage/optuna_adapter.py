@@ -19,7 +19,11 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages._rdb import models
 from optuna.trial import TrialState
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from search_space import (
     SearchSpace,
@@ -209,6 +213,7 @@ class OptunaAdapter:
                 except Exception:
                     study.tell(trial, state=TrialState.FAIL)  # leave no trial RUNNING forever
                     raise
+            self.storage.refresh(optuna_id)  # the cache saw it waiting
             return trial._trial_id, trial.number, params, True
         draft = Draft(self.storage)
         trial = optuna.Study(study_name=row.name, storage=draft, sampler=sampler).ask()
@@ -249,11 +254,11 @@ class OptunaAdapter:
                 sampler = self._samplers[key] = new(0)
         return sampler
 
-    def result(self, trial_id: int) -> tuple[str, float | None, str | None] | None:
+    def result(self, row: StudyRow, trial_id: int) -> tuple[str, float | None, str | None] | None:
         """The result Optuna holds for a trial the service has not recorded: (state, value,
         reason); None while the trial runs, or when the service itself failed it as lost
         or released (``hpo_outcome``)."""
-        frozen = self.storage.get_trial(trial_id)
+        frozen = self.storage.read_trial(_optuna_id(row), trial_id)
         if not frozen.state.is_finished() or (
             frozen.state == TrialState.FAIL and "hpo_outcome" in frozen.user_attrs
         ):
@@ -265,15 +270,42 @@ class OptunaAdapter:
             return "pruned", None if step is None else frozen.intermediate_values[step], None
         return "fail", None, frozen.user_attrs.get("fail_reason")
 
-    def report(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool | None:
-        """Store an epoch's value; True when the pruner says the trial should stop, None
-        when Optuna has already ended the trial."""
-        try:
-            self.storage.set_trial_intermediate_value(trial_id, step, value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return None
-        # The pruner compares with the trials in the cache (as of the feeder's last
-        # refresh), not re-read from the database on every report.
+    def write_step(self, session: Session, trial_id: int, step: int, value: float) -> bool:
+        """Store an epoch's value in the caller's transaction (the one that renews the
+        lease: a report is one transaction); False when Optuna has already ended the
+        trial. Optuna's own ``set_trial_intermediate_value`` is the same upsert, in a
+        transaction and a session of its own."""
+        trials, steps = models.TrialModel, models.TrialIntermediateValueModel
+        state = session.scalar(
+            select(trials.state).where(trials.trial_id == trial_id).with_for_update()
+        )
+        if state != TrialState.RUNNING:
+            return False
+        stored, kind = steps.intermediate_value_to_stored_repr(value)
+        values = {
+            "trial_id": trial_id,
+            "step": step,
+            "intermediate_value": stored,
+            "intermediate_value_type": kind,
+        }
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        upsert = dialect.insert(steps.__table__).values(values)
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["trial_id", "step"],
+                set_={
+                    "intermediate_value": upsert.excluded.intermediate_value,
+                    "intermediate_value_type": upsert.excluded.intermediate_value_type,
+                },
+            )
+        )
+        return True
+
+    def judge(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool:
+        """The pruner's answer on an epoch's value just written: whether to stop. It
+        compares with the trials in the cache (as of the last refresh, and those this
+        process ended), not re-read from the database on every report."""
+        self.storage.wrote_step(trial_id, step, value)
         study = self._study(row)
         return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
 
@@ -301,9 +333,8 @@ class OptunaAdapter:
                     study.tell(number, state=_STATES[state], skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another process ended it between our look and our write
-        frozen = self.storage.get_trial(trial_id)
-        self.storage.finished(_optuna_id(row), frozen)  # its sampler and pruner see it now
-        return bool(frozen.state == _STATES[state])
+        # As the database holds it (and cached: its sampler and pruner see it now).
+        return bool(self.storage.read_trial(_optuna_id(row), trial_id).state == _STATES[state])
 
     def rerun(self, row: StudyRow, trial_id: int) -> tuple[int, int]:
         """A new trial with the parameters of ``trial_id`` (lost or released), written in

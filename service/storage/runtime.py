@@ -32,8 +32,11 @@ class Runtime:
     # The feeder (service.domain.feeder) and the leases signal each other in a process:
     # ``wanted`` wakes the feeder (a suggestion was taken, a slot given back), and
     # ``suggested`` wakes the leases waiting for a suggestion.
-    wanted: threading.Event = field(default_factory=threading.Event)
+    # (a multiprocessing.Event when the feeder samples in a process of its own)
+    wanted: Any = field(default_factory=threading.Event)
     suggested: threading.Condition = field(default_factory=threading.Condition)
+    # What ``service.domain.workers_seen`` last wrote of each worker, and when.
+    seen: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:

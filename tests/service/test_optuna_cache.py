@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from search_space import SearchSpace
 from service.storage.migrate import migrate
@@ -149,7 +150,7 @@ def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
             study_name="same-history", direction="maximize", pruner=make_pruner(pruner, epochs)
         )
         rng = random.Random(7)
-        decisions: list[tuple[bool | None, bool]] = []
+        decisions: list[tuple[bool, bool]] = []
         for _ in range(14):
             trial_id, _number, _params = bridge.draw(row, writing=nullcontext)[:3]
             ref = reference.ask()
@@ -157,7 +158,9 @@ def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
             pruned = False
             for epoch in range(1, epochs + 1):
                 value = quality * epoch / epochs + rng.random() * 0.05
-                ours = bridge.report(row, trial_id, epoch, value)
+                with Session(bridge.rdb.engine) as s, s.begin():
+                    assert bridge.write_step(s, trial_id, epoch, value)
+                ours = bridge.judge(row, trial_id, epoch, value)
                 ref.report(value, epoch)
                 theirs = ref.should_prune()
                 decisions.append((ours, theirs))
@@ -172,5 +175,31 @@ def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
                 reference.tell(ref, value)
         assert [ours for ours, _ in decisions] == [theirs for _, theirs in decisions]
         assert any(theirs for _, theirs in decisions)  # the history made it prune
+    finally:
+        bridge.close()
+
+
+def test_a_trial_written_in_one_go_reads_back_as_optunas_own_template_writes_it(
+    database_url: str,
+) -> None:
+    bridge = OptunaAdapter(database_url, busy_timeout_s=10)
+    try:
+        row = _row(bridge, "one-go", None)
+        study_id = row.optuna_study_id or 0
+        trial_id, number, params = bridge.draw(row, writing=nullcontext)[:3]
+        ours = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
+        try:
+            frozen = ours.get_trial(trial_id)
+            # The same template through Optuna's own (slower) path.
+            theirs_id = ours._create_new_trial(study_id, frozen)._trial_id
+            theirs = ours.get_trial(theirs_id)
+        finally:
+            ours.engine.dispose()
+        assert frozen.state == TrialState.RUNNING and frozen.number == number == 0
+        assert theirs.number == 1
+        for field in ("params", "distributions", "user_attrs", "system_attrs", "state"):
+            assert getattr(frozen, field) == getattr(theirs, field), field
+        assert {**frozen.user_attrs["fixed_params"], **frozen.params} == params
+        assert frozen.datetime_start is not None
     finally:
         bridge.close()
