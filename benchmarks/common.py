@@ -195,11 +195,14 @@ def main(
 
 
 @contextmanager
-def running_api(tmp: Path, *, database_url: str | None = None) -> Iterator[Api]:
+def running_api(
+    tmp: Path, *, database_url: str | None = None, processes: int = 1, **settings: str
+) -> Iterator[Api]:
     """A real ``hpo api`` (uvicorn on 127.0.0.1) on a SQLite file in ``tmp`` or on
-    ``database_url``; stopped on exit."""
+    ``database_url``, with ``processes`` uvicorn processes and ``settings`` as HPO_*
+    variables; stopped on exit."""
     tmp.mkdir(parents=True, exist_ok=True)
-    api = start_api(tmp, database_url=database_url)
+    api = start_api(tmp, database_url=database_url, processes=processes, **settings)
     try:
         yield api
     finally:

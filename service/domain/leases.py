@@ -187,8 +187,12 @@ def lease(rt: Runtime, worker_id: str) -> Lease | None:
         left = deadline - time.monotonic()
         if not budget_left or left <= 0:
             return None
-        # The sampler process writes suggestions to the database: ask again every 20 ms
-        # (on the server, only while a study has budget and none is ready; woken at once
-        # when this process records one itself, a re-run).
-        with rt.suggested:
-            rt.suggested.wait(min(left, POLL_S))
+        # The sampler process writes suggestions to the database: look every 20 ms with
+        # one cheap query outside the write lock (woken at once when this process records
+        # one itself, a re-run), and claim again once there is one.
+        while time.monotonic() < deadline:
+            with rt.suggested:
+                rt.suggested.wait(min(max(deadline - time.monotonic(), 0), POLL_S))
+            with rt.sessions() as s:
+                if s.scalar(select(SuggestionRow.id).limit(1)) is not None:
+                    break

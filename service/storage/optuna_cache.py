@@ -244,8 +244,9 @@ class ServiceCache(_CachedStorage):
         return frozen
 
 
-_NONE = 2**62
-"""A trial id beyond any: ``_get_trials`` then reads exactly the ids it is given."""
+_NONE = 2**31 - 1
+"""A trial id beyond any (the largest INTEGER): ``_get_trials`` then reads exactly the ids
+it is given."""
 
 DRAFT_ID = -1
 
