@@ -114,7 +114,7 @@ SIZES: dict[str, dict[str, Any]] = {
         },
         "sampler_draws": 30,
         "random": {
-            "backends": ["sqlite", "postgresql"],
+            "backends": ["sqlite"],
             "trials": 1000,
             "workers": [8, 4],
             "cycles": 800,
@@ -177,8 +177,8 @@ class _Service:
         return _lease(c, worker)
 
     def report(self, c: httpx.Client, worker: str, trial: int, epoch: int, value: float) -> bool:
-        r = c.post(
-            f"/trials/{trial}/report", json={"worker_id": worker, "epoch": epoch, "value": value}
+        r = _post(
+            c, f"/trials/{trial}/report", {"worker_id": worker, "epoch": epoch, "value": value}
         )
         r.raise_for_status()
         action = r.json()["action"]
@@ -187,17 +187,29 @@ class _Service:
         return bool(action == "continue")
 
     def complete(self, c: httpx.Client, worker: str, trial: int, value: float, epochs: int) -> None:
-        c.post(
+        _post(
+            c,
             f"/trials/{trial}/complete",
-            json={"worker_id": worker, "value": value, "epochs_run": epochs},
+            {"worker_id": worker, "value": value, "epochs_run": epochs},
         ).raise_for_status()
+
+
+def _post(c: httpx.Client, url: str, body: dict[str, Any]) -> httpx.Response:
+    """POST as a worker does: a 503 (the database busy) is retried after a moment; the
+    caller's latency includes the retries."""
+    for _ in range(100):
+        r = c.post(url, json=body)
+        if r.status_code != 503:
+            return r
+        time.sleep(0.1)
+    return r
 
 
 def _lease(c: httpx.Client, worker: str) -> tuple[int, int]:
     """Lease until a trial is handed out; (trial id, 204 answers before it)."""
     empty, since = 0, time.monotonic()
     while True:
-        r = c.post("/trials/lease", json={"worker": {"id": worker}})
+        r = _post(c, "/trials/lease", {"worker": {"id": worker}})
         if r.status_code == 200:
             body = r.json()
             if body["kind"] != "trial":

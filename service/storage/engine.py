@@ -39,7 +39,9 @@ def engine_kwargs(url: str, *, busy_timeout_s: float) -> dict[str, Any]:
     """Keyword arguments for ``create_engine``, shared with Optuna's own engine."""
     if is_sqlite(url):
         return {"connect_args": {"timeout": busy_timeout_s, "check_same_thread": False}}
-    return {"pool_pre_ping": True}
+    # Up to 40 connections a process: requests run in up to 200 threads, and with the
+    # default 15 a burst of 32 workers' calls waited out the pool's timeout (a 503).
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 30}
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
