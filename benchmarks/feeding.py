@@ -180,6 +180,8 @@ class _Service:
         r = _post(
             c, f"/trials/{trial}/report", {"worker_id": worker, "epoch": epoch, "value": value}
         )
+        if r.status_code == 409:  # no longer this worker's trial: drop it, as a worker does
+            return False
         r.raise_for_status()
         action = r.json()["action"]
         if action not in ("continue", "prune"):
@@ -187,11 +189,13 @@ class _Service:
         return bool(action == "continue")
 
     def complete(self, c: httpx.Client, worker: str, trial: int, value: float, epochs: int) -> None:
-        _post(
+        r = _post(
             c,
             f"/trials/{trial}/complete",
             {"worker_id": worker, "value": value, "epochs_run": epochs},
-        ).raise_for_status()
+        )
+        if r.status_code != 409:  # (409: no longer this worker's trial, as above)
+            r.raise_for_status()
 
 
 def _post(c: httpx.Client, url: str, body: dict[str, Any]) -> httpx.Response:
