@@ -161,8 +161,13 @@ def test_sigterm_releases_the_trial_at_once_and_exits_0(pg_api: Api, tmp_path: P
         assert released["epochs_run"] < 200
         client.post(f"/studies/{study_id}/stop")  # the point is made; save the epochs
     optuna_trials = optuna.load_study(study_name="scaled-down", storage=pg_api.database_url).trials
-    waiting = [t for t in optuna_trials if t.state == TrialState.WAITING]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [released["params"]]
+    # The released parameters came back as the next suggestion; stopping the study failed
+    # it, never handed out, like every unused suggestion.
+    reruns = [t for t in optuna_trials if "hpo_reruns_trial" in t.user_attrs]
+    assert [{**t.user_attrs["fixed_params"], **t.params} for t in reruns] == [released["params"]]
+    assert reruns[0].state == TrialState.FAIL
+    assert reruns[0].user_attrs["hpo_outcome"] == "discarded"
+    assert TrialState.RUNNING not in {t.state for t in optuna_trials}
 
 
 def test_database_restart_mid_study(postgres: Postgres, pg_api: Api, tmp_path: Path) -> None:

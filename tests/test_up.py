@@ -123,11 +123,12 @@ def test_ctrl_c_or_kill_stops_workers_first_so_running_trials_are_released(
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path}/hpo.db")
     released = [t for t in study.trials if t.user_attrs.get("hpo_outcome") == "released"]
     assert len(released) == 1
-    # ... and its parameters are queued to run again when the service comes back.
-    # (An enqueued trial holds its parameters as "fixed_params" until it runs.)
-    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
-    # Optuna's own trial.params hold the searched parameters; the fixed ones travel as the
-    # user attribute fixed_params; the re-run is queued with the whole configuration.
+    # ... and its parameters are the next suggestion handed out when the service comes
+    # back: a RUNNING trial, not yet leased. Optuna's own trial.params hold the searched
+    # parameters; the fixed ones travel as the user attribute fixed_params.
     whole = {**released[0].user_attrs["fixed_params"], **released[0].params}
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [whole]
-    assert waiting[0].user_attrs["hpo_reruns_trial"] == released[0]._trial_id
+    reruns = [
+        t for t in study.trials if t.user_attrs.get("hpo_reruns_trial") == released[0]._trial_id
+    ]
+    assert [{**t.user_attrs["fixed_params"], **t.params} for t in reruns] == [whole]
+    assert reruns[0].state == optuna.trial.TrialState.RUNNING
