@@ -276,8 +276,7 @@ class Feeder:
         trial_id, number, params, queued = self.rt.optuna.draw(study, writing=self.rt.unit_of_work)
         with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
             s.add(suggestion(study, trial_id, number, params, priority=1 if queued else 0))
-        with self.rt.suggested:
-            self.rt.suggested.notify_all()
+        # (No notify: the leases that wait are in the API process; they look every 20 ms.)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:
         failures = self._failures[study.id] = self._failures.get(study.id, 0) + 1
