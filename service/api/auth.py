@@ -108,17 +108,17 @@ def _tokens(request: Request) -> Tokens:
     return tokens
 
 
-def _user(request: Request, given: Annotated[Credentials, Depends(_user_scheme)]) -> None:
+async def _user(request: Request, given: Annotated[Credentials, Depends(_user_scheme)]) -> None:
     if not _tokens(request).allow("user", given):
         raise Unauthorized()
 
 
-def _worker(request: Request, given: Annotated[Credentials, Depends(_worker_scheme)]) -> None:
+async def _worker(request: Request, given: Annotated[Credentials, Depends(_worker_scheme)]) -> None:
     if not _tokens(request).allow("worker", given):
         raise Unauthorized()
 
 
-def _either(
+async def _either(
     request: Request,
     given: Annotated[Credentials, Depends(_user_scheme)],
     _also: Annotated[Credentials, Depends(_worker_scheme)],

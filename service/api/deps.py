@@ -9,7 +9,8 @@ from fastapi import Depends, Path, Request
 from service.storage.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # (async: a plain function would cost every call a hop to the thread pool and back)
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import Connection, CursorResult, Table, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service import logs
@@ -47,6 +47,7 @@ REFRESH_S = 0.5
 """How stale a process's cache of a study's trials may get: results that other processes
 (or this one) recorded reach the sampler and the pruners within this."""
 
+_SUGGESTIONS = cast(Table, SuggestionRow.__table__)
 MAX_FAILURES = 3
 """Sampling that fails this many times in a row fails the study, saying why (a worker
 would otherwise wait for suggestions that never come)."""
@@ -273,9 +274,26 @@ class Feeder:
             self._failures.pop(study.id, None)
 
     def _suggest(self, study: StudyRow) -> None:
-        trial_id, number, params, queued = self.rt.optuna.draw(study, writing=self.rt.unit_of_work)
-        with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
-            s.add(suggestion(study, trial_id, number, params, priority=1 if queued else 0))
+        def record(conn: Connection, trial_id: int, number: int, params: dict[str, Any]) -> None:
+            # (in the transaction that writes the trial: on SQLite this process holds the
+            # database's one write lock once per suggestion, and briefly)
+            conn.execute(
+                _SUGGESTIONS.insert().values(
+                    study_id=study.id,
+                    trial_id=trial_id,
+                    trial_number=number,
+                    params=params,
+                    priority=0,
+                    created_at=utcnow(),
+                )
+            )
+
+        trial_id, number, params, queued = self.rt.optuna.draw(
+            study, writing=self.rt.unit_of_work, then=record
+        )
+        if queued:  # (a waiting trial, which Optuna's own ``ask`` wrote)
+            with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
+                s.add(suggestion(study, trial_id, number, params, priority=1))
         # (No notify: the leases that wait are in the API process; they look every 20 ms.)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:

@@ -19,7 +19,7 @@ import logging
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from search_space import SearchSpace
@@ -60,8 +60,24 @@ def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
     return best.params
 
 
+_ANY_PENDING = (
+    select(StudyRow.id)
+    .where(or_(*(column == SanityState.PENDING for column in _COLUMN.values())))
+    .limit(1)
+)
+"""Whether any job waits (one indexed look on every lease, where there rarely is one)."""
+
+
 def take(rt: Runtime, worker_id: str) -> LeaseRow | None:
     """Hand out a pending final or sanity job (final first: its study is done), or None."""
+    with rt.engine.connect() as conn:
+        if conn.scalar(_ANY_PENDING) is None:
+            return None
+    with rt.unit_of_work():
+        return _take(rt, worker_id)
+
+
+def _take(rt: Runtime, worker_id: str) -> LeaseRow | None:
     for kind in (JobKind.FINAL, JobKind.SANITY):
         column = _COLUMN[kind]
         with rt.sessions() as s:

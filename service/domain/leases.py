@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import Connection, Table, func, select
 
 from service.domain import jobs
-from service.domain.reports import reap_expired
 from service.protocol import Lease, ModelRef
 from service.states import (
     OPEN_STATUSES,
@@ -74,88 +73,107 @@ def _lease(
     )
 
 
+_STUDIES = cast(Table, StudyRow.__table__)
+_SUGGESTIONS = cast(Table, SuggestionRow.__table__)
+_LEASES = cast(Table, LeaseRow.__table__)
+_CANDIDATES = (
+    select(_STUDIES.c.id, _STUDIES.c.created_at)
+    .where(
+        _STUDIES.c.status.in_(OPEN_STATUSES),
+        _STUDIES.c.slots_used < _STUDIES.c.n_trials,
+        _STUDIES.c.optuna_study_id.is_not(None),  # creation still under way
+        _STUDIES.c.sanity_state.in_((SanityState.PASSED, SanityState.SKIPPED)),
+    )
+    .order_by(_STUDIES.c.id)
+)
+
+
 def _claim(rt: Runtime, worker_id: str) -> tuple[Lease | None, bool]:
     """Claim a suggestion of the oldest open study with budget left, in one transaction:
     take a slot (conditional UPDATE), take the suggestion (deleted: handed out once), write
     the active lease. Returns (the lease or None, whether some study has budget left)."""
     now = utcnow()
-    with rt.sessions.begin() as s:
-        candidates = s.scalars(
-            select(StudyRow.id)
-            .where(
-                StudyRow.status.in_(OPEN_STATUSES),
-                StudyRow.slots_used < StudyRow.n_trials,
-                StudyRow.optuna_study_id.is_not(None),  # creation still under way
-                StudyRow.sanity_state.in_((SanityState.PASSED, SanityState.SKIPPED)),
-            )
-            .order_by(StudyRow.id)
-        ).all()
-        for study_id in candidates:
-            # The study row first, then the suggestion: the order stopping a study takes.
-            taken = cast(
-                CursorResult[Any],
-                s.execute(
-                    update(StudyRow)
-                    .where(
-                        StudyRow.id == study_id,
-                        StudyRow.status.in_(OPEN_STATUSES),
-                        StudyRow.slots_used < StudyRow.n_trials,
-                    )
-                    .values(
-                        slots_used=StudyRow.slots_used + 1,
-                        status=StudyStatus.RUNNING,
-                        started_at=func.coalesce(StudyRow.started_at, now),
-                    )
-                    .execution_options(synchronize_session=False)
-                ),
-            )
-            if taken.rowcount != 1:
-                continue  # another lease took the last slot first
-            suggestion = s.scalars(
-                select(SuggestionRow)
-                .where(SuggestionRow.study_id == study_id)
-                .order_by(SuggestionRow.priority.desc(), SuggestionRow.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if suggestion is None:  # none ready yet: give the slot back
-                s.execute(
-                    update(StudyRow)
-                    .where(StudyRow.id == study_id)
-                    .values(slots_used=StudyRow.slots_used - 1)
-                    .execution_options(synchronize_session=False)
-                )
-                continue
-            s.delete(suggestion)
-            row = LeaseRow(
-                study_id=study_id,
-                worker_id=worker_id,
-                state=LeaseState.ACTIVE,
-                trial_id=suggestion.trial_id,
-                trial_number=suggestion.trial_number,
-                params=suggestion.params,
-                epochs_run=0,
-                deadline=now + timedelta(seconds=rt.settings.lease_seconds),
-                created_at=now,
-            )
-            s.add(row)
-            s.flush()
-            study = s.scalars(
-                select(StudyRow)
-                .where(StudyRow.id == study_id)
-                .execution_options(populate_existing=True)
-            ).one()
-            work = _lease(
-                rt,
-                JobKind.TRIAL,
-                row.id,
-                study,
-                suggestion.params,
-                trial_id=suggestion.trial_id,
-                number=suggestion.trial_number,
-            )
-            return work, True
-    return None, bool(candidates)
+    claimed = None
+    with rt.write() as conn:
+        candidates = conn.execute(_CANDIDATES).all()
+        for study_id, created_at in candidates:
+            claimed = _claim_in(rt, conn, study_id, worker_id, now)
+            if claimed is not None:
+                study = (study_id, created_at)
+                break
+    if claimed is None:
+        return None, bool(candidates)
+    lease_id, suggestion = claimed
+    work = _lease(  # (after the commit: the write lock is held for the writes alone)
+        rt,
+        JobKind.TRIAL,
+        lease_id,
+        rt.as_created(*study),
+        suggestion.params,
+        trial_id=suggestion.trial_id,
+        number=suggestion.trial_number,
+    )
+    return work, True
+
+
+def _claim_in(
+    rt: Runtime, conn: Connection, study_id: int, worker_id: str, now: datetime
+) -> tuple[int, Any] | None:
+    """In the caller's transaction: one slot and one suggestion of the study, and the
+    lease row; (lease id, the suggestion), or None (no slot, or no suggestion ready)."""
+    # The study row first, then the suggestion: the order stopping a study takes.
+    taken = conn.execute(
+        _STUDIES.update()
+        .where(
+            _STUDIES.c.id == study_id,
+            _STUDIES.c.status.in_(OPEN_STATUSES),
+            _STUDIES.c.slots_used < _STUDIES.c.n_trials,
+        )
+        .values(
+            slots_used=_STUDIES.c.slots_used + 1,
+            status=StudyStatus.RUNNING,
+            started_at=func.coalesce(_STUDIES.c.started_at, now),
+        )
+    )
+    if taken.rowcount != 1:
+        return None  # another lease took the last slot first
+    suggestion = conn.execute(
+        select(
+            _SUGGESTIONS.c.id,
+            _SUGGESTIONS.c.trial_id,
+            _SUGGESTIONS.c.trial_number,
+            _SUGGESTIONS.c.params,
+        )
+        .where(_SUGGESTIONS.c.study_id == study_id)
+        .order_by(_SUGGESTIONS.c.priority.desc(), _SUGGESTIONS.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if suggestion is None:  # none ready yet: give the slot back
+        conn.execute(
+            _STUDIES.update()
+            .where(_STUDIES.c.id == study_id)
+            .values(slots_used=_STUDIES.c.slots_used - 1)
+        )
+        return None
+    conn.execute(_SUGGESTIONS.delete().where(_SUGGESTIONS.c.id == suggestion.id))
+    lease_id = conn.execute(
+        _LEASES.insert()
+        .values(
+            study_id=study_id,
+            kind=JobKind.TRIAL,
+            worker_id=worker_id,
+            state=LeaseState.ACTIVE,
+            trial_id=suggestion.trial_id,
+            trial_number=suggestion.trial_number,
+            params=suggestion.params,
+            epochs_run=0,
+            deadline=now + timedelta(seconds=rt.settings.lease_seconds),
+            created_at=now,
+        )
+        .returning(_LEASES.c.id)
+    ).scalar_one()
+    return lease_id, suggestion
 
 
 def lease(rt: Runtime, worker_id: str) -> Lease | None:
@@ -165,14 +183,13 @@ def lease(rt: Runtime, worker_id: str) -> Lease | None:
     """
     deadline = time.monotonic() + rt.settings.lease_wait_s
     while True:
-        with rt.unit_of_work():
-            reap_expired(rt)  # (one indexed query when nothing has expired)
-            job = jobs.take(rt, worker_id)
-            if job is not None:
-                with rt.sessions() as s:
-                    study = s.get_one(StudyRow, job.study_id)
-                return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
-            work, budget_left = _claim(rt, worker_id)
+        # (Expired leases are reaped every ``reap_interval_s`` by the API's reaper.)
+        job = jobs.take(rt, worker_id)
+        if job is not None:
+            with rt.sessions() as s:
+                study = s.get_one(StudyRow, job.study_id)
+            return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
+        work, budget_left = _claim(rt, worker_id)
         rt.wanted.set()  # the feeder tops up what was taken, or samples what is missing
         if work is not None:
             log.info(

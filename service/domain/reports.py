@@ -13,11 +13,10 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Any, cast
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, CursorResult, Table, func, select, update
 
 from service.domain import feeder, jobs
 from service.errors import Conflict, NotFound
@@ -37,22 +36,65 @@ from service.storage.tables import LeaseRow, StudyRow, utcnow
 log = logging.getLogger(__name__)
 
 
-def _load(s: Session, trial_id: int, worker_id: str) -> tuple[LeaseRow, StudyRow]:
-    row = s.scalars(
-        select(LeaseRow).where(LeaseRow.trial_id == trial_id, LeaseRow.kind == JobKind.TRIAL)
-    ).one_or_none()
-    if row is None:
+_LEASES = cast(Table, LeaseRow.__table__)
+_STUDIES = cast(Table, StudyRow.__table__)
+
+
+class Held(NamedTuple):
+    """A trial's lease as a protocol call finds it, with what it needs of its study."""
+
+    id: int
+    trial_id: int | None
+    worker_id: str
+    state: str
+    value: float | None
+    reason: str | None
+    epochs_run: int
+    study_id: int
+    study_created: datetime
+    study_status: str
+
+
+_LOOK = select(
+    _LEASES.c.id,
+    _LEASES.c.trial_id,
+    _LEASES.c.worker_id,
+    _LEASES.c.state,
+    _LEASES.c.value,
+    _LEASES.c.reason,
+    _LEASES.c.epochs_run,
+    _LEASES.c.study_id,
+    _STUDIES.c.created_at,
+    _STUDIES.c.status,
+).join(_STUDIES, _STUDIES.c.id == _LEASES.c.study_id)
+
+
+def _look(conn: Connection, trial_id: int, worker_id: str) -> Held:
+    found = conn.execute(
+        _LOOK.where(_LEASES.c.trial_id == trial_id, _LEASES.c.kind == JobKind.TRIAL)
+    ).first()
+    if found is None:
         raise NotFound(f"trial {trial_id} was never leased")
-    if row.worker_id != worker_id:
-        raise Conflict(f"trial {trial_id} is leased to worker {row.worker_id!r}, not {worker_id!r}")
-    return row, s.get_one(StudyRow, row.study_id)
+    held = Held._make(found)
+    if held.worker_id != worker_id:
+        raise Conflict(
+            f"trial {trial_id} is leased to worker {held.worker_id!r}, not {worker_id!r}"
+        )
+    return held
 
 
-def _gone(row: LeaseRow) -> Conflict:
+def _gone(row: LeaseRow | Held | Outcome) -> Conflict:
     return Conflict(
         f"trial {row.trial_id} is no longer running: its lease is {row.state}"
         + (f" ({row.reason})" if row.reason else "")
     )
+
+
+def _lock_study(conn: Connection, study_id: int) -> None:
+    """Lock the study's row (PostgreSQL): two processes recording the last two results
+    must not each count the other's as missing (SQLite has the process lock). Every
+    transaction that writes a study's leases takes it first, so they never deadlock."""
+    conn.execute(select(_STUDIES.c.id).where(_STUDIES.c.id == study_id).with_for_update())
 
 
 def _renew(
@@ -65,20 +107,26 @@ def _renew(
 ) -> tuple[Action, StudyRow]:
     """Extend the lease, and with ``value`` store the epoch's value in Optuna, in one
     transaction; returns the worker's action (without asking the pruner)."""
-    with rt.sessions.begin() as s:
-        row, study = _load(s, trial_id, worker_id)
-        if row.state == LeaseState.PRUNED:
+    with rt.write() as conn:
+        held = _look(conn, trial_id, worker_id)
+        study = rt.as_created(held.study_id, held.study_created)
+        if held.state == LeaseState.PRUNED:
             return Action.PRUNE, study
-        if row.state != LeaseState.ACTIVE:
-            raise _gone(row)
-        row.deadline = utcnow() + timedelta(seconds=rt.settings.lease_seconds)
-        if epoch is not None:
-            row.epochs_run = max(row.epochs_run, epoch)
+        if held.state != LeaseState.ACTIVE:
+            raise _gone(held)
+        renewed: dict[str, Any] = {
+            "deadline": utcnow() + timedelta(seconds=rt.settings.lease_seconds)
+        }
+        if epoch is not None and epoch > held.epochs_run:
+            renewed["epochs_run"] = epoch
         if metrics:  # (a report without them keeps the last ones)
-            row.metrics = metrics
-        if study.status == StudyStatus.STOPPED:
+            renewed["metrics"] = metrics
+        conn.execute(_LEASES.update().where(_LEASES.c.id == held.id).values(renewed))
+        if held.study_status == StudyStatus.STOPPED:
             return Action.STOP, study
-        written = value is None or epoch is None or rt.optuna.write_step(s, trial_id, epoch, value)
+        written = (
+            value is None or epoch is None or rt.optuna.write_step(conn, trial_id, epoch, value)
+        )
         if not written:
             raise _EndedInOptuna
         return Action.CONTINUE, study
@@ -90,8 +138,7 @@ class _EndedInOptuna(Exception):
 
 def heartbeat(rt: Runtime, trial_id: int, worker_id: str) -> Action:
     """Renew the lease between reports; answers continue, prune or stop."""
-    with rt.unit_of_work():
-        return _renew(rt, trial_id, worker_id)[0]
+    return _renew(rt, trial_id, worker_id)[0]
 
 
 def report(
@@ -107,27 +154,118 @@ def report(
     Returns ``continue``, ``prune`` (the trial is already ended PRUNED; stop training) or
     ``stop`` (the study was stopped; release the trial).
     """
-    with rt.unit_of_work():
-        try:
-            action, study = _renew(rt, trial_id, worker_id, epoch, metrics, value)
-        except _EndedInOptuna:
-            # Optuna has already ended the trial, but the service never recorded how (it
-            # stopped in between): settle the lease from Optuna's record.
+    # (No lock around the whole call: each transaction takes the write lock for itself,
+    # and the pruner thinks outside it.)
+    try:
+        action, study = _renew(rt, trial_id, worker_id, epoch, metrics, value)
+    except _EndedInOptuna:
+        # Optuna has already ended the trial, but the service never recorded how (it
+        # stopped in between): settle the lease from Optuna's record.
+        with rt.unit_of_work():
             row = _settle(rt, trial_id, LeaseState.LOST, "ended in Optuna but not in the service")
-            if row.state == LeaseState.PRUNED:
-                return Action.PRUNE
-            raise _gone(row) from None
-        if action != Action.CONTINUE:
-            return action
-        if not rt.optuna.judge(study, trial_id, epoch, value):
-            return Action.CONTINUE
-        _finish(rt, trial_id, worker_id, LeaseState.PRUNED, value=value, epochs_run=epoch)
-        return Action.PRUNE
+        if row.state == LeaseState.PRUNED:
+            return Action.PRUNE
+        raise _gone(row) from None
+    if action != Action.CONTINUE:
+        return action
+    if not rt.optuna.judge(study, trial_id, epoch, value):
+        return Action.CONTINUE
+    _finish(rt, trial_id, worker_id, LeaseState.PRUNED, value=value, epochs_run=epoch)
+    return Action.PRUNE
+
+
+class Outcome(NamedTuple):
+    """How a trial's lease ended, as a protocol call answers it."""
+
+    trial_id: int | None
+    state: str
+    value: float | None
+    reason: str | None
+
+
+class _NotLive(Exception):
+    """The lease was settled by another call (the reaper) inside our transaction: roll
+    it back, Optuna's end with it."""
+
+
+def _count_result(
+    conn: Connection,
+    lease_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    epochs_run: int,
+    now: datetime,
+) -> datetime | None:
+    """Record a counted result (complete, pruned, fail) on a live lease, in the caller's
+    transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
+    so a racing reaper or retry changes nothing. Completes the study when its
+    ``n_trials`` results are in. Returns when the lease started, or None when it was not
+    live any more (nothing written)."""
+    changed = conn.execute(
+        _LEASES.update()
+        .where(_LEASES.c.id == lease_id, _LEASES.c.state.in_(LIVE_STATES))
+        .values(state=state, value=value, reason=reason, epochs_run=epochs_run, finished_at=now)
+    )
+    if changed.rowcount != 1:
+        return None
+    started: datetime | None = conn.scalar(
+        select(_LEASES.c.created_at).where(_LEASES.c.id == lease_id)
+    )
+    of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
+    counted = conn.scalar(
+        select(func.count())
+        .select_from(_LEASES)
+        .where(*of_study, _LEASES.c.state.in_(COUNTED_STATES))
+    )
+    if (counted or 0) >= study.n_trials:
+        # Done: retrain the best configuration, if any trial completed.
+        any_complete = conn.scalar(
+            select(func.count())
+            .select_from(_LEASES)
+            .where(*of_study, _LEASES.c.state == LeaseState.COMPLETE)
+        )
+        conn.execute(
+            _STUDIES.update()
+            .where(_STUDIES.c.id == study.id, _STUDIES.c.status == StudyStatus.RUNNING)
+            .values(
+                status=StudyStatus.COMPLETED,
+                finished_at=now,
+                final_state=FinalState.PENDING if any_complete else FinalState.NONE,
+            )
+        )
+    return started or now
+
+
+def _recorded(
+    rt: Runtime,
+    lease_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    started: datetime,
+    now: datetime,
+) -> None:
+    if rt.metrics is not None:
+        rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
+    log.info(
+        "trial lease %s of %s ended %s (value %s, reason %s)",
+        lease_id,
+        study.name,
+        state,
+        value,
+        reason,
+        extra={"study": study.name, "job": lease_id},
+    )
 
 
 def _record(
     rt: Runtime,
-    row_id: int,
+    lease_id: int,
     study: StudyRow,
     state: str,
     *,
@@ -135,73 +273,17 @@ def _record(
     reason: str | None,
     epochs_run: int,
 ) -> bool:
-    """Record a counted result (complete, pruned, fail) on a live lease, exactly once: the
-    UPDATE is conditional, so a racing reaper or retry changes nothing. Completes the study
-    when its ``n_trials`` results are in. Returns whether this call recorded it."""
+    """``_count_result`` in a transaction of its own (a result Optuna already holds,
+    adopted); returns whether this call recorded it."""
     now = utcnow()
-    with rt.sessions.begin() as s:
-        # Lock the study row first: two processes recording the last two results must not
-        # each count the other's as missing (PostgreSQL; SQLite has the process lock).
-        s.execute(select(StudyRow.id).where(StudyRow.id == study.id).with_for_update())
-        changed = cast(
-            CursorResult[Any],
-            s.execute(
-                update(LeaseRow)
-                .where(LeaseRow.id == row_id, LeaseRow.state.in_(LIVE_STATES))
-                .values(
-                    state=state, value=value, reason=reason, epochs_run=epochs_run, finished_at=now
-                )
-            ),
+    with rt.write() as conn:
+        _lock_study(conn, study.id)
+        started = _count_result(
+            conn, lease_id, study, state, value=value, reason=reason, epochs_run=epochs_run, now=now
         )
-        if changed.rowcount != 1:
-            return False
-        started = s.scalar(select(LeaseRow.created_at).where(LeaseRow.id == row_id))
-        counted = (
-            s.scalar(
-                select(func.count())
-                .select_from(LeaseRow)
-                .where(
-                    LeaseRow.study_id == study.id,
-                    LeaseRow.kind == JobKind.TRIAL,
-                    LeaseRow.state.in_(COUNTED_STATES),
-                )
-            )
-            or 0
-        )
-        if counted >= study.n_trials:
-            # Done: retrain the best configuration, if any trial completed.
-            any_complete = (
-                s.scalar(
-                    select(func.count())
-                    .select_from(LeaseRow)
-                    .where(
-                        LeaseRow.study_id == study.id,
-                        LeaseRow.kind == JobKind.TRIAL,
-                        LeaseRow.state == LeaseState.COMPLETE,
-                    )
-                )
-                or 0
-            )
-            s.execute(
-                update(StudyRow)
-                .where(StudyRow.id == study.id, StudyRow.status == StudyStatus.RUNNING)
-                .values(
-                    status=StudyStatus.COMPLETED,
-                    finished_at=now,
-                    final_state=FinalState.PENDING if any_complete else FinalState.NONE,
-                )
-            )
-    if rt.metrics is not None and started is not None:
-        rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
-    log.info(
-        "trial lease %s of %s ended %s (value %s, reason %s)",
-        row_id,
-        study.name,
-        state,
-        value,
-        reason,
-        extra={"study": study.name, "job": row_id},
-    )
+    if started is None:
+        return False
+    _recorded(rt, lease_id, study, state, value=value, reason=reason, started=started, now=now)
     return True
 
 
@@ -216,33 +298,48 @@ def _finish(
     epochs_run: int | None = None,
     history: dict[str, list[float]] | None = None,
     train_val_gap: float | None = None,
-) -> LeaseRow:
-    """End an active lease with a counted result. Optuna is told first: if the service dies
-    in between, the retried call (or the reaper) finds Optuna's trial finished and records
-    that result once."""
-    with rt.sessions.begin() as s:
-        row, study = _load(s, trial_id, worker_id)
-        if row.state == state:
-            return row  # a retry of a call that already succeeded
-        if row.state != LeaseState.ACTIVE:
-            raise _gone(row)
-        epochs = max(row.epochs_run, epochs_run or 0)
+) -> Outcome:
+    """End an active lease with a counted result: Optuna's trial and the service's lease
+    end in one transaction, so neither holds a result the other lacks."""
+    with rt.engine.connect() as conn:
+        held = _look(conn, trial_id, worker_id)
+    if held.state == state:  # a retry of a call that already succeeded
+        return Outcome(held.trial_id, held.state, held.value, held.reason)
+    if held.state != LeaseState.ACTIVE:
+        raise _gone(held)
+    study = rt.as_created(held.study_id, held.study_created)
+    epochs = max(held.epochs_run, epochs_run or 0)
     attrs: dict[str, Any] = {"worker_id": worker_id, "epochs_run": epochs}
     if reason is not None:
         attrs["fail_reason"] = reason
     if train_val_gap is not None:
         attrs["train_val_gap"] = train_val_gap
     if history:
-        rt.optuna.attach_history(trial_id, history)
-    if rt.optuna.finish(study, trial_id, state, value=value, attrs=attrs):
-        _record(rt, row.id, study, state, value=value, reason=reason, epochs_run=epochs)
-    # else: the reaper (in this or another process) ended the trial first; it settles the
-    # lease from Optuna's record, and this call is answered as too late.
-    with rt.sessions.begin() as s:
-        row = s.get_one(LeaseRow, row.id)
-    if row.state != state:
-        raise _gone(row)
-    return row
+        with rt.unit_of_work():  # (Optuna changes no finished trial)
+            rt.optuna.attach_history(trial_id, history)
+    now = utcnow()
+    try:
+        with rt.write() as conn:
+            _lock_study(conn, study.id)
+            end = rt.optuna.end_trial(conn, trial_id, state, value=value, attrs=attrs)
+            if end is None:  # the reaper (here or elsewhere) ended the trial first
+                raise _NotLive
+            started = _count_result(
+                conn, held.id, study, state, value=value, reason=reason, epochs_run=epochs, now=now
+            )
+            if started is None:
+                raise _NotLive
+    except _NotLive:
+        # The reaper settles (or settled) the lease from Optuna's record; this call is
+        # answered as too late unless that record is this result.
+        with rt.engine.connect() as conn:
+            held = _look(conn, trial_id, worker_id)
+        if held.state != state:
+            raise _gone(held) from None
+        return Outcome(held.trial_id, held.state, held.value, held.reason)
+    rt.optuna.ended(study, end)
+    _recorded(rt, held.id, study, state, value=value, reason=reason, started=started, now=now)
+    return Outcome(trial_id, state, value, reason)
 
 
 def complete(
@@ -254,19 +351,18 @@ def complete(
     *,
     history: dict[str, list[float]] | None = None,
     train_val_gap: float | None = None,
-) -> LeaseRow:
+) -> Outcome:
     """Record the trial's objective value; a retry answers the same and counts once."""
-    with rt.unit_of_work():
-        return _finish(
-            rt,
-            trial_id,
-            worker_id,
-            LeaseState.COMPLETE,
-            value=value,
-            epochs_run=epochs_run,
-            history=history,
-            train_val_gap=train_val_gap,
-        )
+    return _finish(
+        rt,
+        trial_id,
+        worker_id,
+        LeaseState.COMPLETE,
+        value=value,
+        epochs_run=epochs_run,
+        history=history,
+        train_val_gap=train_val_gap,
+    )
 
 
 def fail(
@@ -277,18 +373,17 @@ def fail(
     epochs_run: int,
     *,
     history: dict[str, list[float]] | None = None,
-) -> LeaseRow:
+) -> Outcome:
     """Record that the trial failed (a non-finite loss, an exception); it counts as a result."""
-    with rt.unit_of_work():
-        return _finish(
-            rt,
-            trial_id,
-            worker_id,
-            LeaseState.FAIL,
-            reason=reason,
-            epochs_run=epochs_run,
-            history=history,
-        )
+    return _finish(
+        rt,
+        trial_id,
+        worker_id,
+        LeaseState.FAIL,
+        reason=reason,
+        epochs_run=epochs_run,
+        history=history,
+    )
 
 
 def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
@@ -326,6 +421,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         # suggestion (handed out first) in the transaction that gives the slot back.
         rerun = rt.optuna.rerun(study, trial_id)
     with rt.sessions.begin() as s:
+        _lock_study(s.connection(), study.id)
         changed = cast(
             CursorResult[Any],
             s.execute(
@@ -359,24 +455,25 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
     )
 
 
-def _settle(rt: Runtime, trial_id: int, state: str, reason: str) -> LeaseRow:
+def _settle(rt: Runtime, trial_id: int, state: str, reason: str) -> Outcome:
     with rt.sessions.begin() as s:
         row_id = s.scalars(select(LeaseRow.id).where(LeaseRow.trial_id == trial_id)).one()
     _give_back(rt, row_id, state, reason)
     with rt.sessions.begin() as s:
-        return s.get_one(LeaseRow, row_id)
+        row = s.get_one(LeaseRow, row_id)
+        return Outcome(row.trial_id, row.state, row.value, row.reason)
 
 
-def release(rt: Runtime, trial_id: int, worker_id: str, reason: str) -> LeaseRow:
+def release(rt: Runtime, trial_id: int, worker_id: str, reason: str) -> Outcome:
     """The worker gives the trial back unfinished (it is stopping, or the study was
     stopped); the same parameters run again elsewhere."""
     with rt.unit_of_work():
-        with rt.sessions.begin() as s:
-            row, _study = _load(s, trial_id, worker_id)
-            if row.state == LeaseState.RELEASED:
-                return row
-            if row.state != LeaseState.ACTIVE:
-                raise _gone(row)
+        with rt.engine.connect() as conn:
+            held = _look(conn, trial_id, worker_id)
+        if held.state == LeaseState.RELEASED:
+            return Outcome(held.trial_id, held.state, held.value, held.reason)
+        if held.state != LeaseState.ACTIVE:
+            raise _gone(held)
         return _settle(rt, trial_id, LeaseState.RELEASED, f"released by the worker: {reason}")
 
 

@@ -34,8 +34,15 @@ def seen(
     Best effort: bookkeeping never fails the call it accompanies (a lease already granted
     must reach its worker)."""
     now = time.monotonic()
-    what = (host, pid, job_id)
     last = rt.seen.get(worker_id)
+    what = (host, pid, job_id)
+    if last is not None:  # what a call does not say stays as this process last wrote it
+        before = last[1]
+        what = (
+            before[0] if host is None else host,
+            before[1] if pid is None else pid,
+            before[2] if job_id is _KEEP else job_id,
+        )
     if last is not None and last[1] == what and now - last[0] < SEEN_EVERY_S:
         return  # written a moment ago: a report need not write it again
     try:

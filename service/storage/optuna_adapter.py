@@ -6,8 +6,10 @@ error to a 503."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import tempfile
 import threading
 import warnings
@@ -15,15 +17,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from search_space import (
     SearchSpace,
@@ -31,7 +32,7 @@ from search_space import (
 from search_space.optuna_space import suggest
 from service.states import Sampler
 from service.storage.engine import engine_kwargs
-from service.storage.optuna_cache import Draft, ServiceCache
+from service.storage.optuna_cache import Draft, Ended, ServiceCache
 from service.storage.optuna_choices import grid_of, make_pruner, make_sampler
 from service.storage.tables import StudyRow
 
@@ -41,6 +42,32 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
+
+# Optuna's tables, written with Core statements in the service's own transactions.
+_TRIALS = cast(Table, models.TrialModel.__table__)
+_STEPS = models.TrialIntermediateValueModel
+_STEPS_T = cast(Table, _STEPS.__table__)
+_VALUES = cast(Table, models.TrialValueModel.__table__)
+_ATTRS = cast(Table, models.TrialUserAttributeModel.__table__)
+_STATE_OF = select(_TRIALS.c.state)
+
+
+def _dialect(conn: Connection) -> Any:
+    return postgresql if conn.dialect.name == "postgresql" else sqlite
+
+
+@functools.cache
+def _upsert_step(dialect: str) -> Any:
+    """An epoch's value, inserted or replaced (built once: building the statement cost
+    more than running it); its values come with each execution."""
+    upsert = (postgresql if dialect == "postgresql" else sqlite).insert(_STEPS_T)
+    return upsert.on_conflict_do_update(
+        index_elements=["trial_id", "step"],
+        set_={
+            "intermediate_value": upsert.excluded.intermediate_value,
+            "intermediate_value_type": upsert.excluded.intermediate_value_type,
+        },
+    )
 
 
 def _optuna_id(row: StudyRow) -> int:
@@ -184,7 +211,11 @@ class OptunaAdapter:
         self.storage.refresh(_optuna_id(row))
 
     def draw(
-        self, row: StudyRow, *, writing: Callable[[], AbstractContextManager[None]]
+        self,
+        row: StudyRow,
+        *,
+        writing: Callable[[], AbstractContextManager[None]],
+        then: Callable[[Connection, int, int, dict[str, Any]], None] | None = None,
     ) -> tuple[int, int, dict[str, Any], bool]:
         """Create a trial and sample its parameters: (trial id, number, params, whether
         it was queued). The
@@ -195,6 +226,8 @@ class OptunaAdapter:
         With a study ``seed`` the sampler is seeded from it and the number of trials so
         far, so sampling is deterministic whichever API process samples. ``writing`` is
         held while Optuna writes (the SQLite write lock), not while the sampler thinks.
+        ``then(conn, trial id, number, params)`` writes the caller's row of a sampled
+        trial in the transaction that writes the trial (not for a waiting trial).
         """
         optuna_id = _optuna_id(row)
         family = row.spec["model"]["family"]
@@ -219,8 +252,11 @@ class OptunaAdapter:
         trial = optuna.Study(study_name=row.name, storage=draft, sampler=sampler).ask()
         params = suggest(trial, space)  # (a failure here writes nothing)
         assert draft.trial is not None
+        record = None
+        if then is not None:
+            record = lambda conn, trial_id, number: then(conn, trial_id, number, params)  # noqa: E731
         with writing():
-            frozen = self.storage.create_trial_from(optuna_id, draft.trial)
+            frozen = self.storage.create_trial_from(optuna_id, draft.trial, then=record)
         return frozen._trial_id, frozen.number, params, False
 
     def discard(self, row: StudyRow, trial_id: int, reason: str) -> None:
@@ -270,36 +306,118 @@ class OptunaAdapter:
             return "pruned", None if step is None else frozen.intermediate_values[step], None
         return "fail", None, frozen.user_attrs.get("fail_reason")
 
-    def write_step(self, session: Session, trial_id: int, step: int, value: float) -> bool:
+    def write_step(self, conn: Connection, trial_id: int, step: int, value: float) -> bool:
         """Store an epoch's value in the caller's transaction (the one that renews the
         lease: a report is one transaction); False when Optuna has already ended the
         trial. Optuna's own ``set_trial_intermediate_value`` is the same upsert, in a
         transaction and a session of its own."""
-        trials, steps = models.TrialModel, models.TrialIntermediateValueModel
-        state = session.scalar(
-            select(trials.state).where(trials.trial_id == trial_id).with_for_update()
-        )
+        state = conn.scalar(_STATE_OF.where(_TRIALS.c.trial_id == trial_id).with_for_update())
         if state != TrialState.RUNNING:
             return False
-        stored, kind = steps.intermediate_value_to_stored_repr(value)
-        values = {
-            "trial_id": trial_id,
-            "step": step,
-            "intermediate_value": stored,
-            "intermediate_value_type": kind,
-        }
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        upsert = dialect.insert(steps.__table__).values(values)
-        session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=["trial_id", "step"],
-                set_={
-                    "intermediate_value": upsert.excluded.intermediate_value,
-                    "intermediate_value_type": upsert.excluded.intermediate_value_type,
-                },
-            )
+        stored, kind = _STEPS.intermediate_value_to_stored_repr(value)
+        conn.execute(
+            _upsert_step(conn.dialect.name),
+            {
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            },
         )
         return True
+
+    def end_trial(
+        self,
+        conn: Connection,
+        trial_id: int,
+        state: str,
+        *,
+        value: float | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> Ended | None:
+        """End a running trial in the caller's transaction, as ``Study.tell`` would: its
+        state and end time, its user attributes, its value (a pruned trial's is its last
+        epoch's, when finite). None when Optuna already ended it (another process did):
+        nothing is written. Call ``ended`` once the transaction commits.
+
+        Optuna's own ``tell`` reads the trial back and commits attributes, values and
+        state in a transaction each (a quarter of a report's time, benchmarks/feeding.py);
+        this is one conditional UPDATE and the inserts, all or nothing with the lease.
+        """
+        target = _STATES[state]
+        if target == TrialState.COMPLETE and (value is None or math.isnan(value)):
+            raise ValueError(f"a complete trial needs a value, not {value!r}")
+        finished = datetime.now()
+        changed = conn.execute(
+            _TRIALS.update()
+            .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.RUNNING)
+            .values(state=target, datetime_complete=finished)
+        )
+        if changed.rowcount != 1:
+            return None
+        last = conn.execute(
+            select(
+                _STEPS_T.c.step, _STEPS_T.c.intermediate_value, _STEPS_T.c.intermediate_value_type
+            )
+            .where(_STEPS_T.c.trial_id == trial_id)
+            .order_by(_STEPS_T.c.step.desc())
+            .limit(1)
+        ).first()
+        steps = (
+            0
+            if last is None
+            else conn.scalar(
+                select(func.count()).select_from(_STEPS_T).where(_STEPS_T.c.trial_id == trial_id)
+            )
+        )
+        if target == TrialState.PRUNED:
+            value = None
+            if last is not None:  # Optuna's rule: the last intermediate value, if finite
+                last_value = _STEPS.stored_repr_to_intermediate_value(
+                    last.intermediate_value, last.intermediate_value_type
+                )
+                value = None if math.isnan(last_value) else last_value
+        if value is not None and target != TrialState.FAIL:
+            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+            conn.execute(
+                _VALUES.insert().values(
+                    trial_id=trial_id, objective=0, value=stored, value_type=kind
+                )
+            )
+        else:
+            value = None
+        user_attrs = {key: json.dumps(attr) for key, attr in (attrs or {}).items()}
+        if user_attrs:
+            upsert = (
+                _dialect(conn)
+                .insert(_ATTRS)
+                .values(
+                    [
+                        {"trial_id": trial_id, "key": key, "value_json": v}
+                        for key, v in user_attrs.items()
+                    ]
+                )
+            )
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["trial_id", "key"],
+                    set_={"value_json": upsert.excluded.value_json},
+                )
+            )
+        return Ended(
+            trial_id=trial_id,
+            state=target,
+            value=value,
+            attrs=dict(attrs or {}),
+            finished=finished,
+            last_step=None if last is None else int(last.step),
+            steps=int(steps or 0),
+        )
+
+    def ended(self, row: StudyRow, end: Ended) -> None:
+        """After ``end_trial``'s transaction committed: this process's sampler and pruners
+        see the trial finished at once (from its copy, or read back if it has none)."""
+        self.storage.ended(_optuna_id(row), end)
 
     def judge(self, row: StudyRow, trial_id: int, step: int, value: float) -> bool:
         """The pruner's answer on an epoch's value just written: whether to stop. It

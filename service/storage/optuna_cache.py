@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages import BaseStorage, RDBStorage
@@ -26,7 +27,22 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import or_
+from sqlalchemy import Connection, Table, func, or_, select
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A trial the service ended in its own transaction (``OptunaAdapter.end_trial``):
+    what was written, and how many epoch values the database held then (``steps``, the
+    last one ``last_step``), so the cache can tell whether its copy is whole."""
+
+    trial_id: int
+    state: TrialState
+    value: float | None
+    attrs: dict[str, Any]
+    finished: datetime
+    last_step: int | None
+    steps: int
 
 
 class ServiceCache(_CachedStorage):
@@ -43,6 +59,40 @@ class ServiceCache(_CachedStorage):
         # the pruner. A report that skips a step (another API process took the one before)
         # drops the copy, and the next read goes to the database.
         self._live: dict[int, FrozenTrial] = {}
+        # Each study's trials sorted by number, per set of states asked for, valid while
+        # the study's version (bumped by every change to its cached trials) is the same:
+        # Optuna's pruners and samplers ask on every report and suggestion, and Optuna
+        # rebuilds the list from every trial each time (O(n) in Python per report).
+        self._version: dict[int, int] = {}
+        self._sorted: dict[tuple[int, Any], tuple[int, list[FrozenTrial]]] = {}
+
+    def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
+        super()._add_trials_to_cache(study_id, trials)
+        if trials:
+            self._version[study_id] = self._version.get(study_id, 0) + 1
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        key: tuple[int, Any] = (
+            study_id,
+            None if states is None else tuple(cast(Iterable[TrialState], states)),
+        )
+        self._read_trials_from_remote_storage(study_id)
+        with self._lock:
+            version = self._version.get(study_id, 0)
+            memo = self._sorted.get(key)
+        if memo is None or memo[0] != version:
+            # (Optuna's own, which takes the lock; a change meanwhile bumps the version
+            # again, so what is kept is never newer than the version it is kept under.)
+            memo = (version, super().get_all_trials(study_id, deepcopy=False, states=states))
+            with self._lock:
+                self._sorted[key] = memo
+        trials = list(memo[1])  # (a copy of the list: callers may change it)
+        return copy.deepcopy(trials) if deepcopy else trials
 
     def get_study_id_from_name(self, study_name: str) -> int:
         with self._lock:
@@ -181,57 +231,99 @@ class ServiceCache(_CachedStorage):
             self._live.pop(trial_id, None)
         return self._backend.set_trial_state_values(trial_id, state=state, values=values)
 
+    def ended(self, study_id: int, end: Ended) -> None:
+        """A trial this process ended: cached finished at once, from its running copy when
+        that holds every epoch the database did, else read back."""
+        with self._lock:
+            live = self._live.pop(end.trial_id, None)
+        whole = (
+            live is not None
+            and len(live.intermediate_values) == end.steps
+            and max(live.intermediate_values, default=None) == end.last_step
+        )
+        if not whole or live is None:
+            self.read_trial(study_id, end.trial_id)
+            return
+        live.state = end.state
+        live.values = None if end.value is None else [end.value]
+        live.datetime_complete = end.finished
+        live.user_attrs = {**live.user_attrs, **end.attrs}
+        with self._lock:
+            info = self._studies.setdefault(study_id, _StudyInfo())
+            self._add_trials_to_cache(study_id, [live])
+            info.unfinished_trial_ids.discard(end.trial_id)
+
     def forget(self, study_id: int) -> None:
         """Drop a study from the cache (it was deleted)."""
         with self._lock:
             self._read_once.discard(study_id)
             self._studies.pop(study_id, None)
+            self._version[study_id] = self._version.get(study_id, 0) + 1
             self._ids = {name: i for name, i in self._ids.items() if i != study_id}
 
-    def create_trial_from(self, study_id: int, template: FrozenTrial) -> FrozenTrial:
+    def create_trial_from(
+        self,
+        study_id: int,
+        template: FrozenTrial,
+        *,
+        then: Callable[[Connection, int, int], None] | None = None,
+    ) -> FrozenTrial:
         """Create a RUNNING trial with the template's parameters and attributes in one
         transaction and one flush; it is cached at once, so the next suggestion sees it.
 
         Optuna's own template path (``_create_new_trial``) writes each parameter with
         three queries of its own (benchmarks/feeding.py: as long as TPE's sampling at
-        1,000 trials); this writes Optuna's own ORM rows at once, numbered as Optuna
-        numbers them (a test checks the trial reads back equal)."""
-        with _create_scoped_session(self._backend.scoped_session) as session:
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-            row = models.TrialModel(
-                study_id=study_id,
-                number=None,
-                state=TrialState.RUNNING,
-                datetime_start=template.datetime_start or datetime.now(),
+        1,000 trials), and ORM rows in one flush still cost a quarter of a suggestion;
+        this writes Optuna's own tables, numbered as Optuna numbers them (a test checks
+        the trial reads back equal)."""
+        started = template.datetime_start or datetime.now()
+        trials = cast(Table, models.TrialModel.__table__)
+        with self._backend.engine.begin() as conn:
+            studies = cast(Table, models.StudyModel.__table__)
+            conn.execute(  # (numbering: one new trial of a study at a time)
+                select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
             )
-            session.add(row)
-            session.flush()
-            session.add_all(
-                [
-                    models.TrialParamModel(
-                        trial_id=row.trial_id,
-                        param_name=name,
-                        param_value=dist.to_internal_repr(template.params[name]),
-                        distribution_json=distribution_to_json(dist),
+            trial_id = conn.execute(
+                trials.insert()
+                .values(
+                    study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=started
+                )
+                .returning(trials.c.trial_id)
+            ).scalar_one()
+            params = [
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": dist.to_internal_repr(template.params[name]),
+                    "distribution_json": distribution_to_json(dist),
+                }
+                for name, dist in template.distributions.items()
+            ]
+            if params:
+                conn.execute(cast(Table, models.TrialParamModel.__table__).insert(), params)
+            for model, attrs in (
+                (models.TrialUserAttributeModel, template.user_attrs),
+                (models.TrialSystemAttributeModel, template.system_attrs),
+            ):
+                if attrs:
+                    conn.execute(
+                        cast(Table, model.__table__).insert(),
+                        [
+                            {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                            for key, value in attrs.items()
+                        ],
                     )
-                    for name, dist in template.distributions.items()
-                ]
-                + [
-                    models.TrialUserAttributeModel(
-                        trial_id=row.trial_id, key=key, value_json=json.dumps(value)
-                    )
-                    for key, value in template.user_attrs.items()
-                ]
-                + [
-                    models.TrialSystemAttributeModel(
-                        trial_id=row.trial_id, key=key, value_json=json.dumps(value)
-                    )
-                    for key, value in template.system_attrs.items()
-                ]
+            number = int(  # as Optuna numbers a trial: the study's trials before it
+                conn.scalar(
+                    select(func.count())
+                    .select_from(trials)
+                    .where(trials.c.study_id == study_id, trials.c.trial_id < trial_id)
+                )
+                or 0
             )
-            row.number = row.count_past_trials(session)
-            number, trial_id = int(row.number), int(row.trial_id)
-            started: datetime = row.datetime_start  # type: ignore[assignment]
+            conn.execute(trials.update().where(trials.c.trial_id == trial_id).values(number=number))
+            if then is not None:  # the caller's row of it, in the same transaction
+                then(conn, trial_id, number)
         frozen = copy.deepcopy(template)
         frozen.number, frozen._trial_id, frozen.datetime_start = number, trial_id, started
         frozen.state = TrialState.RUNNING

@@ -6,15 +6,17 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.errors import NotMigrated
 from service.storage.engine import is_sqlite, make_engine, missing_sqlite_file, schema_revisions
 from service.storage.optuna_adapter import OptunaAdapter
+from service.storage.tables import StudyRow
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Runtime:
     suggested: threading.Condition = field(default_factory=threading.Condition)
     # What ``service.domain.workers_seen`` last wrote of each worker, and when.
     seen: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # Studies as created, by (id, created_at): see ``as_created``.
+    _created: dict[tuple[int, datetime], StudyRow] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
@@ -68,9 +72,34 @@ class Runtime:
         lock = threading.RLock() if is_sqlite(settings.database_url) else None
         return cls(settings, engine, sessionmaker(engine, expire_on_commit=False), bridge, lock)
 
+    def as_created(self, study_id: int, created_at: datetime) -> StudyRow:
+        """A study's row as far as it never changes once the study hands out trials (name,
+        spec, budget, epochs, metric, direction, Optuna id), read once per process: the
+        protocol's calls need these on every report, and parsing the spec each time cost
+        more than the report's own writes. Its status and counters are NOT current.
+        ``created_at`` tells a study apart from a later one given a deleted one's id."""
+        key = (study_id, created_at)
+        row = self._created.get(key)
+        if row is None:
+            with self.sessions() as s:
+                row = s.get_one(StudyRow, study_id)
+                s.expunge(row)
+            if row.created_at != created_at or row.optuna_study_id is None:
+                return row  # (deleted and re-created meanwhile, or still being created)
+            self._created[key] = row
+        return row
+
     def close(self) -> None:
         self.optuna.close()
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction, holding the SQLite write lock (if any) for it alone: the
+        protocol's calls read and compute outside it, so the lock is held only while the
+        database is written."""
+        with self.unit_of_work(), self.engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def unit_of_work(self) -> Iterator[None]:

@@ -158,8 +158,8 @@ def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
             pruned = False
             for epoch in range(1, epochs + 1):
                 value = quality * epoch / epochs + rng.random() * 0.05
-                with Session(bridge.rdb.engine) as s, s.begin():
-                    assert bridge.write_step(s, trial_id, epoch, value)
+                with bridge.rdb.engine.begin() as conn:
+                    assert bridge.write_step(conn, trial_id, epoch, value)
                 ours = bridge.judge(row, trial_id, epoch, value)
                 ref.report(value, epoch)
                 theirs = ref.should_prune()
@@ -167,16 +167,77 @@ def test_the_pruner_decides_from_the_cache_as_optuna_does_on_the_same_history(
                 if theirs:
                     pruned = True
                     break
+            # Ended as the service ends them: in a transaction, then into the cache.
+            with bridge.rdb.engine.begin() as conn:
+                end = bridge.end_trial(
+                    conn, trial_id, "pruned" if pruned else "complete", value=value
+                )
+            assert end is not None
+            bridge.ended(row, end)
             if pruned:
-                bridge.finish(row, trial_id, "pruned")
                 reference.tell(ref, state=TrialState.PRUNED)
             else:
-                bridge.finish(row, trial_id, "complete", value=value)
                 reference.tell(ref, value)
         assert [ours for ours, _ in decisions] == [theirs for _, theirs in decisions]
         assert any(theirs for _, theirs in decisions)  # the history made it prune
     finally:
         bridge.close()
+
+
+@pytest.mark.parametrize("state", ["complete", "pruned", "fail"])
+def test_a_trial_ended_in_one_transaction_reads_back_as_optunas_tell_ends_it(
+    database_url: str, state: str
+) -> None:
+    """``end_trial`` writes what ``Study.tell`` writes (state, value, a pruned trial's last
+    epoch's value, attributes, end time); the cache's copy equals the database's; a
+    second end of the same trial writes nothing."""
+    bridge = OptunaAdapter(database_url, busy_timeout_s=10)
+    try:
+        row = _row(bridge, "ended", None)
+        ours_id = bridge.draw(row, writing=nullcontext)[0]
+        theirs_id = bridge.draw(row, writing=nullcontext)[0]
+        steps = {1: 0.25, 3: 0.5, 2: float("nan")} if state == "pruned" else {1: 0.25}
+        with bridge.rdb.engine.begin() as conn:
+            for trial_id in (ours_id, theirs_id):
+                for step, value in steps.items():
+                    assert bridge.write_step(conn, trial_id, step, value)
+        attrs = {"worker_id": "w", "epochs_run": 3}
+        with bridge.rdb.engine.begin() as conn:
+            end = bridge.end_trial(conn, ours_id, state, value=0.75, attrs=attrs)
+        assert end is not None
+        bridge.ended(row, end)
+        with bridge.rdb.engine.begin() as conn:  # already ended: nothing more is written
+            assert bridge.end_trial(conn, ours_id, "complete", value=0.1) is None
+
+        reader = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
+        try:
+            study = optuna.load_study(study_name="ended", storage=reader)
+            for key, attr in attrs.items():
+                reader.set_trial_user_attr(theirs_id, key, attr)
+            number = reader.get_trial_number_from_id(theirs_id)
+            if state == "complete":
+                study.tell(number, 0.75)
+            else:
+                study.tell(number, state=bridge_states[state])
+            ours, theirs = reader.get_trial(ours_id), reader.get_trial(theirs_id)
+        finally:
+            reader.engine.dispose()
+        for field in ("state", "values", "user_attrs", "intermediate_values"):
+            a, b = getattr(ours, field), getattr(theirs, field)
+            if field == "user_attrs":  # (the two draws' fixed values differ)
+                a, b = ({k: v for k, v in x.items() if k != "fixed_params"} for x in (a, b))
+            assert repr(a) == repr(b), field  # (repr: nan == nan)
+        assert ours.datetime_complete is not None
+        if state == "pruned":
+            assert ours.value == 0.5  # the last epoch's value (by step), as Optuna keeps it
+        cached = bridge.storage.get_trial(ours_id)
+        for field in ("state", "values", "user_attrs", "datetime_complete", "number"):
+            assert repr(getattr(cached, field)) == repr(getattr(ours, field)), field
+    finally:
+        bridge.close()
+
+
+bridge_states = {"pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
 
 def test_a_trial_written_in_one_go_reads_back_as_optunas_own_template_writes_it(

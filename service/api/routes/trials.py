@@ -21,7 +21,6 @@ from service.protocol import (
     TrialResult,
     WorkerCall,
 )
-from service.storage.tables import LeaseRow
 
 router = APIRouter(
     prefix="/trials",
@@ -31,7 +30,7 @@ router = APIRouter(
 )
 
 
-def _result(row: LeaseRow) -> TrialResult:
+def _result(row: reports.Outcome) -> TrialResult:
     return TrialResult(
         trial_id=row.trial_id or 0, state=row.state, value=row.value, reason=row.reason
     )
