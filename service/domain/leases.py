@@ -18,9 +18,9 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, bindparam, func, select
 
-from service.domain import jobs
+from service.domain import jobs, workers_seen
 from service.protocol import Lease, ModelRef
 from service.states import (
     OPEN_STATUSES,
@@ -88,7 +88,46 @@ _CANDIDATES = (
 )
 
 
-def _claim(rt: Runtime, worker_id: str) -> tuple[Lease | None, bool]:
+# The claim's statements, built once (building one cost about as much as running it).
+_TAKE_SLOT = (
+    _STUDIES.update()
+    .where(
+        _STUDIES.c.id == bindparam("study_id"),
+        _STUDIES.c.status.in_(OPEN_STATUSES),
+        _STUDIES.c.slots_used < _STUDIES.c.n_trials,
+    )
+    .values(
+        slots_used=_STUDIES.c.slots_used + 1,
+        status=StudyStatus.RUNNING,
+        started_at=func.coalesce(
+            _STUDIES.c.started_at, bindparam("now", type_=_STUDIES.c.started_at.type)
+        ),
+    )
+)
+_GIVE_SLOT = (
+    _STUDIES.update()
+    .where(_STUDIES.c.id == bindparam("study_id"))
+    .values(slots_used=_STUDIES.c.slots_used - 1)
+)
+_NEXT_SUGGESTION = (
+    select(
+        _SUGGESTIONS.c.id,
+        _SUGGESTIONS.c.trial_id,
+        _SUGGESTIONS.c.trial_number,
+        _SUGGESTIONS.c.params,
+    )
+    .where(_SUGGESTIONS.c.study_id == bindparam("study_id"))
+    .order_by(_SUGGESTIONS.c.priority.desc(), _SUGGESTIONS.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_TAKE_SUGGESTION = _SUGGESTIONS.delete().where(_SUGGESTIONS.c.id == bindparam("suggestion_id"))
+_NEW_LEASE = _LEASES.insert().returning(_LEASES.c.id)
+
+
+def _claim(
+    rt: Runtime, worker_id: str, host: str | None, pid: int | None
+) -> tuple[Lease | None, bool]:
     """Claim a suggestion of the oldest open study with budget left, in one transaction:
     take a slot (conditional UPDATE), take the suggestion (deleted: handed out once), write
     the active lease. Returns (the lease or None, whether some study has budget left)."""
@@ -100,9 +139,13 @@ def _claim(rt: Runtime, worker_id: str) -> tuple[Lease | None, bool]:
             claimed = _claim_in(rt, conn, study_id, worker_id, now)
             if claimed is not None:
                 study = (study_id, created_at)
+                remember = workers_seen.seen_in(
+                    rt, conn, worker_id, host=host, pid=pid, job_id=claimed[0]
+                )
                 break
     if claimed is None:
         return None, bool(candidates)
+    remember()
     lease_id, suggestion = claimed
     work = _lease(  # (after the commit: the write lock is held for the writes alone)
         rt,
@@ -122,61 +165,35 @@ def _claim_in(
     """In the caller's transaction: one slot and one suggestion of the study, and the
     lease row; (lease id, the suggestion), or None (no slot, or no suggestion ready)."""
     # The study row first, then the suggestion: the order stopping a study takes.
-    taken = conn.execute(
-        _STUDIES.update()
-        .where(
-            _STUDIES.c.id == study_id,
-            _STUDIES.c.status.in_(OPEN_STATUSES),
-            _STUDIES.c.slots_used < _STUDIES.c.n_trials,
-        )
-        .values(
-            slots_used=_STUDIES.c.slots_used + 1,
-            status=StudyStatus.RUNNING,
-            started_at=func.coalesce(_STUDIES.c.started_at, now),
-        )
-    )
+    taken = conn.execute(_TAKE_SLOT, {"study_id": study_id, "now": now})
     if taken.rowcount != 1:
         return None  # another lease took the last slot first
-    suggestion = conn.execute(
-        select(
-            _SUGGESTIONS.c.id,
-            _SUGGESTIONS.c.trial_id,
-            _SUGGESTIONS.c.trial_number,
-            _SUGGESTIONS.c.params,
-        )
-        .where(_SUGGESTIONS.c.study_id == study_id)
-        .order_by(_SUGGESTIONS.c.priority.desc(), _SUGGESTIONS.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    suggestion = conn.execute(_NEXT_SUGGESTION, {"study_id": study_id}).first()
     if suggestion is None:  # none ready yet: give the slot back
-        conn.execute(
-            _STUDIES.update()
-            .where(_STUDIES.c.id == study_id)
-            .values(slots_used=_STUDIES.c.slots_used - 1)
-        )
+        conn.execute(_GIVE_SLOT, {"study_id": study_id})
         return None
-    conn.execute(_SUGGESTIONS.delete().where(_SUGGESTIONS.c.id == suggestion.id))
+    conn.execute(_TAKE_SUGGESTION, {"suggestion_id": suggestion.id})
     lease_id = conn.execute(
-        _LEASES.insert()
-        .values(
-            study_id=study_id,
-            kind=JobKind.TRIAL,
-            worker_id=worker_id,
-            state=LeaseState.ACTIVE,
-            trial_id=suggestion.trial_id,
-            trial_number=suggestion.trial_number,
-            params=suggestion.params,
-            epochs_run=0,
-            deadline=now + timedelta(seconds=rt.settings.lease_seconds),
-            created_at=now,
-        )
-        .returning(_LEASES.c.id)
+        _NEW_LEASE,
+        {
+            "study_id": study_id,
+            "kind": JobKind.TRIAL,
+            "worker_id": worker_id,
+            "state": LeaseState.ACTIVE,
+            "trial_id": suggestion.trial_id,
+            "trial_number": suggestion.trial_number,
+            "params": suggestion.params,
+            "epochs_run": 0,
+            "deadline": now + timedelta(seconds=rt.settings.lease_seconds),
+            "created_at": now,
+        },
     ).scalar_one()
     return lease_id, suggestion
 
 
-def lease(rt: Runtime, worker_id: str) -> Lease | None:
+def lease(
+    rt: Runtime, worker_id: str, *, host: str | None = None, pid: int | None = None
+) -> Lease | None:
     """Hand the worker a job (final model, sanity run) or a suggested trial of the oldest
     open study with budget left. When a study has budget but no suggestion ready (the
     feeder is sampling it), wait for one up to ``lease_wait_s``; None when there is none.
@@ -189,7 +206,7 @@ def lease(rt: Runtime, worker_id: str) -> Lease | None:
             with rt.sessions() as s:
                 study = s.get_one(StudyRow, job.study_id)
             return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
-        work, budget_left = _claim(rt, worker_id)
+        work, budget_left = _claim(rt, worker_id, host, pid)
         rt.wanted.set()  # the feeder tops up what was taken, or samples what is missing
         if work is not None:
             log.info(

@@ -12,13 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, CursorResult, Table, func, select, update
+from sqlalchemy import Connection, CursorResult, Table, bindparam, func, select, update
 
-from service.domain import feeder, jobs
+from service.domain import feeder, jobs, workers_seen
 from service.errors import Conflict, NotFound
 from service.states import (
     COUNTED_STATES,
@@ -67,12 +68,46 @@ _LOOK = select(
     _STUDIES.c.created_at,
     _STUDIES.c.status,
 ).join(_STUDIES, _STUDIES.c.id == _LEASES.c.study_id)
+_LOOK_TRIAL = _LOOK.where(
+    _LEASES.c.trial_id == bindparam("trial_id"), _LEASES.c.kind == JobKind.TRIAL
+)
+# The hot path's statements, built once (building one cost about as much as running it).
+_LOCK_STUDY = select(_STUDIES.c.id).where(_STUDIES.c.id == bindparam("study_id")).with_for_update()
+_RESULT = (
+    _LEASES.update()
+    .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.state.in_(LIVE_STATES))
+    .values(
+        state=bindparam("new_state"),
+        value=bindparam("new_value"),
+        reason=bindparam("new_reason"),
+        epochs_run=bindparam("new_epochs_run"),
+        finished_at=bindparam("new_finished_at", type_=_LEASES.c.finished_at.type),
+    )
+)
+_STARTED = select(_LEASES.c.created_at).where(_LEASES.c.id == bindparam("lease_id"))
+_COUNTED = (
+    select(func.count())
+    .select_from(_LEASES)
+    .where(
+        _LEASES.c.study_id == bindparam("study_id"),
+        _LEASES.c.kind == JobKind.TRIAL,
+        _LEASES.c.state.in_(COUNTED_STATES),
+    )
+)
+
+
+@functools.cache
+def _renewal(columns: frozenset[str]) -> Any:
+    """The UPDATE that renews a lease (and sets what a report says), per set of columns."""
+    return (
+        _LEASES.update()
+        .where(_LEASES.c.id == bindparam("lease_id"))
+        .values({name: bindparam(f"new_{name}", type_=_LEASES.c[name].type) for name in columns})
+    )
 
 
 def _look(conn: Connection, trial_id: int, worker_id: str) -> Held:
-    found = conn.execute(
-        _LOOK.where(_LEASES.c.trial_id == trial_id, _LEASES.c.kind == JobKind.TRIAL)
-    ).first()
+    found = conn.execute(_LOOK_TRIAL, {"trial_id": trial_id}).first()
     if found is None:
         raise NotFound(f"trial {trial_id} was never leased")
     held = Held._make(found)
@@ -94,7 +129,7 @@ def _lock_study(conn: Connection, study_id: int) -> None:
     """Lock the study's row (PostgreSQL): two processes recording the last two results
     must not each count the other's as missing (SQLite has the process lock). Every
     transaction that writes a study's leases takes it first, so they never deadlock."""
-    conn.execute(select(_STUDIES.c.id).where(_STUDIES.c.id == study_id).with_for_update())
+    conn.execute(_LOCK_STUDY, {"study_id": study_id})
 
 
 def _renew(
@@ -121,7 +156,10 @@ def _renew(
             renewed["epochs_run"] = epoch
         if metrics:  # (a report without them keeps the last ones)
             renewed["metrics"] = metrics
-        conn.execute(_LEASES.update().where(_LEASES.c.id == held.id).values(renewed))
+        conn.execute(
+            _renewal(frozenset(renewed)),
+            {"lease_id": held.id, **{f"new_{k}": v for k, v in renewed.items()}},
+        )
         if held.study_status == StudyStatus.STOPPED:
             return Action.STOP, study
         written = (
@@ -205,21 +243,21 @@ def _count_result(
     ``n_trials`` results are in. Returns when the lease started, or None when it was not
     live any more (nothing written)."""
     changed = conn.execute(
-        _LEASES.update()
-        .where(_LEASES.c.id == lease_id, _LEASES.c.state.in_(LIVE_STATES))
-        .values(state=state, value=value, reason=reason, epochs_run=epochs_run, finished_at=now)
+        _RESULT,
+        {
+            "lease_id": lease_id,
+            "new_state": state,
+            "new_value": value,
+            "new_reason": reason,
+            "new_epochs_run": epochs_run,
+            "new_finished_at": now,
+        },
     )
     if changed.rowcount != 1:
         return None
-    started: datetime | None = conn.scalar(
-        select(_LEASES.c.created_at).where(_LEASES.c.id == lease_id)
-    )
+    started: datetime | None = conn.scalar(_STARTED, {"lease_id": lease_id})
     of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
-    counted = conn.scalar(
-        select(func.count())
-        .select_from(_LEASES)
-        .where(*of_study, _LEASES.c.state.in_(COUNTED_STATES))
-    )
+    counted = conn.scalar(_COUNTED, {"study_id": study.id})
     if (counted or 0) >= study.n_trials:
         # Done: retrain the best configuration, if any trial completed.
         any_complete = conn.scalar(
@@ -329,6 +367,7 @@ def _finish(
             )
             if started is None:
                 raise _NotLive
+            remember = workers_seen.seen_in(rt, conn, worker_id, job_id=None)
     except _NotLive:
         # The reaper settles (or settled) the lease from Optuna's record; this call is
         # answered as too late unless that record is this result.
@@ -337,6 +376,7 @@ def _finish(
         if held.state != state:
             raise _gone(held) from None
         return Outcome(held.trial_id, held.state, held.value, held.reason)
+    remember()
     rt.optuna.ended(study, end)
     _recorded(rt, held.id, study, state, value=value, reason=reason, started=started, now=now)
     return Outcome(trial_id, state, value, reason)

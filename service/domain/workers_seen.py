@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from service.states import LIVE_STATES
@@ -15,11 +17,28 @@ from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, WorkerRow, utcnow
 
 log = logging.getLogger(__name__)
-_KEEP = object()
+_KEEP: Any = object()
+_WORKERS = cast(Table, WorkerRow.__table__)
 
 SEEN_EVERY_S = 2.0
 """A worker's ``last_seen`` is written at most this often by one process (each epoch
 report would otherwise write it), unless what it holds changed."""
+
+
+def _merged(
+    rt: Runtime, worker_id: str, host: str | None, pid: int | None, job_id: int | object | None
+) -> tuple[Any, Any, Any]:
+    """What the worker's row holds after a call that says this: what a call does not say
+    stays as this process last wrote it."""
+    last = rt.seen.get(worker_id)
+    if last is None:
+        return (host, pid, job_id)
+    before = last[1]
+    return (
+        before[0] if host is None else host,
+        before[1] if pid is None else pid,
+        before[2] if job_id is _KEEP else job_id,
+    )
 
 
 def seen(
@@ -35,16 +54,9 @@ def seen(
     must reach its worker)."""
     now = time.monotonic()
     last = rt.seen.get(worker_id)
-    what = (host, pid, job_id)
-    if last is not None:  # what a call does not say stays as this process last wrote it
-        before = last[1]
-        what = (
-            before[0] if host is None else host,
-            before[1] if pid is None else pid,
-            before[2] if job_id is _KEEP else job_id,
-        )
+    what = _merged(rt, worker_id, host, pid, job_id)
     if last is not None and last[1] == what and now - last[0] < SEEN_EVERY_S:
-        return  # written a moment ago: a report need not write it again
+        return  # written a moment ago (or by the call's own transaction: ``seen_in``)
     try:
         with rt.unit_of_work():
             _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
@@ -53,24 +65,72 @@ def seen(
         log.warning("could not record worker %s as seen", worker_id, exc_info=True)
 
 
+def seen_in(
+    rt: Runtime,
+    conn: Connection,
+    worker_id: str,
+    *,
+    host: str | None = None,
+    pid: int | None = None,
+    job_id: int | object | None = _KEEP,
+) -> Callable[[], None]:
+    """``seen`` in the caller's write transaction (a lease's, a result's: one commit, not
+    two). Returns what to call once that transaction commits, after which ``seen`` with
+    the same arguments writes nothing; a worker without a row yet is left to ``seen``."""
+    changed = conn.execute(_update_of(host, pid, job_id), _values(worker_id, host, pid, job_id))
+    if changed.rowcount != 1:
+        return lambda: None
+    what = _merged(rt, worker_id, host, pid, job_id)
+
+    def remember() -> None:
+        rt.seen[worker_id] = (time.monotonic(), what)
+
+    return remember
+
+
+def _values(
+    worker_id: str, host: str | None, pid: int | None, job_id: int | object | None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"worker": worker_id, "new_last_seen": utcnow()}
+    if host is not None:
+        values["new_host"] = host
+    if pid is not None:
+        values["new_pid"] = pid
+    if job_id is not _KEEP:
+        values["new_current_job_id"] = job_id
+    return values
+
+
+@functools.cache
+def _update(columns: frozenset[str]) -> Any:
+    return (
+        _WORKERS.update()
+        .where(_WORKERS.c.id == bindparam("worker"))
+        .values({name: bindparam(f"new_{name}", type_=_WORKERS.c[name].type) for name in columns})
+    )
+
+
+def _update_of(host: str | None, pid: int | None, job_id: int | object | None) -> Any:
+    """The UPDATE of the columns a call sets (built once per set of them)."""
+    columns = {"last_seen"}
+    if host is not None:
+        columns.add("host")
+    if pid is not None:
+        columns.add("pid")
+    if job_id is not _KEEP:
+        columns.add("current_job_id")
+    return _update(frozenset(columns))
+
+
 def _seen(
     rt: Runtime, worker_id: str, *, host: str | None, pid: int | None, job_id: int | object | None
 ) -> None:
-    now = utcnow()
-    values: dict[str, Any] = {"last_seen": now}
-    if host is not None:
-        values["host"] = host
-    if pid is not None:
-        values["pid"] = pid
-    if job_id is not _KEEP:
-        values["current_job_id"] = job_id
-    with rt.sessions.begin() as s:
-        changed = cast(
-            CursorResult[Any],
-            s.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(values)),
-        )
+    values = _values(worker_id, host, pid, job_id)
+    with rt.write() as conn:
+        changed = conn.execute(_update_of(host, pid, job_id), values)
     if changed.rowcount == 1:
         return
+    now = values["new_last_seen"]
     try:
         with rt.sessions.begin() as s:
             s.add(

@@ -23,7 +23,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from search_space import (
@@ -49,11 +49,32 @@ _STEPS = models.TrialIntermediateValueModel
 _STEPS_T = cast(Table, _STEPS.__table__)
 _VALUES = cast(Table, models.TrialValueModel.__table__)
 _ATTRS = cast(Table, models.TrialUserAttributeModel.__table__)
-_STATE_OF = select(_TRIALS.c.state)
+_STATE_FOR_UPDATE = (
+    select(_TRIALS.c.state).where(_TRIALS.c.trial_id == bindparam("trial_id")).with_for_update()
+)
+_END = (
+    _TRIALS.update()
+    .where(_TRIALS.c.trial_id == bindparam("b_trial_id"), _TRIALS.c.state == TrialState.RUNNING)
+    .values(
+        state=bindparam("new_state", type_=_TRIALS.c.state.type),
+        datetime_complete=bindparam(
+            "new_datetime_complete", type_=_TRIALS.c.datetime_complete.type
+        ),
+    )
+)
+_STEPS_OF = select(
+    _STEPS_T.c.step, _STEPS_T.c.intermediate_value, _STEPS_T.c.intermediate_value_type
+).where(_STEPS_T.c.trial_id == bindparam("trial_id"))
+_VALUE = _VALUES.insert()
 
 
-def _dialect(conn: Connection) -> Any:
-    return postgresql if conn.dialect.name == "postgresql" else sqlite
+@functools.cache
+def _upsert_attr(dialect: str) -> Any:
+    """A trial's user attribute, inserted or replaced (values with each execution)."""
+    upsert = (postgresql if dialect == "postgresql" else sqlite).insert(_ATTRS)
+    return upsert.on_conflict_do_update(
+        index_elements=["trial_id", "key"], set_={"value_json": upsert.excluded.value_json}
+    )
 
 
 @functools.cache
@@ -311,7 +332,7 @@ class OptunaAdapter:
         lease: a report is one transaction); False when Optuna has already ended the
         trial. Optuna's own ``set_trial_intermediate_value`` is the same upsert, in a
         transaction and a session of its own."""
-        state = conn.scalar(_STATE_OF.where(_TRIALS.c.trial_id == trial_id).with_for_update())
+        state = conn.scalar(_STATE_FOR_UPDATE, {"trial_id": trial_id})
         if state != TrialState.RUNNING:
             return False
         stored, kind = _STEPS.intermediate_value_to_stored_repr(value)
@@ -349,27 +370,12 @@ class OptunaAdapter:
             raise ValueError(f"a complete trial needs a value, not {value!r}")
         finished = datetime.now()
         changed = conn.execute(
-            _TRIALS.update()
-            .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.RUNNING)
-            .values(state=target, datetime_complete=finished)
+            _END, {"b_trial_id": trial_id, "new_state": target, "new_datetime_complete": finished}
         )
         if changed.rowcount != 1:
             return None
-        last = conn.execute(
-            select(
-                _STEPS_T.c.step, _STEPS_T.c.intermediate_value, _STEPS_T.c.intermediate_value_type
-            )
-            .where(_STEPS_T.c.trial_id == trial_id)
-            .order_by(_STEPS_T.c.step.desc())
-            .limit(1)
-        ).first()
-        steps = (
-            0
-            if last is None
-            else conn.scalar(
-                select(func.count()).select_from(_STEPS_T).where(_STEPS_T.c.trial_id == trial_id)
-            )
-        )
+        steps = conn.execute(_STEPS_OF, {"trial_id": trial_id}).all()
+        last = max(steps, default=None, key=lambda row: row.step)
         if target == TrialState.PRUNED:
             value = None
             if last is not None:  # Optuna's rule: the last intermediate value, if finite
@@ -380,29 +386,17 @@ class OptunaAdapter:
         if value is not None and target != TrialState.FAIL:
             stored, kind = models.TrialValueModel.value_to_stored_repr(value)
             conn.execute(
-                _VALUES.insert().values(
-                    trial_id=trial_id, objective=0, value=stored, value_type=kind
-                )
+                _VALUE, {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind}
             )
         else:
             value = None
-        user_attrs = {key: json.dumps(attr) for key, attr in (attrs or {}).items()}
-        if user_attrs:
-            upsert = (
-                _dialect(conn)
-                .insert(_ATTRS)
-                .values(
-                    [
-                        {"trial_id": trial_id, "key": key, "value_json": v}
-                        for key, v in user_attrs.items()
-                    ]
-                )
-            )
+        if attrs:
             conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=["trial_id", "key"],
-                    set_={"value_json": upsert.excluded.value_json},
-                )
+                _upsert_attr(conn.dialect.name),
+                [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(attr)}
+                    for key, attr in attrs.items()
+                ],
             )
         return Ended(
             trial_id=trial_id,
@@ -411,7 +405,7 @@ class OptunaAdapter:
             attrs=dict(attrs or {}),
             finished=finished,
             last_step=None if last is None else int(last.step),
-            steps=int(steps or 0),
+            steps=len(steps),
         )
 
     def ended(self, row: StudyRow, end: Ended) -> None:

@@ -45,7 +45,7 @@ def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> Lease | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
     trial of the oldest open study, with its parameters and how to train it."""
     started = time.perf_counter()
-    work = leases.lease(rt, body.worker.id)
+    work = leases.lease(rt, body.worker.id, host=body.worker.host, pid=body.worker.pid)
     rt.metrics.lease_latency.observe(time.perf_counter() - started)
     if work is not None:
         rt.metrics.leases.labels(work.kind).inc()
