@@ -6,8 +6,12 @@ Invariants:
   Optuna as ``lost``, its slot is given back, and its parameters are queued again, so the
   study still ends with exactly ``n_trials`` results.
 - Every call is idempotent: a retried ``complete`` answers as the first did and counts once.
-- Optuna is told a result before the service records it; a result Optuna holds and the
-  service does not is adopted (by the retried call or the reaper), never lost.
+- A result ends the Optuna trial and the lease in one transaction (``_finish``), so
+  neither holds a result the other lacks; a result Optuna holds and the service does not
+  (written by an older version, or by Optuna's own API) is adopted by the reaper, never
+  lost.
+- Each call's transactions are short and take the SQLite write lock for themselves
+  (``Runtime.write``); what a call reads first and the pruner's thinking stay outside.
 """
 
 from __future__ import annotations
