@@ -16,7 +16,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from search_space import SearchSpace
 from service.storage.migrate import migrate
