@@ -87,14 +87,20 @@ def discard(rt: Runtime, study: StudyRow, reason: str = STOPPED_REASON) -> int:
 def suggestion(
     study: StudyRow, trial_id: int, number: int, params: dict[str, Any], *, priority: int = 0
 ) -> SuggestionRow:
-    return SuggestionRow(
-        study_id=study.id,
-        trial_id=trial_id,
-        trial_number=number,
-        params=params,
-        priority=priority,
-        created_at=utcnow(),
-    )
+    return SuggestionRow(**_suggested(study, trial_id, number, params, priority))
+
+
+def _suggested(
+    study: StudyRow, trial_id: int, number: int, params: dict[str, Any], priority: int
+) -> dict[str, Any]:
+    return {
+        "study_id": study.id,
+        "trial_id": trial_id,
+        "trial_number": number,
+        "params": params,
+        "priority": priority,
+        "created_at": utcnow(),
+    }
 
 
 class Feeder:
@@ -278,14 +284,7 @@ class Feeder:
             # (in the transaction that writes the trial: on SQLite this process holds the
             # database's one write lock once per suggestion, and briefly)
             conn.execute(
-                _SUGGESTIONS.insert().values(
-                    study_id=study.id,
-                    trial_id=trial_id,
-                    trial_number=number,
-                    params=params,
-                    priority=0,
-                    created_at=utcnow(),
-                )
+                _SUGGESTIONS.insert().values(_suggested(study, trial_id, number, params, 0))
             )
 
         trial_id, number, params, queued = self.rt.optuna.draw(

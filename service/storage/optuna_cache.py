@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,7 @@ class ServiceCache(_CachedStorage):
         # Optuna's pruners and samplers ask on every report and suggestion, and Optuna
         # rebuilds the list from every trial each time (O(n) in Python per report).
         self._version: dict[int, int] = {}
+        self._reads: dict[int, threading.Lock] = {}
         self._sorted: dict[tuple[int, Any], tuple[int, list[FrozenTrial]]] = {}
 
     def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
@@ -111,13 +113,27 @@ class ServiceCache(_CachedStorage):
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         if study_id in self._read_once:
             return  # the feeder refreshes; the request path reads memory
-        self.refresh(study_id)
+        with self._reading(study_id):
+            if study_id in self._read_once:
+                return  # read by the thread that held the study's lock before us
+            self._refresh(study_id)
+
+    def _reading(self, study_id: int) -> threading.Lock:
+        """The lock of a study's reads from the database: one at a time, so the first
+        read of a big study is made once, not by every request that arrives meanwhile
+        (at 5,000 trials, 32 workers' reports each read the whole study, for minutes)."""
+        with self._lock:
+            return self._reads.setdefault(study_id, threading.Lock())
 
     def refresh(self, study_id: int) -> None:
         """Bring the study's cache up to date with the database: one query of the ids and
         states of the trials it may not know the end of, then the whole of only the trials
         it has never seen or that have finished since. (Optuna's own refresh reads every
         running trial in full each time: with 32 workers, most of what it read.)"""
+        with self._reading(study_id):
+            self._refresh(study_id)
+
+    def _refresh(self, study_id: int) -> None:
         with self._lock:
             info = self._studies.setdefault(study_id, _StudyInfo())
             unfinished = set(info.unfinished_trial_ids)

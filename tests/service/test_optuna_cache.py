@@ -9,8 +9,10 @@ processes on one database (see benchmarks/RESULTS.md, feeding workers):
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -263,3 +265,55 @@ def test_a_trial_written_in_one_go_reads_back_as_optunas_own_template_writes_it(
         assert frozen.datetime_start is not None
     finally:
         bridge.close()
+
+
+class _CountingStorage(optuna.storages.RDBStorage):
+    """Optuna's own storage on the test's database, counting its reads of whole trials."""
+
+    reads: list[int]
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        found = super()._get_trials(*args, **kwargs)
+        self.reads.append(len(found))
+        return found
+
+
+def test_a_cold_cache_reads_a_big_study_once_however_many_requests_ask_at_once(
+    database_url: str,
+) -> None:
+    """An API process that starts on a big study, with workers' reports arriving before
+    its first read of the study is done, reads it once: the others wait for that read
+    (each reading it for itself took a 5,000-trial benchmark's reports to minutes)."""
+    from service.storage.optuna_cache import ServiceCache
+
+    writer = optuna.create_study(study_name="cold", storage=database_url, direction="maximize")
+    distribution = optuna.distributions.FloatDistribution(0.0, 1.0)
+    writer.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={"x": i / 300}, distributions={"x": distribution}, value=i / 300
+            )
+            for i in range(300)
+        ]
+    )
+    backend = _CountingStorage(database_url, skip_table_creation=True)
+    backend.reads = []
+    cache = ServiceCache(backend)
+    try:
+        study_id = cache.get_study_id_from_name("cold")
+        start = threading.Barrier(8)
+        seen: list[int] = []
+
+        def ask() -> None:
+            start.wait()
+            seen.append(len(cache.get_all_trials(study_id, deepcopy=False)))
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen == [300] * 8
+        assert backend.reads == [300]  # one read of the whole study, by one thread
+    finally:
+        backend.engine.dispose()
