@@ -16,21 +16,27 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
 import logging
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, bindparam, func, select, update
+from sqlalchemy import CursorResult, select, update
 
 from service.domain import feeder, jobs, workers_seen
-from service.errors import Conflict, NotFound
+from service.domain.lease_records import (
+    Outcome,
+    count_result,
+    gone,
+    lock_study,
+    look,
+    record,
+    recorded,
+    renewal,
+)
 from service.states import (
-    COUNTED_STATES,
     LIVE_STATES,
     OPEN_STATUSES,
     Action,
-    FinalState,
     JobKind,
     LeaseState,
     StudyStatus,
@@ -39,101 +45,6 @@ from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow, utcnow
 
 log = logging.getLogger(__name__)
-
-
-_LEASES = cast(Table, LeaseRow.__table__)
-_STUDIES = cast(Table, StudyRow.__table__)
-
-
-class Held(NamedTuple):
-    """A trial's lease as a protocol call finds it, with what it needs of its study."""
-
-    id: int
-    trial_id: int | None
-    worker_id: str
-    state: str
-    value: float | None
-    reason: str | None
-    epochs_run: int
-    study_id: int
-    study_created: datetime
-    study_status: str
-
-
-_LOOK = select(
-    _LEASES.c.id,
-    _LEASES.c.trial_id,
-    _LEASES.c.worker_id,
-    _LEASES.c.state,
-    _LEASES.c.value,
-    _LEASES.c.reason,
-    _LEASES.c.epochs_run,
-    _LEASES.c.study_id,
-    _STUDIES.c.created_at,
-    _STUDIES.c.status,
-).join(_STUDIES, _STUDIES.c.id == _LEASES.c.study_id)
-_LOOK_TRIAL = _LOOK.where(
-    _LEASES.c.trial_id == bindparam("trial_id"), _LEASES.c.kind == JobKind.TRIAL
-)
-# The hot path's statements, built once (building one cost about as much as running it).
-_LOCK_STUDY = select(_STUDIES.c.id).where(_STUDIES.c.id == bindparam("study_id")).with_for_update()
-_RESULT = (
-    _LEASES.update()
-    .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.state.in_(LIVE_STATES))
-    .values(
-        state=bindparam("new_state"),
-        value=bindparam("new_value"),
-        reason=bindparam("new_reason"),
-        epochs_run=bindparam("new_epochs_run"),
-        finished_at=bindparam("new_finished_at", type_=_LEASES.c.finished_at.type),
-    )
-)
-_STARTED = select(_LEASES.c.created_at).where(_LEASES.c.id == bindparam("lease_id"))
-_COUNTED = (
-    select(func.count())
-    .select_from(_LEASES)
-    .where(
-        _LEASES.c.study_id == bindparam("study_id"),
-        _LEASES.c.kind == JobKind.TRIAL,
-        _LEASES.c.state.in_(COUNTED_STATES),
-    )
-)
-
-
-@functools.cache
-def _renewal(columns: frozenset[str]) -> Any:
-    """The UPDATE that renews a lease (and sets what a report says), per set of columns."""
-    return (
-        _LEASES.update()
-        .where(_LEASES.c.id == bindparam("lease_id"))
-        .values({name: bindparam(f"new_{name}", type_=_LEASES.c[name].type) for name in columns})
-    )
-
-
-def _look(conn: Connection, trial_id: int, worker_id: str) -> Held:
-    found = conn.execute(_LOOK_TRIAL, {"trial_id": trial_id}).first()
-    if found is None:
-        raise NotFound(f"trial {trial_id} was never leased")
-    held = Held._make(found)
-    if held.worker_id != worker_id:
-        raise Conflict(
-            f"trial {trial_id} is leased to worker {held.worker_id!r}, not {worker_id!r}"
-        )
-    return held
-
-
-def _gone(row: LeaseRow | Held | Outcome) -> Conflict:
-    return Conflict(
-        f"trial {row.trial_id} is no longer running: its lease is {row.state}"
-        + (f" ({row.reason})" if row.reason else "")
-    )
-
-
-def _lock_study(conn: Connection, study_id: int) -> None:
-    """Lock the study's row (PostgreSQL): two processes recording the last two results
-    must not each count the other's as missing (SQLite has the process lock). Every
-    transaction that writes a study's leases takes it first, so they never deadlock."""
-    conn.execute(_LOCK_STUDY, {"study_id": study_id})
 
 
 def _renew(
@@ -147,12 +58,12 @@ def _renew(
     """Extend the lease, and with ``value`` store the epoch's value in Optuna, in one
     transaction; returns the worker's action (without asking the pruner)."""
     with rt.write() as conn:
-        held = _look(conn, trial_id, worker_id)
+        held = look(conn, trial_id, worker_id)
         study = rt.as_created(held.study_id, held.study_created)
         if held.state == LeaseState.PRUNED:
             return Action.PRUNE, study
         if held.state != LeaseState.ACTIVE:
-            raise _gone(held)
+            raise gone(held)
         renewed: dict[str, Any] = {
             "deadline": utcnow() + timedelta(seconds=rt.settings.lease_seconds)
         }
@@ -161,7 +72,7 @@ def _renew(
         if metrics:  # (a report without them keeps the last ones)
             renewed["metrics"] = metrics
         conn.execute(
-            _renewal(frozenset(renewed)),
+            renewal(frozenset(renewed)),
             {"lease_id": held.id, **{f"new_{k}": v for k, v in renewed.items()}},
         )
         if held.study_status == StudyStatus.STOPPED:
@@ -207,7 +118,7 @@ def report(
             row = _settle(rt, trial_id, LeaseState.LOST, "ended in Optuna but not in the service")
         if row.state == LeaseState.PRUNED:
             return Action.PRUNE
-        raise _gone(row) from None
+        raise gone(row) from None
     if action != Action.CONTINUE:
         return action
     if not rt.optuna.judge(study, trial_id, epoch, value):
@@ -216,117 +127,9 @@ def report(
     return Action.PRUNE
 
 
-class Outcome(NamedTuple):
-    """How a trial's lease ended, as a protocol call answers it."""
-
-    trial_id: int | None
-    state: str
-    value: float | None
-    reason: str | None
-
-
 class _NotLive(Exception):
     """The lease was settled by another call (the reaper) inside our transaction: roll
     it back, Optuna's end with it."""
-
-
-def _count_result(
-    conn: Connection,
-    lease_id: int,
-    study: StudyRow,
-    state: str,
-    *,
-    value: float | None,
-    reason: str | None,
-    epochs_run: int,
-    now: datetime,
-) -> datetime | None:
-    """Record a counted result (complete, pruned, fail) on a live lease, in the caller's
-    transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
-    so a racing reaper or retry changes nothing. Completes the study when its
-    ``n_trials`` results are in. Returns when the lease started, or None when it was not
-    live any more (nothing written)."""
-    changed = conn.execute(
-        _RESULT,
-        {
-            "lease_id": lease_id,
-            "new_state": state,
-            "new_value": value,
-            "new_reason": reason,
-            "new_epochs_run": epochs_run,
-            "new_finished_at": now,
-        },
-    )
-    if changed.rowcount != 1:
-        return None
-    started: datetime | None = conn.scalar(_STARTED, {"lease_id": lease_id})
-    of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
-    counted = conn.scalar(_COUNTED, {"study_id": study.id})
-    if (counted or 0) >= study.n_trials:
-        # Done: retrain the best configuration, if any trial completed.
-        any_complete = conn.scalar(
-            select(func.count())
-            .select_from(_LEASES)
-            .where(*of_study, _LEASES.c.state == LeaseState.COMPLETE)
-        )
-        conn.execute(
-            _STUDIES.update()
-            .where(_STUDIES.c.id == study.id, _STUDIES.c.status == StudyStatus.RUNNING)
-            .values(
-                status=StudyStatus.COMPLETED,
-                finished_at=now,
-                final_state=FinalState.PENDING if any_complete else FinalState.NONE,
-            )
-        )
-    return started or now
-
-
-def _recorded(
-    rt: Runtime,
-    lease_id: int,
-    study: StudyRow,
-    state: str,
-    *,
-    value: float | None,
-    reason: str | None,
-    started: datetime,
-    now: datetime,
-) -> None:
-    if rt.metrics is not None:
-        rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
-    log.info(
-        "trial lease %s of %s ended %s (value %s, reason %s)",
-        lease_id,
-        study.name,
-        state,
-        value,
-        reason,
-        extra={"study": study.name, "job": lease_id},
-    )
-
-
-def _record(
-    rt: Runtime,
-    lease_id: int,
-    study: StudyRow,
-    state: str,
-    *,
-    value: float | None,
-    reason: str | None,
-    epochs_run: int,
-) -> bool:
-    """``_count_result`` in a transaction of its own (a result Optuna already holds,
-    adopted); returns whether this call recorded it."""
-    now = utcnow()
-    with rt.write() as conn:
-        _lock_study(conn, study.id)
-        started = _count_result(
-            conn, lease_id, study, state, value=value, reason=reason, epochs_run=epochs_run, now=now
-        )
-    if started is None:
-        return False
-    _recorded(rt, lease_id, study, state, value=value, reason=reason, started=started, now=now)
-    return True
 
 
 def _finish(
@@ -344,11 +147,11 @@ def _finish(
     """End an active lease with a counted result: Optuna's trial and the service's lease
     end in one transaction, so neither holds a result the other lacks."""
     with rt.engine.connect() as conn:
-        held = _look(conn, trial_id, worker_id)
+        held = look(conn, trial_id, worker_id)
     if held.state == state:  # a retry of a call that already succeeded
         return Outcome(held.trial_id, held.state, held.value, held.reason)
     if held.state != LeaseState.ACTIVE:
-        raise _gone(held)
+        raise gone(held)
     study = rt.as_created(held.study_id, held.study_created)
     epochs = max(held.epochs_run, epochs_run or 0)
     attrs: dict[str, Any] = {"worker_id": worker_id, "epochs_run": epochs}
@@ -362,11 +165,11 @@ def _finish(
     now = utcnow()
     try:
         with rt.write() as conn:
-            _lock_study(conn, study.id)
+            lock_study(conn, study.id)
             end = rt.optuna.end_trial(conn, trial_id, state, value=value, attrs=attrs)
             if end is None:  # the reaper (here or elsewhere) ended the trial first
                 raise _NotLive
-            started = _count_result(
+            started = count_result(
                 conn, held.id, study, state, value=value, reason=reason, epochs_run=epochs, now=now
             )
             if started is None:
@@ -376,13 +179,13 @@ def _finish(
         # The reaper settles (or settled) the lease from Optuna's record; this call is
         # answered as too late unless that record is this result.
         with rt.engine.connect() as conn:
-            held = _look(conn, trial_id, worker_id)
+            held = look(conn, trial_id, worker_id)
         if held.state != state:
-            raise _gone(held) from None
+            raise gone(held) from None
         return Outcome(held.trial_id, held.state, held.value, held.reason)
     remember()
     rt.optuna.ended(study, end)
-    _recorded(rt, held.id, study, state, value=value, reason=reason, started=started, now=now)
+    recorded(rt, held.id, study, state, value=value, reason=reason, started=started, now=now)
     return Outcome(trial_id, state, value, reason)
 
 
@@ -457,7 +260,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
             adopted = rt.optuna.result(study, trial_id)  # a result landed just before us
         if adopted is not None:
             got, value, why = adopted
-            _record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
+            record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)
             return
     rerun: tuple[int, int] | None = None
     if trial_id is not None and params is not None and study.status in OPEN_STATUSES:
@@ -465,7 +268,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         # suggestion (handed out first) in the transaction that gives the slot back.
         rerun = rt.optuna.rerun(study, trial_id)
     with rt.sessions.begin() as s:
-        _lock_study(s.connection(), study.id)
+        lock_study(s.connection(), study.id)
         changed = cast(
             CursorResult[Any],
             s.execute(
@@ -513,11 +316,11 @@ def release(rt: Runtime, trial_id: int, worker_id: str, reason: str) -> Outcome:
     stopped); the same parameters run again elsewhere."""
     with rt.unit_of_work():
         with rt.engine.connect() as conn:
-            held = _look(conn, trial_id, worker_id)
+            held = look(conn, trial_id, worker_id)
         if held.state == LeaseState.RELEASED:
             return Outcome(held.trial_id, held.state, held.value, held.reason)
         if held.state != LeaseState.ACTIVE:
-            raise _gone(held)
+            raise gone(held)
         return _settle(rt, trial_id, LeaseState.RELEASED, f"released by the worker: {reason}")
 
 

@@ -1,0 +1,222 @@
+"""A trial's lease as the protocol's calls find it and record its result: the lookup
+(with what a call needs of its study), the study's row lock, and a counted result written
+exactly once in the caller's transaction (``service.domain.reports`` drives them)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Connection, Table, bindparam, func, select
+
+from service.errors import Conflict, NotFound
+from service.states import COUNTED_STATES, LIVE_STATES, FinalState, JobKind, LeaseState, StudyStatus
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, StudyRow, utcnow
+
+log = logging.getLogger("service.domain.reports")
+
+
+_LEASES = cast(Table, LeaseRow.__table__)
+_STUDIES = cast(Table, StudyRow.__table__)
+
+
+class Held(NamedTuple):
+    """A trial's lease as a protocol call finds it, with what it needs of its study."""
+
+    id: int
+    trial_id: int | None
+    worker_id: str
+    state: str
+    value: float | None
+    reason: str | None
+    epochs_run: int
+    study_id: int
+    study_created: datetime
+    study_status: str
+
+
+_LOOK = select(
+    _LEASES.c.id,
+    _LEASES.c.trial_id,
+    _LEASES.c.worker_id,
+    _LEASES.c.state,
+    _LEASES.c.value,
+    _LEASES.c.reason,
+    _LEASES.c.epochs_run,
+    _LEASES.c.study_id,
+    _STUDIES.c.created_at,
+    _STUDIES.c.status,
+).join(_STUDIES, _STUDIES.c.id == _LEASES.c.study_id)
+_LOOK_TRIAL = _LOOK.where(
+    _LEASES.c.trial_id == bindparam("trial_id"), _LEASES.c.kind == JobKind.TRIAL
+)
+# The hot path's statements, built once (building one cost about as much as running it).
+_LOCK_STUDY = select(_STUDIES.c.id).where(_STUDIES.c.id == bindparam("study_id")).with_for_update()
+_RESULT = (
+    _LEASES.update()
+    .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.state.in_(LIVE_STATES))
+    .values(
+        state=bindparam("new_state"),
+        value=bindparam("new_value"),
+        reason=bindparam("new_reason"),
+        epochs_run=bindparam("new_epochs_run"),
+        finished_at=bindparam("new_finished_at", type_=_LEASES.c.finished_at.type),
+    )
+)
+_STARTED = select(_LEASES.c.created_at).where(_LEASES.c.id == bindparam("lease_id"))
+_COUNTED = (
+    select(func.count())
+    .select_from(_LEASES)
+    .where(
+        _LEASES.c.study_id == bindparam("study_id"),
+        _LEASES.c.kind == JobKind.TRIAL,
+        _LEASES.c.state.in_(COUNTED_STATES),
+    )
+)
+
+
+@functools.cache
+def renewal(columns: frozenset[str]) -> Any:
+    """The UPDATE that renews a lease (and sets what a report says), per set of columns."""
+    return (
+        _LEASES.update()
+        .where(_LEASES.c.id == bindparam("lease_id"))
+        .values({name: bindparam(f"new_{name}", type_=_LEASES.c[name].type) for name in columns})
+    )
+
+
+def look(conn: Connection, trial_id: int, worker_id: str) -> Held:
+    found = conn.execute(_LOOK_TRIAL, {"trial_id": trial_id}).first()
+    if found is None:
+        raise NotFound(f"trial {trial_id} was never leased")
+    held = Held._make(found)
+    if held.worker_id != worker_id:
+        raise Conflict(
+            f"trial {trial_id} is leased to worker {held.worker_id!r}, not {worker_id!r}"
+        )
+    return held
+
+
+def gone(row: LeaseRow | Held | Outcome) -> Conflict:
+    return Conflict(
+        f"trial {row.trial_id} is no longer running: its lease is {row.state}"
+        + (f" ({row.reason})" if row.reason else "")
+    )
+
+
+def lock_study(conn: Connection, study_id: int) -> None:
+    """Lock the study's row (PostgreSQL): two processes recording the last two results
+    must not each count the other's as missing (SQLite has the process lock). Every
+    transaction that writes a study's leases takes it first, so they never deadlock."""
+    conn.execute(_LOCK_STUDY, {"study_id": study_id})
+
+
+class Outcome(NamedTuple):
+    """How a trial's lease ended, as a protocol call answers it."""
+
+    trial_id: int | None
+    state: str
+    value: float | None
+    reason: str | None
+
+
+def count_result(
+    conn: Connection,
+    lease_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    epochs_run: int,
+    now: datetime,
+) -> datetime | None:
+    """Record a counted result (complete, pruned, fail) on a live lease, in the caller's
+    transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
+    so a racing reaper or retry changes nothing. Completes the study when its
+    ``n_trials`` results are in. Returns when the lease started, or None when it was not
+    live any more (nothing written)."""
+    changed = conn.execute(
+        _RESULT,
+        {
+            "lease_id": lease_id,
+            "new_state": state,
+            "new_value": value,
+            "new_reason": reason,
+            "new_epochs_run": epochs_run,
+            "new_finished_at": now,
+        },
+    )
+    if changed.rowcount != 1:
+        return None
+    started: datetime | None = conn.scalar(_STARTED, {"lease_id": lease_id})
+    of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
+    counted = conn.scalar(_COUNTED, {"study_id": study.id})
+    if (counted or 0) >= study.n_trials:
+        # Done: retrain the best configuration, if any trial completed.
+        any_complete = conn.scalar(
+            select(func.count())
+            .select_from(_LEASES)
+            .where(*of_study, _LEASES.c.state == LeaseState.COMPLETE)
+        )
+        conn.execute(
+            _STUDIES.update()
+            .where(_STUDIES.c.id == study.id, _STUDIES.c.status == StudyStatus.RUNNING)
+            .values(
+                status=StudyStatus.COMPLETED,
+                finished_at=now,
+                final_state=FinalState.PENDING if any_complete else FinalState.NONE,
+            )
+        )
+    return started or now
+
+
+def recorded(
+    rt: Runtime,
+    lease_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    started: datetime,
+    now: datetime,
+) -> None:
+    if rt.metrics is not None:
+        rt.metrics.trial_duration.labels(state).observe((now - started).total_seconds())
+    log.info(
+        "trial lease %s of %s ended %s (value %s, reason %s)",
+        lease_id,
+        study.name,
+        state,
+        value,
+        reason,
+        extra={"study": study.name, "job": lease_id},
+    )
+
+
+def record(
+    rt: Runtime,
+    lease_id: int,
+    study: StudyRow,
+    state: str,
+    *,
+    value: float | None,
+    reason: str | None,
+    epochs_run: int,
+) -> bool:
+    """``count_result`` in a transaction of its own (a result Optuna already holds,
+    adopted); returns whether this call recorded it."""
+    now = utcnow()
+    with rt.write() as conn:
+        lock_study(conn, study.id)
+        started = count_result(
+            conn, lease_id, study, state, value=value, reason=reason, epochs_run=epochs_run, now=now
+        )
+    if started is None:
+        return False
+    recorded(rt, lease_id, study, state, value=value, reason=reason, started=started, now=now)
+    return True
