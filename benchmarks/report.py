@@ -488,7 +488,8 @@ def write(results: Path, out: Path) -> dict[str, Any]:
         f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
         f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).",
         "",
-        "Regenerate with `make bench` (about half an hour here), or one benchmark with "
+        "Regenerate with `make bench` (27 to 61 minutes on 2 cores so far, as fast as the "
+        "host trains), or one benchmark with "
         "`python -m benchmarks.<name> --size full` then `python -m benchmarks.report`. "
         "The raw figures are in `results/*.json`; the method of each benchmark is the "
         "docstring of `benchmarks/<name>.py`.",
