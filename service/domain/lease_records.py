@@ -4,10 +4,9 @@ exactly once in the caller's transaction (``service.domain.reports`` drives them
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, select
 
@@ -76,16 +75,6 @@ _COUNTED = (
         _LEASES.c.state.in_(COUNTED_STATES),
     )
 )
-
-
-@functools.cache
-def renewal(columns: frozenset[str]) -> Any:
-    """The UPDATE that renews a lease (and sets what a report says), per set of columns."""
-    return (
-        _LEASES.update()
-        .where(_LEASES.c.id == bindparam("lease_id"))
-        .values({name: bindparam(f"new_{name}", type_=_LEASES.c[name].type) for name in columns})
-    )
 
 
 def look(conn: Connection, trial_id: int, worker_id: str) -> Held:

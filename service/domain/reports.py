@@ -20,7 +20,7 @@ import logging
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Table, select, update
 
 from service.domain import feeder, jobs, workers_seen
 from service.domain.lease_records import (
@@ -31,7 +31,6 @@ from service.domain.lease_records import (
     look,
     record,
     recorded,
-    renewal,
 )
 from service.states import (
     LIVE_STATES,
@@ -42,7 +41,7 @@ from service.states import (
     StudyStatus,
 )
 from service.storage.runtime import Runtime
-from service.storage.tables import LeaseRow, StudyRow, utcnow
+from service.storage.tables import LeaseRow, StudyRow, update_row, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def _renew(
         if metrics:  # (a report without them keeps the last ones)
             renewed["metrics"] = metrics
         conn.execute(
-            renewal(frozenset(renewed)),
+            update_row(cast(Table, LeaseRow.__table__), "lease_id", frozenset(renewed)),
             {"lease_id": held.id, **{f"new_{k}": v for k, v in renewed.items()}},
         )
         if held.study_status == StudyStatus.STOPPED:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.exc import IntegrityError
 
 from service.states import LIVE_STATES
 from service.storage.runtime import Runtime
-from service.storage.tables import LeaseRow, WorkerRow, utcnow
+from service.storage.tables import LeaseRow, WorkerRow, update_row, utcnow
 
 log = logging.getLogger(__name__)
 _KEEP: Any = object()
@@ -77,7 +76,8 @@ def seen_in(
     """``seen`` in the caller's write transaction (a lease's, a result's: one commit, not
     two). Returns what to call once that transaction commits, after which ``seen`` with
     the same arguments writes nothing; a worker without a row yet is left to ``seen``."""
-    changed = conn.execute(_update_of(host, pid, job_id), _values(worker_id, host, pid, job_id))
+    values = _values(worker_id, host, pid, job_id)
+    changed = conn.execute(_update(values), values)
     if changed.rowcount != 1:
         return lambda: None
     what = _merged(rt, worker_id, host, pid, job_id)
@@ -101,25 +101,10 @@ def _values(
     return values
 
 
-@functools.cache
-def _update(columns: frozenset[str]) -> Any:
-    return (
-        _WORKERS.update()
-        .where(_WORKERS.c.id == bindparam("worker"))
-        .values({name: bindparam(f"new_{name}", type_=_WORKERS.c[name].type) for name in columns})
-    )
-
-
-def _update_of(host: str | None, pid: int | None, job_id: int | object | None) -> Any:
-    """The UPDATE of the columns a call sets (built once per set of them)."""
-    columns = {"last_seen"}
-    if host is not None:
-        columns.add("host")
-    if pid is not None:
-        columns.add("pid")
-    if job_id is not _KEEP:
-        columns.add("current_job_id")
-    return _update(frozenset(columns))
+def _update(values: dict[str, Any]) -> Any:
+    """The UPDATE of the columns ``values`` sets (``new_<column>``)."""
+    columns = frozenset(key.removeprefix("new_") for key in values if key.startswith("new_"))
+    return update_row(_WORKERS, "worker", columns)
 
 
 def _seen(
@@ -127,7 +112,7 @@ def _seen(
 ) -> None:
     values = _values(worker_id, host, pid, job_id)
     with rt.write() as conn:
-        changed = conn.execute(_update_of(host, pid, job_id), values)
+        changed = conn.execute(_update(values), values)
     if changed.rowcount == 1:
         return
     now = values["new_last_seen"]
