@@ -183,18 +183,25 @@ def test_ctrl_c_while_waiting_exits_130(api: Api, tmp_path: Path) -> None:
     spec.write_text('{"name": "cli-waiting", "dataset": "digits", "n_trials": 1, "epochs": 1}')
     waiting = subprocess.Popen(
         hpo("submit", str(spec), "--wait"),
-        env=_env(api.url),
+        # On a hang, SIGABRT makes faulthandler print where every thread is.
+        env={**_env(api.url), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert waiting.stdout is not None
+    assert waiting.stdout is not None and waiting.stderr is not None
     try:
         assert waiting.stdout.readline().startswith("submitted study cli-waiting")
         assert waiting.stdout.readline().startswith("cli-waiting: 0/1 trials done")
         waiting.send_signal(signal.SIGINT)
-        assert waiting.wait(timeout=30) == 130
-        assert waiting.stderr is not None and "Traceback" not in waiting.stderr.read()
+        try:
+            code = waiting.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            waiting.send_signal(signal.SIGABRT)
+            waiting.wait(timeout=10)
+            pytest.fail(f"no exit 30 s after Ctrl-C; its stacks:\n{waiting.stderr.read()}")
+        assert code == 130
+        assert "Traceback" not in waiting.stderr.read()
     finally:
         if waiting.poll() is None:
             waiting.kill()
