@@ -257,7 +257,7 @@ def wait_study(
 def in_process_worker(
     api_url: str, tmp: Path, *, client_class: type | None = None, **client_args: Any
 ) -> Any:
-    """A real ``workers.loop.Worker`` in this process (pin TensorFlow first: it leaves it),
+    """A real ``workers.loop.Worker`` in this process (it trains in a trainer process),
     optionally talking through a ``ServiceClient`` subclass that measures its calls."""
     from pydantic import SecretStr
 
@@ -267,7 +267,7 @@ def in_process_worker(
     settings = WorkerSettings(
         api_url=api_url,
         worker_token=SecretStr(WORKER_TOKEN),
-        tf_threads=0,
+        tf_threads=1,
         poll_interval_s=0.2,
         allow_downloads=False,
         cache_dir=tmp / "cache",
@@ -283,7 +283,6 @@ def in_process_worker(
             stopping=worker._stopping,
             **client_args,
         )
-        worker.source.fetch = worker.client.fetch_dataset
     return worker
 
 

@@ -62,7 +62,17 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{ids}]" if ids else line
 
 
+_configured = ("INFO", "text")
+
+
+def configured() -> tuple[str, str]:
+    """The (level, format) of the last :func:`setup`, for a child process to log alike."""
+    return _configured
+
+
 def setup(level: str, fmt: str) -> None:
+    global _configured
+    _configured = (level, fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(

@@ -46,3 +46,24 @@ class WorkerSettings(BaseSettings):
         description="Where TensorBoard logs go (tensorboard/<study>/trial-<n>).",
     )
     log_level: str = Field(default="INFO")
+    trainer_max_trials: int = Field(
+        default=100,
+        ge=1,
+        description="Jobs a trainer process runs before a fresh one replaces it.",
+    )
+    trainer_max_rss_mb: float = Field(
+        default=4096,
+        ge=0,
+        description="A trainer whose resident memory passes this after a job is replaced; "
+        "one that passes twice this during a job is killed and its trial fails (0: no limit).",
+    )
+    trainer_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A trial still training this long after its time limit is killed.",
+    )
+    device: str | None = Field(
+        default=None,
+        description="CUDA_VISIBLE_DEVICES for this worker's trainer (one GPU per worker); "
+        "unset: inherited.",
+    )

@@ -17,9 +17,7 @@ target's units.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +28,10 @@ from sklearn import datasets as sk_datasets
 
 from search_space.catalog import BUILTIN_DATASETS, DatasetInfo
 from search_space.splits import Array, split_rows
+from workers.uploads import DatasetUnavailable, cached_upload
 
 TARGET_UNIT_METRICS = frozenset({"mae"})
 """Metrics in the target's units (with their ``val_`` twins): scaled back by ``y_std``."""
-
-
-class DatasetUnavailable(RuntimeError):
-    """The data set cannot be loaded on this worker; the message starts with
-    ``dataset unavailable:``."""
 
 
 @dataclass(frozen=True)
@@ -188,30 +182,7 @@ class DataSource:
         return loaded
 
     def _uploaded(self, info: DatasetInfo) -> bytes:
-        assert info.sha256 is not None
-        path = self.cache_dir / f"{info.sha256}.npz"
-        if path.exists():
-            content = path.read_bytes()
-            if hashlib.sha256(content).hexdigest() == info.sha256:
-                return content
-        if self.fetch is None:
-            raise DatasetUnavailable(f"dataset unavailable: {info.name} is not cached here")
-        try:
-            content = self.fetch(info.name)
-        except Exception as exc:
-            raise DatasetUnavailable(
-                f"dataset unavailable: fetching {info.name} failed: {exc}"
-            ) from exc
-        if hashlib.sha256(content).hexdigest() != info.sha256:
-            raise DatasetUnavailable(
-                f"dataset unavailable: {info.name} changed on the "
-                "service while this study ran (content hash differs)"
-            )
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(content)
-        tmp.replace(path)  # atomic: another worker on this host never reads half a file
-        return content
+        return cached_upload(self.cache_dir, info, self.fetch)
 
 
 def load(name: str) -> Split:

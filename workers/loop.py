@@ -1,4 +1,9 @@
-"""The worker's pull loop: lease, train, report, hand back the result, repeat."""
+"""The worker's pull loop: lease, train, report, hand back the result, repeat.
+
+This is the worker's parent process: HTTP, heartbeats and retries. It never imports
+TensorFlow; jobs train in a trainer process (:mod:`workers.supervisor`,
+:mod:`workers.trainer`), so a trainer that crashes, is killed or hangs fails its trial and
+the worker goes on with a fresh one."""
 
 from __future__ import annotations
 
@@ -15,15 +20,15 @@ from types import FrameType
 from pydantic import ValidationError
 
 from search_space.catalog import DatasetInfo
-from search_space.families import FamilyUnavailable
+from service import logs
 from service.logs import log_context
 from service.protocol import Lease, WorkerInfo
 from service.states import Action, JobKind
 from workers.client import Rejected, ServiceClient, Unauthorized
 from workers.config import WorkerSettings
-from workers.data import DatasetUnavailable, DataSource, Split
-from workers.jobs import sanity_check, train_final
-from workers.training import Outcome, configure_tensorflow, train_trial
+from workers.outcome import Outcome
+from workers.supervisor import Trainer, TrainerDied, TrainerOptions, Trainers
+from workers.uploads import DatasetUnavailable, cached_upload
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +86,24 @@ class Worker:
             retry_max_s=settings.retry_max_s,
             stopping=self._stopping,
         )
-        self._data: dict[tuple[str, str | None], Split] = {}
-        self.source = DataSource(
-            keras_dir=settings.keras_datasets_dir,
-            cache_dir=settings.cache_dir,
-            allow_downloads=settings.allow_downloads,
-            fetch=self.client.fetch_dataset,
+        self.trainers = Trainers(
+            lambda: Trainer(self._trainer_options()),
+            max_trials=settings.trainer_max_trials,
+            max_rss_mb=settings.trainer_max_rss_mb or None,
+        )
+
+    def _trainer_options(self) -> TrainerOptions:
+        s = self.settings
+        level, fmt = logs.configured()
+        return TrainerOptions(
+            worker_id=self.identity.id,
+            tf_threads=s.tf_threads,
+            keras_dir=s.keras_datasets_dir,
+            cache_dir=s.cache_dir,
+            allow_downloads=s.allow_downloads,
+            log_level=level,
+            log_format=fmt,
+            device=s.device,
         )
 
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
@@ -100,7 +117,7 @@ class Worker:
     def run(self, *, max_trials: int | None = None, exit_when_idle: bool = False) -> int:
         """Work until stopped (or after ``max_trials``, or when idle with ``exit_when_idle``).
         Returns the number of trials this worker finished."""
-        configure_tensorflow(self.settings.tf_threads)
+        self.trainers.warm()  # TensorFlow loads in the trainer while the worker leases
         done = 0
         log.info("worker %s pulling from %s", self.identity.id, self.settings.api_url)
         try:
@@ -129,13 +146,14 @@ class Worker:
                 done += 1
         finally:
             self.client.close()
+            self.trainers.close()
         return done
 
-    def _dataset(self, info: DatasetInfo) -> Split:
-        key = (info.name, info.sha256)
-        if key not in self._data:
-            self._data[key] = self.source.load(info)
-        return self._data[key]
+    def _prefetch(self, info: DatasetInfo) -> None:
+        """An uploaded data set into the cache, for the trainer to read (the others are
+        the trainer's to load)."""
+        if info.source == "upload":
+            cached_upload(self.settings.cache_dir, info, self.client.fetch_dataset)
 
     def _run_one(self, job: Lease) -> None:
         with log_context(
@@ -157,16 +175,11 @@ class Worker:
         beat = _Heartbeat(lambda: self.client.heartbeat(trial_id), max(job.lease_seconds / 3, 0.5))
         with beat:
             try:
-                data = self._dataset(job.dataset)
+                self._prefetch(job.dataset)
             except DatasetUnavailable as exc:
                 outcome = Outcome("fail", reason=str(exc))
-            except Exception as exc:  # unreadable data fails the trial, never the worker
-                log.exception("loading %s failed", job.dataset.name)
-                outcome = Outcome(
-                    "fail", reason=f"loading the data set failed: {type(exc).__name__}: {exc}"
-                )
             else:
-                outcome = self._train(job, data, beat)
+                outcome = self._train(job, beat)
         log.info(
             "trial %s ended %s after %d epochs in %.1fs (value %s, reason %s)",
             trial_id,
@@ -178,23 +191,52 @@ class Worker:
         )
         self._hand_back(job, outcome)
 
-    def _train(self, job: Lease, data: Split, beat: _Heartbeat) -> Outcome:
+    def _train(self, job: Lease, beat: _Heartbeat) -> Outcome:
+        """Train the trial in the trainer, passing its epoch reports on as they come."""
         trial_id = job.trial_id
         assert trial_id is not None
+        answers: list[Action] = []
+        reported = [0]
 
-        def report(epoch: int, value: float, metrics: dict[str, float]) -> Action:
-            return self.client.report(trial_id, epoch, value, metrics)
+        def report(epoch: int, value: float, metrics: dict[str, float]) -> str | None:
+            reported[0] = epoch
+            try:
+                action = self.client.report(trial_id, epoch, value, metrics)
+            except Rejected as exc:  # the lease is gone: stop training for nothing
+                log.warning("report of epoch %d refused, stopping the trial: %s", epoch, exc)
+                return Action.STOP
+            except ConnectionError as exc:  # the result is held and retried at the end
+                log.error("report of epoch %d not delivered: %s", epoch, exc)
+                return None
+            answers.append(action)
+            return action
 
         tensorboard_dir = (
             self.settings.artifact_dir / "tensorboard" / job.study_name / f"trial-{job.number:04d}"
         )
-        return train_trial(
-            job,
-            data,
-            report,
-            lambda: self._stopping.is_set() or beat.stop_requested,
-            tensorboard_dir=tensorboard_dir,
-        )
+        trainer: Trainer | None = None
+        try:
+            trainer = self.trainers.take()
+            _, fields = trainer.run(
+                ("trial", job.model_dump(mode="json"), str(tensorboard_dir)),
+                on_epoch=report,
+                should_stop=lambda: self._stopping.is_set() or beat.stop_requested,
+                time_limit_s=job.trial_time_limit_s,
+                grace_s=self.settings.trainer_grace_s,
+                max_rss_mib=self.settings.trainer_max_rss_mb or None,
+            )
+        except TrainerDied as exc:
+            if trainer is not None:
+                self.trainers.lost(trainer)
+            log.error("trial %s: %s", trial_id, exc)
+            if self._stopping.is_set():  # the host is going down, not the trial
+                return Outcome("stopped", reason=f"worker stopping ({exc})")
+            return Outcome("fail", reason=str(exc), epochs_run=reported[0])
+        outcome = Outcome(**fields)
+        if Action.PRUNE in answers and outcome.state != "pruned":
+            # The service pruned it at the epoch it judged; the trainer heard it later.
+            outcome = Outcome("pruned", epochs_run=reported[0], history=outcome.history)
+        return outcome
 
     def _run_job(self, job: Lease) -> None:
         """A sanity run or a final model; any failure is reported, never raised."""
@@ -203,36 +245,51 @@ class Worker:
             with _Heartbeat(
                 lambda: self.client.job_heartbeat(job.job_id), max(job.lease_seconds / 3, 0.5)
             ):
-                data = self._dataset(job.dataset)
-                if job.kind == JobKind.SANITY:
-                    passed, detail = sanity_check(job, data)
-                    log.info("sanity run of %s: %s", job.study_name, detail)
-                    self.client.sanity(job.job_id, passed=passed, detail=detail)
-                else:
-                    value, content = train_final(job, data)
-                    log.info(
-                        "final model of %s: test %s = %s",
-                        job.study_name,
-                        job.metric.removeprefix("val_"),
-                        value,
-                    )
-                    self.client.upload_model(job.job_id, test_value=value, content=content)
+                self._prefetch(job.dataset)
+                trainer = self.trainers.take()
+                try:
+                    reply = trainer.run((job.kind.value, job.model_dump(mode="json")))
+                except TrainerDied:
+                    self.trainers.lost(trainer)
+                    raise
+            if reply[0] == "sanity":
+                _, passed, detail = reply
+                log.info("sanity run of %s: %s", job.study_name, detail)
+                self.client.sanity(job.job_id, passed=passed, detail=detail)
+            elif reply[0] == "final":
+                _, value, content = reply
+                log.info(
+                    "final model of %s: test %s = %s",
+                    job.study_name,
+                    job.metric.removeprefix("val_"),
+                    value,
+                )
+                self.client.upload_model(job.job_id, test_value=value, content=content)
+            else:
+                _, unavailable, message = reply
+                (self._job_release if unavailable else self._job_fail)(job, message)
         except (Rejected, ConnectionError) as exc:
             log.error(
                 "%s job %s: the service did not take the result: %s", job.kind, job.job_id, exc
             )
-        except (DatasetUnavailable, FamilyUnavailable) as exc:  # another worker may have it
-            log.error("%s job %s: %s", job.kind, job.job_id, exc)
-            try:
-                self.client.job_release(job.job_id, reason=str(exc))
-            except (Rejected, ConnectionError):
-                log.exception("could not release job %s", job.job_id)
-        except Exception as exc:
-            log.exception("%s job %s failed", job.kind, job.job_id)
-            try:
-                self.client.job_fail(job.job_id, reason=f"{type(exc).__name__}: {exc}")
-            except (Rejected, ConnectionError):
-                log.exception("could not report the failure of job %s", job.job_id)
+        except DatasetUnavailable as exc:  # another worker may have it
+            self._job_release(job, str(exc))
+        except TrainerDied as exc:
+            self._job_fail(job, str(exc))
+
+    def _job_release(self, job: Lease, reason: str) -> None:
+        log.error("%s job %s: %s", job.kind, job.job_id, reason)
+        try:
+            self.client.job_release(job.job_id, reason=reason)
+        except (Rejected, ConnectionError):
+            log.exception("could not release job %s", job.job_id)
+
+    def _job_fail(self, job: Lease, reason: str) -> None:
+        log.error("%s job %s failed: %s", job.kind, job.job_id, reason)
+        try:
+            self.client.job_fail(job.job_id, reason=reason)
+        except (Rejected, ConnectionError):
+            log.exception("could not report the failure of job %s", job.job_id)
 
     def _hand_back(self, job: Lease, outcome: Outcome) -> None:
         """Tell the service how the trial ended (pruned trials were already ended by it).

@@ -13,14 +13,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from search_space.families import BUILTIN_FAMILIES, load_builder
 from service.protocol import Lease
 from service.states import Action
 from workers.data import Split
+from workers.outcome import Outcome
 from workers.quiet import tensorflow_import
 
 with tensorflow_import():  # TensorFlow loads here (its start-up lines: ``workers.quiet``)
@@ -32,19 +32,6 @@ log = logging.getLogger(__name__)
 
 Reporter = Callable[[int, float, dict[str, float]], str]
 """``report(epoch, objective_value, metrics) -> action`` (continue, prune or stop)."""
-
-
-@dataclass
-class Outcome:
-    """How a trial ended on the worker."""
-
-    state: Literal["complete", "fail", "pruned", "stopped"]
-    value: float | None = None
-    reason: str | None = None
-    epochs_run: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
-    train_val_gap: float | None = None
-    """Training minus validation metric at the last epoch (overfitting shows here)."""
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -68,11 +55,15 @@ class _EpochReporter(keras.callbacks.Callback):
         *,
         in_target_units: Callable[[dict[str, Any]], dict[str, float]],
         time_limit_s: float | None = None,
+        answer: Callable[[], str | None] = lambda: None,
+        on_start: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         self.metric = metric
         self.report = report
         self.should_stop = should_stop
+        self.answer = answer
+        self.on_start = on_start
         self.in_target_units = in_target_units
         self.time_limit_s = time_limit_s
         self.started = time.monotonic()
@@ -84,10 +75,22 @@ class _EpochReporter(keras.callbacks.Callback):
         self.outcome = outcome
         self.model.stop_training = True
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.on_start()
+
+    def _act(self, action: str | None) -> bool:
+        """End training on a prune or a stop (the service's, or the worker's own)."""
+        if action == Action.PRUNE:
+            self._end(Outcome("pruned", value=self.last_value))
+        elif action == Action.STOP or self.should_stop():
+            self._end(Outcome("stopped", value=self.last_value, reason="stop requested"))
+        return self.outcome is not None
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # A stopping worker (SIGTERM) gives its trial back now, not at the epoch's end.
-        if self.outcome is None and self.should_stop():
-            self._end(Outcome("stopped", reason="stop requested"))
+        # A stop (SIGTERM), or an answer that arrived while this epoch trains, takes
+        # effect now, not at the epoch's end.
+        if self.outcome is None:
+            self._act(self.answer())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.outcome is not None:
@@ -104,13 +107,10 @@ class _EpochReporter(keras.callbacks.Callback):
             self._end(Outcome("fail", reason=f"non-finite {self.metric} at epoch {epoch + 1}"))
             return
         self.last_value = value
-        action = self.report(epoch + 1, value, metrics)
+        if self._act(self.report(epoch + 1, value, metrics)):
+            return
         elapsed = time.monotonic() - self.started
-        if action == Action.PRUNE:
-            self._end(Outcome("pruned", value=value))
-        elif action == Action.STOP or self.should_stop():
-            self._end(Outcome("stopped", value=value, reason="stop requested"))
-        elif (
+        if (
             self.time_limit_s is not None
             and elapsed > self.time_limit_s
             and (epoch + 1 < self.params["epochs"])
@@ -182,17 +182,27 @@ def train_trial(
     report: Reporter,
     should_stop: Callable[[], bool] = lambda: False,
     *,
+    answer: Callable[[], str | None] = lambda: None,
+    on_start: Callable[[], None] = lambda: None,
     tensorboard_dir: Path | None = None,
+    free_memory: bool = True,
 ) -> Outcome:
     """Train the trial's model on ``data`` and say how it ended. Never raises for a
     failure of the trial itself (a bad configuration, a non-finite loss, out of memory):
-    those come back as ``Outcome("fail", reason=...)``."""
+    those come back as ``Outcome("fail", reason=...)``.
+
+    ``report`` returns the service's answer to an epoch; ``answer`` is polled between
+    batches for one that arrived later (a report that did not wait). ``on_start`` runs
+    when ``fit`` begins. ``free_memory=False`` leaves ``keras.backend.clear_session`` to
+    the caller (the trainer runs it after sending the outcome)."""
     reporter = _EpochReporter(
         job.metric,
         report,
         should_stop,
         in_target_units=data.metrics_in_target_units,
         time_limit_s=job.trial_time_limit_s,
+        answer=answer,
+        on_start=on_start,
     )
     history: dict[str, list[float]] = {}
     try:
@@ -222,9 +232,10 @@ def train_trial(
         text = f"{type(exc).__name__}: {exc}".strip()
         return Outcome("fail", reason=text[:2000], epochs_run=reporter.epochs_run)
     finally:
-        # Free the graph, the model and the optimizer before the next trial (this also runs
-        # the garbage collector: one collection, not two, at about 0.2 s each here).
-        keras.backend.clear_session(free_memory=True)
+        if free_memory:
+            # Free the graph, the model and the optimizer before the next trial (this also
+            # runs the garbage collector: one collection, not two).
+            keras.backend.clear_session(free_memory=True)
     outcome = reporter.outcome or Outcome("complete", value=reporter.last_value)
     outcome.epochs_run = reporter.epochs_run
     outcome.history = history
