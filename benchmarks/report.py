@@ -418,15 +418,22 @@ def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
 def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     res, p = doc["result"], doc["params"]
     rows = [
-        [str(r["workers"]), _f(r["seconds"], 1), _f(r["trials_per_min"], 1), _f(r["speedup"], 2)]
+        [
+            str(r["workers"]),
+            _f(r["seconds"], 1),
+            _f(r["trials_per_min"], 1),
+            _f(r["speedup"], 2),
+            f"{100 * r['api_cpu_share']:.1f}%" if "api_cpu_share" in r else "-",
+        ]
         for r in res["rows"]
     ]
     lines = [
         f"A study of {p['trials']} trials of {p['epochs']} epochs (random sampler, no "
         "pruner) with idle workers already waiting; one TensorFlow thread per worker, on "
-        f"{doc['machine']['cores']} cores shared with the API.",
+        f"{doc['machine']['cores']} cores shared with the API. *API CPU*: the API's "
+        "processes (its sampler included) during the study, as a share of all cores.",
         "",
-        *_table(["workers", "seconds", "trials/min", "speed-up"], rows),
+        *_table(["workers", "seconds", "trials/min", "speed-up", "API CPU"], rows),
     ]
     return lines, {"trials_per_min": {str(r["workers"]): r["trials_per_min"] for r in res["rows"]}}
 
@@ -434,11 +441,20 @@ def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
 def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     res, p = doc["result"], doc["params"]
     after = res["rss_mib_after"]
+    readings = res["readings"]
     rows = [["idle, before the first trial", _f(res["idle_rss_mib"], 0)]]
     rows += [[f"after {k} trials", _f(v, 0)] for k, v in after.items()]
+    if readings and "worker_mib" in readings[0]:
+        rows += [
+            ["highest reading of the run", _f(max(r["rss_mib"] for r in readings), 0)],
+            ["the worker process alone, last", _f(readings[-1]["worker_mib"], 0)],
+        ]
+    started = res.get("trainers_started")
     lines = [
-        f"One worker, {p['trials']} trials of {p['epochs']} epoch(s) each on `digits`. "
-        f"Growth over the run: {_f(res['growth_mib_per_trial'], 2)} MiB per trial.",
+        f"One worker, {p['trials']} trials of {p['epochs']} epoch(s) each on `digits`; the RSS "
+        "of its whole process tree (the worker and its trainer processes). Growth from the "
+        f"first reading to the last: {_f(res['growth_mib_per_trial'], 2)} MiB per trial"
+        + (f"; trainers started: {started}." if started is not None else "."),
         "",
         *_table(["worker RSS", "MiB"], rows),
     ]
@@ -446,7 +462,7 @@ def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot([r["trials"] for r in res["readings"]], [r["rss_mib"] for r in res["readings"]])
     ax.set_xlabel("trials finished")
-    ax.set_ylabel("worker RSS, MiB")
+    ax.set_ylabel("worker + trainer RSS, MiB")
     ax.set_ylim(bottom=0)
     lines += _save(plt, fig, out, "memory")
     return lines, {"rss_mib_after": after}
@@ -479,8 +495,9 @@ def write(results: Path, out: Path) -> dict[str, Any]:
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {dates[0][:10]} ({dates[0]} to {dates[-1]}) by `make bench` "
-        f"(size {', '.join(sizes)}; {total_min:.1f} minutes in all) on {m['cpu']}, "
+        f"Measured {dates[0][:10]} ({dates[0]} to {dates[-1]}) by `make bench` and "
+        f"`make bench-quality` (size {', '.join(sizes)}; {total_min:.1f} minutes in all; each "
+        f"section says when its run ended) on {m['cpu']}, "
         f"{m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}.",
         "",
         f"Python {v['python']}, TensorFlow {v['tensorflow']}, Keras {v['keras']}, Optuna "
@@ -488,8 +505,8 @@ def write(results: Path, out: Path) -> dict[str, Any]:
         f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
         f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).",
         "",
-        "Regenerate with `make bench` (27 to 61 minutes on 2 cores so far, as fast as the "
-        "host trains), or one benchmark with "
+        "Regenerate with `make bench` (every section but search quality) and `make "
+        "bench-quality`, or one benchmark with "
         "`python -m benchmarks.<name> --size full` then `python -m benchmarks.report`. "
         "The raw figures are in `results/*.json`; the method of each benchmark is the "
         "docstring of `benchmarks/<name>.py`.",

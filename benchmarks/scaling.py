@@ -9,9 +9,12 @@ all its results. The study is the default space on ``digits``, random sampler, n
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from benchmarks.common import create_study, get_study, main, running_api, wait_study
 from tests.support import start_worker, stop
@@ -36,6 +39,19 @@ def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{expected} workers did not come up in {timeout_s}s")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its descendants so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
     rows = []
     workers: list[Any] = []
@@ -51,6 +67,7 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 ]
                 _wait_idle(api, n)
                 started = time.monotonic()
+                api_cpu = _cpu_s(api.process.pid)
                 study = create_study(
                     api,
                     name=f"scaling-{n}",
@@ -64,6 +81,7 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 )
                 done = wait_study(api, study["id"], ("completed", "failed"), timeout_s=1800)
                 elapsed = time.monotonic() - started
+                api_cpu = _cpu_s(api.process.pid) - api_cpu
                 if done["status"] != "completed":
                     raise RuntimeError(f"study scaling-{n} {done['status']}: {done.get('reason')}")
                 rows.append(
@@ -73,6 +91,8 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                         "epochs": params["epochs"],
                         "seconds": round(elapsed, 2),
                         "trials_per_min": round(60 * params["trials"] / elapsed, 2),
+                        # The API's processes (with its sampler) as a share of all cores.
+                        "api_cpu_share": round(api_cpu / (elapsed * (os.cpu_count() or 1)), 4),
                     }
                 )
                 print(f"  {n} worker(s): {rows[-1]['trials_per_min']} trials/min", flush=True)
