@@ -10,6 +10,7 @@ numbers of trials, and the worker's own share.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -33,10 +34,8 @@ def _tree_mib(process: psutil.Process) -> tuple[float, float]:
     own = process.memory_info().rss
     total = own
     for child in process.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a trainer that just retired
             total += child.memory_info().rss
-        except psutil.NoSuchProcess:  # a trainer that has just retired
-            pass
     return total / MIB, own / MIB
 
 

@@ -423,6 +423,9 @@ def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
             _f(r["seconds"], 1),
             _f(r["trials_per_min"], 1),
             _f(r["speedup"], 2),
+            _f(r["bare_trials_per_min"], 1) if "bare_trials_per_min" in r else "-",
+            _f(r["bare_speedup"], 2) if "bare_speedup" in r else "-",
+            _f(r["service_over_bare"], 2) if "service_over_bare" in r else "-",
             f"{100 * r['api_cpu_share']:.1f}%" if "api_cpu_share" in r else "-",
         ]
         for r in res["rows"]
@@ -431,9 +434,23 @@ def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
         f"A study of {p['trials']} trials of {p['epochs']} epochs (random sampler, no "
         "pruner) with idle workers already waiting; one TensorFlow thread per worker, on "
         f"{doc['machine']['cores']} cores shared with the API. *API CPU*: the API's "
-        "processes (its sampler included) during the study, as a share of all cores.",
+        "processes (its sampler included) during the study, as a share of all cores. "
+        "*Bare*: the same configurations fitted with nothing around `model.fit` by as many "
+        "processes started together, in the same run: what the machine gives.",
         "",
-        *_table(["workers", "seconds", "trials/min", "speed-up", "API CPU"], rows),
+        *_table(
+            [
+                "workers",
+                "seconds",
+                "trials/min",
+                "speed-up",
+                "bare trials/min",
+                "bare speed-up",
+                "service / bare",
+                "API CPU",
+            ],
+            rows,
+        ),
     ]
     return lines, {"trials_per_min": {str(r["workers"]): r["trials_per_min"] for r in res["rows"]}}
 

@@ -3,20 +3,37 @@
 Real ``hpo worker`` processes (TensorFlow on one thread each, as the tests pin them) are
 started and idle against a real ``hpo api`` (SQLite) before the study is submitted, so
 their start is not counted; the clock runs from the submission until the study holds
-all its results. The study is the default space on ``digits``, random sampler, no pruner
-(every trial the same length), no sanity run.
+all its results. The study is the default space on ``digits``: the same configurations,
+drawn at random and enqueued, in every round; no pruner, no sanity run.
+
+The bare baseline, in the same run: the same configurations fitted with nothing around
+``model.fit`` (``benchmarks.bare``) by 1 and by 2 processes started together, each on
+one TensorFlow thread. Its speed-up is what this machine's cores give two trainings at
+once (two vCPUs that share a physical core give well under 2x), and the service's
+speed-up is read against it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from benchmarks.common import create_study, get_study, main, running_api, wait_study
+from benchmarks.common import (
+    create_study,
+    default_space_configs,
+    get_study,
+    main,
+    running_api,
+    user_client,
+    wait_study,
+)
 from tests.support import start_worker, stop
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -27,8 +44,6 @@ SIZES: dict[str, dict[str, Any]] = {
 
 def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
     """Until ``expected`` workers have asked for work (GET /workers)."""
-    from benchmarks.common import user_client
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with user_client(api) as c:
@@ -52,9 +67,41 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _bare_round(configs: Path, processes: int, trials: int, epochs: int) -> float:
+    """Trials per minute of ``processes`` bare fitters started together."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bare", *map(str, (configs, i, processes, epochs))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    for p in started:  # TensorFlow loaded, data loaded, warm
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    for p in started:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.close()
+    for p in started:
+        if p.wait() != 0:
+            raise RuntimeError(f"a bare fitter exited {p.returncode}")
+    return 60 * trials / (time.monotonic() - t0)
+
+
+def _full_params(api: Any, study_id: int) -> list[dict[str, Any]]:
+    with user_client(api) as c:
+        trials = c.get(f"/studies/{study_id}/trials").json()
+    return [t["params"] for t in sorted(trials, key=lambda t: t["number"])]
+
+
 def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
     rows = []
     workers: list[Any] = []
+    configs = default_space_configs(params["trials"], seed=11)
+    full: list[dict[str, Any]] = []
     with running_api(tmp / "api") as api:
         try:
             for n in params["workers"]:
@@ -78,6 +125,7 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                     pruner="none",
                     seed=n,
                     sanity_check=False,
+                    enqueue=configs,
                 )
                 done = wait_study(api, study["id"], ("completed", "failed"), timeout_s=1800)
                 elapsed = time.monotonic() - started
@@ -96,14 +144,23 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                     }
                 )
                 print(f"  {n} worker(s): {rows[-1]['trials_per_min']} trials/min", flush=True)
+                full = full or _full_params(api, study["id"])
                 # The finished study's final model is retrained next; let it go first.
                 _wait_final(api, study["id"])
         finally:
             for w in workers:
                 stop(w)
-    base = rows[0]["trials_per_min"]
+    (tmp / "configs.json").write_text(json.dumps(full))
+    for row in rows:
+        row["bare_trials_per_min"] = round(
+            _bare_round(tmp / "configs.json", row["workers"], params["trials"], params["epochs"]), 2
+        )
+        print(f"  bare, {row['workers']} process(es): {row['bare_trials_per_min']}", flush=True)
+    base, bare_base = rows[0]["trials_per_min"], rows[0]["bare_trials_per_min"]
     for row in rows:
         row["speedup"] = round(row["trials_per_min"] / base, 3)
+        row["bare_speedup"] = round(row["bare_trials_per_min"] / bare_base, 3)
+        row["service_over_bare"] = round(row["trials_per_min"] / row["bare_trials_per_min"], 3)
     return {"rows": rows}
 
 
