@@ -63,7 +63,7 @@ class TrainerOptions:
     log_level: str
     log_format: str
     device: str | None = None
-    """``CUDA_VISIBLE_DEVICES`` for the trainer (one GPU per worker), or inherit."""
+    """``CUDA_VISIBLE_DEVICES`` for the trainer (one GPU per worker); None or empty: inherit."""
 
     def command(self, fd: int) -> list[str]:
         args = [
@@ -83,7 +83,7 @@ class TrainerOptions:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        if self.device is not None:
+        if self.device:  # empty (compose's default): inherit
             env["CUDA_VISIBLE_DEVICES"] = self.device
         return env
 
@@ -237,8 +237,11 @@ class Trainer:
         return True
 
     def close(self) -> None:
-        """Ask it to exit; kill it if it does not."""
-        if self.alive():
+        """Ask it to exit; kill it if it does not (or has not started: nothing to lose)."""
+        if self.alive() and not self.ready:
+            self.process.kill()
+            self.process.wait()
+        elif self.alive():
             try:
                 self.conn.send(("exit",))
                 self.process.wait(timeout=EXIT_WAIT_S)

@@ -7,13 +7,17 @@ installed the way a plugin is (an entry point)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO, Api, start_worker, stop, wait_for
+from tests.workers.test_training import GOOD, _job
+from workers.supervisor import Trainer, TrainerOptions
 
 pytestmark = [pytest.mark.slow]
 
@@ -100,9 +104,7 @@ def test_a_dying_trainer_fails_its_trial_not_the_worker(
         )
         assert r.status_code == 201, r.text
         study_id = r.json()["id"]
-        worker = start_worker(
-            server.url, log, trainer_max_rss_mb="1500", trainer_grace_s="1"
-        )
+        worker = start_worker(server.url, log, trainer_max_rss_mb="1500", trainer_grace_s="1")
         try:
 
             def done() -> bool:
@@ -133,3 +135,91 @@ def test_a_dying_trainer_fails_its_trial_not_the_worker(
     assert [w["pid"] for w in workers] == [worker.pid]
     assert {t["worker_id"] for t in trials} == {workers[0]["id"]}
     assert study["final_model"]["state"] == "ready", log.read_text()[-3000:]
+
+
+def _options(tmp_path: Path) -> TrainerOptions:
+    return TrainerOptions(
+        worker_id="test",
+        tf_threads=1,
+        keras_dir=tmp_path / "keras",
+        cache_dir=tmp_path / "cache",
+        allow_downloads=False,
+        log_level="INFO",
+        log_format="text",
+    )
+
+
+def test_a_late_prune_or_stop_ends_training_at_the_next_boundary(tmp_path: Path) -> None:
+    """Reports do not wait for the service: the trainer goes on and acts on the answer
+    when it arrives. With a service that takes 1 s an answer, a prune answered to epoch 2
+    ends a 200-epoch trial a few epochs later (a trainer that waited would stop at
+    exactly 2); a stop asked by the worker ends the next trial."""
+    trainer = Trainer(_options(tmp_path))
+    try:
+        assert trainer.poll_ready(timeout_s=120)
+        seen: list[int] = []
+
+        def slow_service(epoch: int, value: float, metrics: dict[str, float]) -> str:
+            seen.append(epoch)
+            time.sleep(1.0)
+            return "prune" if epoch == 2 else "continue"
+
+        job = _job(GOOD, epochs=200).model_dump(mode="json")
+        kind, fields = trainer.run(("trial", job, None), on_epoch=slow_service)
+        assert kind == "outcome" and fields["state"] == "pruned", fields
+        assert 2 < fields["epochs_run"] < 100, fields
+        assert seen[:2] == [1, 2]
+
+        stop_after = time.monotonic() + 1.0
+        kind, fields = trainer.run(
+            ("trial", job, None), should_stop=lambda: time.monotonic() > stop_after
+        )
+        assert fields["state"] == "stopped" and fields["epochs_run"] < 200, fields
+        assert trainer.jobs == 2 and trainer.alive()  # the same trainer, warm
+    finally:
+        trainer.close()
+    assert not trainer.alive()
+
+
+def test_trainers_are_recycled_after_max_trials_and_the_study_completes(
+    fresh_api: object, tmp_path: Path
+) -> None:
+    server: Api = fresh_api()  # type: ignore[operator]
+    log = tmp_path / "worker.log"
+    with server.client() as client:
+        r = client.post(
+            "/studies",
+            json={
+                "name": "recycled",
+                "dataset": "iris",
+                "n_trials": 6,
+                "epochs": 1,
+                "sanity_check": False,
+                "sampler": "random",
+            },
+        )
+        assert r.status_code == 201, r.text
+        study_id = r.json()["id"]
+        worker = start_worker(server.url, log, trainer_max_trials="2")
+        try:
+            wait_for(
+                lambda: (
+                    client.get(f"/studies/{study_id}").json()["final_model"]["state"]
+                    in ("ready", "failed")
+                ),
+                300,
+                "the study and its final model",
+            )
+        finally:
+            stop(worker)
+        study = client.get(f"/studies/{study_id}").json()
+    assert study["trials"]["complete"] == 6 and study["final_model"]["state"] == "ready", study
+    text = log.read_text()
+    ready = re.findall(r"trainer (\d+) ready in", text)
+    replaced = re.findall(r"replacing trainer (\d+) after (\d+) jobs", text)
+    # A successor starts during its predecessor's last job and takes over once it is
+    # ready (until then the old one takes more jobs): 7 jobs, at least 2 trainers.
+    assert len(set(ready)) == len(ready) >= 2, text[-3000:]
+    assert replaced and all(int(jobs) >= 2 for _, jobs in replaced), replaced
+    # Every trainer that retired had a successor ready: none died, no trial failed.
+    assert "trainer killed" not in text and "trainer exited" not in text
