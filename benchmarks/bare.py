@@ -18,40 +18,17 @@ def main(argv: list[str]) -> int:
     quiet_tensorflow()
     pin_tensorflow(1)
     from benchmarks.overhead import bare_fit
-    from search_space.catalog import BUILTIN_DATASETS
-    from service.protocol import Lease, ModelRef
-    from service.states import JobKind
+    from tests.support import trial_lease
     from workers.data import load
 
     data = load("digits")
     configs = json.loads(path.read_text())
 
-    def job(params: dict, n_epochs: int) -> Lease:
-        return Lease(
-            kind=JobKind.TRIAL,
-            job_id=1,
-            trial_id=1,
-            number=0,
-            study_id=1,
-            study_name="bare",
-            params=params,
-            dataset=BUILTIN_DATASETS["digits"],
-            model=ModelRef(family="mlp"),
-            epochs=n_epochs,
-            metric="val_accuracy",
-            direction="maximize",
-            seed=7,
-            lease_seconds=60,
-            trial_time_limit_s=None,
-            tensorboard=False,
-            max_model_params=10_000_000,
-        )
-
-    bare_fit(job(configs[0], 1), data)  # warm: TensorFlow's first trace is not a trial's
+    bare_fit(trial_lease(configs[0], 1), data)  # warm: TensorFlow's first trace is not a trial's
     print("ready", flush=True)
     sys.stdin.readline()
     for params in configs[index::count]:
-        bare_fit(job(params, epochs), data)
+        bare_fit(trial_lease(params, epochs), data)
     return 0
 
 

@@ -8,10 +8,13 @@ batch size and schedule. Both are warm: a first trial and a first bare fit are t
 away, so neither pays for TensorFlow's start or the data set's first load.
 
 The service time is split into the lease call, the epoch reports, the ``complete`` call
-(which stores the trial's history as an artifact) and the rest, spent in the worker:
-its per-batch stop check, its heartbeat thread, and freeing the model after the trial
-(``keras.backend.clear_session`` and a garbage collection, which a loop of bare fits
-would also need before long but which is not timed on the bare side).
+(which stores the trial's history as an artifact) and the rest. The worker trains in its
+trainer process and sends the epoch reports while the trainer trains on, so the reports'
+time runs beside the trial, not in it; the trainer frees the model after sending its
+result, while the worker completes and leases the next trial. The trainer also moves the
+objects of its start (TensorFlow's modules) out of the garbage collector's reach
+(``gc.freeze``), which a bare script does not: its collections during ``fit`` are
+cheaper, and a trial can take less than the bare fit.
 """
 
 from __future__ import annotations

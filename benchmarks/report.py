@@ -86,7 +86,9 @@ def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]
         f"{len(res['rows'])} configurations from the default space, {p['epochs']} epochs "
         "each on `digits`, one TensorFlow thread. *Bare*: build, compile and `model.fit` in "
         "a warm process. *Service*: the same model as a trial, from the lease request to "
-        "the answer of `complete` (worker side, SQLite, one epoch report each epoch).",
+        "the answer of `complete` (worker side, SQLite, one epoch report each epoch; the "
+        "worker sends the reports while its trainer process trains on, so *reports s* is "
+        "time spent beside the trial, not in it).",
         "",
         *_table(
             [
@@ -109,7 +111,8 @@ def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]
         f"{_f(s['median_overhead_per_epoch_ms'], 1)} ms per epoch. Medians of the calls: "
         f"lease {_f(s['median_lease_ms'], 1)} ms, an epoch report "
         f"{_f(s['median_report_ms'], 1)} ms, complete {_f(s['median_complete_ms'], 1)} ms; "
-        "the rest of the overhead is the worker's own (see the method in "
+        "a negative overhead is a trial faster than the bare fit (the trainer keeps its "
+        "start-up objects out of the garbage collector; see the method in "
         "`benchmarks/overhead.py`).",
     ]
     plt = _plt()

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from service.storage.migrate import migrate
+
+if TYPE_CHECKING:
+    from service.protocol import Lease
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -238,3 +242,38 @@ class Postgres:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def trial_lease(
+    params: dict[str, Any],
+    epochs: int = 3,
+    *,
+    dataset: str = "digits",
+    family: str = "mlp",
+    metric: str = "val_accuracy",
+    time_limit_s: float | None = None,
+) -> Lease:
+    """A trial's lease as the service would hand it out, for training without one."""
+    from search_space.catalog import BUILTIN_DATASETS
+    from service.protocol import Lease, ModelRef
+    from service.states import JobKind
+
+    return Lease(
+        kind=JobKind.TRIAL,
+        job_id=1,
+        trial_id=1,
+        number=0,
+        study_id=1,
+        study_name="t",
+        params=params,
+        dataset=BUILTIN_DATASETS[dataset],
+        model=ModelRef(family=family),
+        epochs=epochs,
+        metric=metric,
+        direction="minimize" if metric.endswith(("loss", "mae")) else "maximize",
+        seed=7,
+        lease_seconds=60,
+        trial_time_limit_s=time_limit_s,
+        tensorboard=False,
+        max_model_params=10_000_000,
+    )

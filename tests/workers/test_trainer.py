@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, Api, start_worker, stop, wait_for
-from tests.workers.test_training import GOOD, _job
+from tests.support import REPO, Api, start_worker, stop, trial_lease, wait_for
+from tests.workers.test_training import GOOD
 from workers.supervisor import Trainer, TrainerOptions
 
 pytestmark = [pytest.mark.slow]
@@ -98,7 +98,7 @@ def test_a_dying_trainer_fails_its_trial_not_the_worker(
                 "epochs": 2,
                 "seed": 1,
                 "sanity_check": False,
-                "trial_time_limit_s": 8,
+                "trial_time_limit_s": 20,
                 "model": {"family": "hostile"},
             },
         )
@@ -125,7 +125,7 @@ def test_a_dying_trainer_fails_its_trial_not_the_worker(
     assert reasons[1].startswith("trainer killed: its resident memory reached ")
     assert reasons[1].endswith("over 2 x HPO_TRAINER_MAX_RSS_MB (1,500 MiB) before training began")
     assert reasons[2] == (
-        "trainer killed: the trial ran past its time limit of 8s plus a grace of 1s "
+        "trainer killed: the trial ran past its time limit of 20s plus a grace of 1s "
         "(HPO_TRAINER_GRACE_S) during epoch 1"
     )
     assert reasons[3] == (
@@ -164,7 +164,7 @@ def test_a_late_prune_or_stop_ends_training_at_the_next_boundary(tmp_path: Path)
             time.sleep(1.0)
             return "prune" if epoch == 2 else "continue"
 
-        job = _job(GOOD, epochs=200).model_dump(mode="json")
+        job = trial_lease(GOOD, epochs=200).model_dump(mode="json")
         kind, fields = trainer.run(("trial", job, None), on_epoch=slow_service)
         assert kind == "outcome" and fields["state"] == "pruned", fields
         assert 2 < fields["epochs_run"] < 100, fields

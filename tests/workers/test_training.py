@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from search_space.catalog import BUILTIN_DATASETS
-from service.protocol import Lease, ModelRef
-from service.states import JobKind
+from tests.support import trial_lease
 from workers.data import DataSource, Split, load
 from workers.training import train_trial
 
@@ -32,34 +31,7 @@ def digits() -> Split:
     return load("digits")
 
 
-def _job(
-    params: dict[str, Any],
-    epochs: int = 3,
-    *,
-    dataset: str = "digits",
-    family: str = "mlp",
-    metric: str = "val_accuracy",
-    time_limit_s: float | None = None,
-) -> Lease:
-    return Lease(
-        kind=JobKind.TRIAL,
-        job_id=1,
-        trial_id=1,
-        number=0,
-        study_id=1,
-        study_name="t",
-        params=params,
-        dataset=BUILTIN_DATASETS[dataset],
-        model=ModelRef(family=family),
-        epochs=epochs,
-        metric=metric,
-        direction="minimize" if metric.endswith(("loss", "mae")) else "maximize",
-        seed=7,
-        lease_seconds=60,
-        trial_time_limit_s=time_limit_s,
-        tensorboard=False,
-        max_model_params=10_000_000,
-    )
+_job = trial_lease
 
 
 def test_trains_and_reports_every_epoch(digits: Split) -> None:
