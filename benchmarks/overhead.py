@@ -2,10 +2,11 @@
 
 A real ``hpo api`` (SQLite) hands the configurations out as enqueued trials of one study;
 a real worker loop in this process trains them, and the time from the lease request to
-the answer of ``complete`` is the trial's service time. The same process then builds and
-fits each leased model again with nothing around it: same parameters, seed, data, epochs,
-batch size and schedule. Both are warm: a first trial and a first bare fit are thrown
-away, so neither pays for TensorFlow's start or the data set's first load.
+the answer of ``complete`` is the trial's service time. Right after each trial, the same
+process builds and fits the leased model again with nothing around it: same parameters,
+seed, data, epochs, batch size and schedule (pairs back to back, so a shared machine's
+drift touches both sides alike). Both are warm: a first pair is thrown away, so neither
+pays for TensorFlow's start or the data set's first load.
 
 The service time is split into the lease call, the epoch reports, the ``complete`` call
 (which stores the trial's history as an artifact) and the rest. The worker trains in its
@@ -131,17 +132,25 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
             enqueue=configs,
         )
         worker = in_process_worker(api.url, tmp, client_class=_timed_client())
-        worker.run(max_trials=n + 1, exit_when_idle=True)
-    client = worker.client
+        client = worker.client
+        bare: dict[int, tuple[float, float]] = {}
+        try:
+            # One trial in the service, then the same model bare, and so on: pairs run
+            # back to back, so the machine's drift over the run touches both sides alike.
+            for _ in range(n + 1):
+                worker.run(max_trials=1, exit_when_idle=True, keep_trainer=True)
+                job = client.jobs[-1]
+                bare[job.trial_id] = bare_fit(job, data)
+        finally:
+            worker.close()
     if len(client.seconds) != n + 1:
         raise RuntimeError(
             f"{len(client.seconds)} of {n + 1} trials completed (study {study['name']})"
         )
-    jobs = client.jobs[1:]  # the first trial warmed the worker up
-    bare_fit(client.jobs[0], data)  # and this warms the bare path up
+    jobs = client.jobs[1:]  # the first pair warmed the trainer and the bare path up
     rows = []
     for job in jobs:
-        total, fit = bare_fit(job, data)
+        total, fit = bare[job.trial_id]
         service = client.seconds[job.trial_id]
         rows.append(
             {

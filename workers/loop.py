@@ -32,6 +32,9 @@ from workers.uploads import DatasetUnavailable, cached_upload
 
 log = logging.getLogger(__name__)
 
+MAX_FAILED_STARTS = 3
+"""Trainers in a row that die before they are ready, after which the worker exits (3)."""
+
 
 class _Heartbeat:
     """Renews the lease between epoch reports, so a long epoch is not taken for a dead
@@ -78,6 +81,7 @@ class Worker:
                 "token on every call of the trial protocol"
             )
         self.exit_code = 0
+        self._failed_starts = 0
         self.client = ServiceClient(
             settings.api_url,
             worker=self.identity,
@@ -114,9 +118,16 @@ class Worker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def run(self, *, max_trials: int | None = None, exit_when_idle: bool = False) -> int:
+    def run(
+        self,
+        *,
+        max_trials: int | None = None,
+        exit_when_idle: bool = False,
+        keep_trainer: bool = False,
+    ) -> int:
         """Work until stopped (or after ``max_trials``, or when idle with ``exit_when_idle``).
-        Returns the number of trials this worker finished."""
+        Returns the number of trials this worker finished. ``keep_trainer`` leaves the
+        trainer warm for another ``run`` (then ``close()`` when done)."""
         self.trainers.warm()  # TensorFlow loads in the trainer while the worker leases
         done = 0
         log.info("worker %s pulling from %s", self.identity.id, self.settings.api_url)
@@ -145,9 +156,14 @@ class Worker:
                 self._run_one(job)
                 done += 1
         finally:
-            self.client.close()
-            self.trainers.close()
+            if not keep_trainer:
+                self.close()
         return done
+
+    def close(self) -> None:
+        """End the trainer and the HTTP client (``run`` does unless ``keep_trainer``)."""
+        self.client.close()
+        self.trainers.close()
 
     def _prefetch(self, info: DatasetInfo) -> None:
         """An uploaded data set into the cache, for the trainer to read (the others are
@@ -229,9 +245,13 @@ class Worker:
             if trainer is not None:
                 self.trainers.lost(trainer)
             log.error("trial %s: %s", trial_id, exc)
+            if exc.starting:  # this host cannot train: give the trial to another worker
+                self._trainer_would_not_start(exc)
+                return Outcome("stopped", reason=f"this worker's trainer cannot start: {exc}")
             if self._stopping.is_set():  # the host is going down, not the trial
                 return Outcome("stopped", reason=f"worker stopping ({exc})")
             return Outcome("fail", reason=str(exc), epochs_run=reported[0])
+        self._failed_starts = 0
         outcome = Outcome(**fields)
         if Action.PRUNE in answers and outcome.state != "pruned":
             # The service pruned it at the epoch it judged; the trainer heard it later.
@@ -275,7 +295,28 @@ class Worker:
         except DatasetUnavailable as exc:  # another worker may have it
             self._job_release(job, str(exc))
         except TrainerDied as exc:
-            self._job_fail(job, str(exc))
+            if exc.starting:
+                self._trainer_would_not_start(exc)
+                self._job_release(job, f"this worker's trainer cannot start: {exc}")
+            else:
+                self._job_fail(job, str(exc))
+
+    def _trainer_would_not_start(self, exc: TrainerDied) -> None:
+        """A trainer that dies before TensorFlow is loaded is this host's problem (a broken
+        install, no memory): the job goes back, and after a few in a row the worker stops
+        instead of taking work it cannot do."""
+        self._failed_starts += 1
+        if self._failed_starts >= MAX_FAILED_STARTS:
+            log.error(
+                "stopping: %d trainers in a row died before they were ready (%s); the "
+                "trainer's output above says why",
+                self._failed_starts,
+                exc,
+            )
+            self.exit_code = 3
+            self._stopping.set()
+        else:
+            self._stopping.wait(self.settings.poll_interval_s)
 
     def _job_release(self, job: Lease, reason: str) -> None:
         log.error("%s job %s: %s", job.kind, job.job_id, reason)

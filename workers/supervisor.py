@@ -48,7 +48,12 @@ _MIB = 2**20
 
 
 class TrainerDied(RuntimeError):
-    """The trainer ended (or was ended) before it answered; the message says why."""
+    """The trainer ended (or was ended) before it answered; the message says why.
+    ``starting``: it died before it was ready, which says nothing about the job."""
+
+    def __init__(self, message: str, *, starting: bool = False) -> None:
+        super().__init__(message)
+        self.starting = starting
 
 
 @dataclass
@@ -150,7 +155,7 @@ class Trainer:
                     continue
                 message = self.conn.recv()
             except (EOFError, OSError):
-                raise TrainerDied(self._death("while starting")) from None
+                raise TrainerDied(self._death("while starting"), starting=True) from None
             if message[0] == "ready":
                 self.ready = True
                 log.info("trainer %s ready in %.1fs", self.pid, time.monotonic() - self.started)
