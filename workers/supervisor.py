@@ -279,16 +279,12 @@ class Trainers:
         if self.current is None:
             self.current = self._new()
 
-    def _retiring(self, trainer: Trainer) -> bool:
+    def _over(self, trainer: Trainer, *, jobs_ahead: int = 0, share: float = 1.0) -> bool:
+        """Has it run ``max_trials`` jobs (counting ``jobs_ahead``), or passed ``share`` of
+        ``max_rss_mb``? (1.0 and 0: it retires; 1 and ``SPARE_AT``: a successor starts.)"""
         rss = trainer.rss_mib()
-        return trainer.jobs >= self.max_trials or (
-            self.max_rss_mb is not None and rss is not None and rss >= self.max_rss_mb
-        )
-
-    def _soon_retiring(self, trainer: Trainer) -> bool:
-        rss = trainer.rss_mib()
-        return trainer.jobs + 1 >= self.max_trials or (
-            self.max_rss_mb is not None and rss is not None and rss >= SPARE_AT * self.max_rss_mb
+        return trainer.jobs + jobs_ahead >= self.max_trials or (
+            self.max_rss_mb is not None and rss is not None and rss >= share * self.max_rss_mb
         )
 
     def _spare_ready(self) -> bool:
@@ -312,7 +308,7 @@ class Trainers:
         if current is not None and not current.alive():
             current.conn.close()
             current = None
-        if current is not None and self._retiring(current) and self._spare_ready():
+        if current is not None and self._over(current) and self._spare_ready():
             log.info(
                 "replacing trainer %s after %d jobs (%.0f MiB)",
                 current.pid,
@@ -329,7 +325,7 @@ class Trainers:
         except TrainerDied:
             self.current = None
             raise
-        if self.spare is None and self._soon_retiring(current):
+        if self.spare is None and self._over(current, jobs_ahead=1, share=SPARE_AT):
             self.spare = self._new()
         return current
 
