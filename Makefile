@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 LINTED := service search_space workers migrations tests benchmarks
 
-.PHONY: up test test-fast lint format bench bench-quality clean
+.PHONY: up test test-fast lint format bench bench-quality bench-advice fuzz soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -63,6 +63,26 @@ bench: $(VENV)/.installed-bench
 # Search quality against the peers at an equal budget (about 40 minutes on 2 cores).
 bench-quality: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks --size full --only quality
+
+# Whether the study report's advice pays: a study, its report, its suggested spec run
+# (about 15 minutes on 2 cores).
+bench-advice: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks --size full --only advice
+
+# schemathesis at 1,000 examples an operation, then its stateful mode following the links
+# between operations, against a real API (under 20 minutes on 2 cores); its section of
+# benchmarks/RESULTS.md says what it found.
+fuzz: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks --size full --only fuzz
+
+# The soak with faults (about 35 minutes on 2 cores): PostgreSQL, two API processes, 50
+# studies, 24 simulated and 2 real workers, while workers, an API process and the database
+# are killed and restarted; then every study is checked (benchmarks/soak_check.py). Longer:
+# make soak SOAK_ARGS="--minutes 120 --studies 200".
+soak: $(VENV)/.installed-bench
+	scripts/ensure-test-tools.sh postgresql
+	$(BIN)/python -m benchmarks.soak --size full $(SOAK_ARGS)
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

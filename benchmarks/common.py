@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -149,9 +149,24 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def main(
-    name: str, sizes: dict[str, dict[str, Any]], run: Runner, argv: list[str] | None = None
+    name: str,
+    sizes: dict[str, dict[str, Any]],
+    run: Runner,
+    argv: list[str] | None = None,
+    *,
+    options: Mapping[str, tuple[Callable[[str], Any], str]] | None = None,
+    verdict: Callable[[dict[str, Any]], str | None] | None = None,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    after: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """The command line of one benchmark: run it at ``--size`` and write its JSON."""
+    """The command line of one benchmark: run it at ``--size`` and write its JSON.
+
+    ``options`` (parameter: (type, help)) become ``--parameter`` flags that override the
+    size's value (the type converts the flag's text; ``bool`` makes a flag without a
+    value); ``prepare(params)`` returns the parameters the run gets (and its JSON
+    records) from the size's and the flags'; ``verdict(result)``, when it returns a
+    message, fails the command (exit 1) once the JSON is written; ``after(document)`` runs
+    last, once the JSON is written."""
     parser = argparse.ArgumentParser(
         prog=f"python -m benchmarks.{name}",
         description=(sys.modules[run.__module__].__doc__ or "").strip().splitlines()[0],
@@ -169,8 +184,17 @@ def main(
         default=RESULTS_DIR,
         help=f"where {name}.json goes (default: {RESULTS_DIR})",
     )
+    for key, (kind, text) in (options or {}).items():
+        flag = "--" + key.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, dest=key, help=text)
+            continue
+        parser.add_argument(flag, type=kind, dest=key, help=f"{text} (default: the size's)")
     args = parser.parse_args(argv)
-    params = sizes[args.size]
+    params = dict(sizes[args.size])
+    params.update({k: getattr(args, k) for k in options or {} if getattr(args, k) is not None})
+    if prepare is not None:
+        params = prepare(params)
     started = time.monotonic()
     print(f"[{name}] size {args.size}: {params}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"hpo-bench-{name}-") as tmp:
@@ -188,7 +212,12 @@ def main(
     path = args.out / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
     print(f"[{name}] done in {document['duration_s']} s: {path}", flush=True)
-    return 0
+    problem = verdict(result) if verdict is not None else None
+    if problem:
+        print(f"[{name}] FAILED: {problem}", file=sys.stderr, flush=True)
+    if after is not None:
+        after(document)
+    return 1 if problem else 0
 
 
 # --- real services ----------------------------------------------------------------------
@@ -303,3 +332,15 @@ def default_space_configs(n: int, seed: int) -> list[dict[str, Any]]:
         params = suggest(study.ask(), space)
         configs.append({k: v for k, v in params.items() if k in BRIEF_PARAMS})
     return configs
+
+
+def wait_pulling(logs: list[Path], timeout_s: float = 120) -> None:
+    """Until every worker is asking for work (its log says it is pulling). Not from GET
+    /workers: a worker that has polled and found nothing is not recorded there."""
+    expected = len(logs)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(log.exists() and "pulling from" in log.read_text() for log in logs):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"{expected} workers did not come up in {timeout_s}s")

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import create_study, get_study, main, running_api, user_client
+from benchmarks.common import create_study, get_study, main, running_api, wait_pulling
 from tests.support import start_worker, stop
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -52,12 +52,7 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
         )
         process = psutil.Process(worker.pid)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:  # until it has asked for work once
-                with user_client(api) as c:
-                    if c.get("/workers").json():
-                        break
-                time.sleep(0.2)
+            wait_pulling([tmp / "worker.log"])  # until it asks for work
             idle_mib, _ = _tree_mib(process)
             study = create_study(
                 api,

@@ -57,6 +57,7 @@ def _timed_client() -> type:
             self.report_s: dict[int, float] = {}
             self.lease_s: dict[int, float] = {}
             self.complete_s: dict[int, float] = {}
+            self.probe_s: dict[int, float] = {}
 
         def lease(self) -> Any:
             t0 = time.perf_counter()
@@ -76,6 +77,7 @@ def _timed_client() -> type:
             return action
 
         def complete(self, trial_id: int, **kwargs: Any) -> TrialResult:
+            self.probe_s[trial_id] = kwargs.get("diagnostics_s") or 0.0
             t0 = time.perf_counter()
             answer = super().complete(trial_id, **kwargs)
             self.complete_s[trial_id] = time.perf_counter() - t0
@@ -163,6 +165,8 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 "lease_s": round(client.lease_s[job.trial_id], 4),
                 "reporting_s": round(client.report_s.get(job.trial_id, 0.0), 4),
                 "complete_s": round(client.complete_s[job.trial_id], 4),
+                "probe_s": round(client.probe_s[job.trial_id], 4),
+                "probe_share": round(client.probe_s[job.trial_id] / fit, 4),
                 "overhead_s": round(service - total, 4),
                 "ratio": round(service / total, 4),
             }
@@ -181,6 +185,9 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
             ),
             "median_lease_ms": round(statistics.median(1000 * r["lease_s"] for r in rows), 2),
             "median_complete_ms": round(statistics.median(1000 * r["complete_s"] for r in rows), 2),
+            # The probe (diagnostics) as a share of the bare fit's training time.
+            "median_probe_share": round(statistics.median(r["probe_share"] for r in rows), 4),
+            "max_probe_share": round(max(r["probe_share"] for r in rows), 4),
         },
     }
 

@@ -1,29 +1,52 @@
-"""Search quality at an equal budget: the service against KerasTuner and Optuna's random
-sampler, on ``digits``, each with the same budget of training epochs.
+"""Search quality at an equal budget of epochs: the service against Optuna and KerasTuner.
 
-Every method searches the same space (the service's default one: learning rate, optimizer,
-learning-rate schedule and its decay rate, dropout, weight init) and builds every model
-with the same builder (``workers.training.compiled_model``) on the same split, each trial
-training up to ``epochs`` epochs with batch size 64:
+python -m benchmarks.quality [--size smoke|full] [--dataset NAME|FILE [--label COLUMN]
+    [--task classification|regression]] [--budget EPOCHS] [--seeds N]
+    [--methods M1,M2,...] [--summary]
 
-- the service: a real ``hpo api`` and a real worker loop, TPE with each of its pruners;
-- KerasTuner ``RandomSearch`` and ``Hyperband`` (max_epochs = ``epochs``, factor 3);
-- plain Optuna with its ``RandomSampler`` and no pruner.
+Every method searches the same space (the service's default one,
+``SearchSpace.parse(None, None)``) and builds every model with the same builder
+(``workers.training.compiled_model``) on the same split (``workers.data``), each trial
+training up to ``epochs`` epochs with batch size 64; every epoch trained counts against
+the search's budget of epochs:
 
-A method's epochs are counted as they run; when the budget is spent the search stops (the
-service's study is stopped through its API; a trial cut short there is given back, not
-counted). The best configuration each method names is then retrained on train +
-validation and scored once on the test split, by the same code for all
-(``workers.jobs.train_final``, what the service's final model does).
+- ``service``: a real ``hpo api`` and a real worker loop (``benchmarks.quality_methods``),
+  a study with the service's defaults and ``epoch_budget``: the service itself starts no
+  trial whose epochs no longer fit and completes the study; its ``best`` is the winner.
+  The worker's client counts the epochs its trials trained (never more than the budget).
+- ``service -priors``, ``service -reevaluate``, ``service -pruner``: the same with one of
+  the service's improvements off (``"priors": false``, ``"reevaluate_top": 0``, the plain
+  ``median`` pruner).
+- ``optuna tpe+median``: plain Optuna in the search's process, ``TPESampler(seed)`` and
+  ``MedianPruner()`` with Optuna's defaults, ``trial.report`` after every epoch and
+  ``trial.should_prune()`` from a Keras callback; ``optuna random``: ``RandomSampler``, no
+  pruner.
+- ``keras-tuner random``, ``keras-tuner hyperband`` (max_epochs = ``epochs``, factor 3),
+  ``keras-tuner bayesian``: KerasTuner's ``RandomSearch``, ``Hyperband`` and
+  ``BayesianOptimization``.
 
-Runs go three at a time on the two cores (two at a time left a third of the CPU idle
-while runs waited on HTTP, the database and process starts), TensorFlow on one thread
-each; so the wall times compare the methods with each other, not with a quiet machine.
+The peers stop when their budget is spent (the trial running then is cut short: Optuna
+tells it pruned, KerasTuner scores what it trained); the service only starts a trial that
+fits, so it may leave up to ``epochs - 1`` epochs unused (the *epochs used* column). The
+objective is the data set's default: validation accuracy, maximised, for classification;
+validation MAE (in the target's units), minimised, for regression. The best configuration
+each method names is then retrained on train + validation and scored once on the test
+split, by the same code for all (``workers.jobs.train_final``, what the service's final
+model does): test accuracy, or test MAE.
+
+Each search runs in a process of its own, three at a time on the two cores (two at a time
+left a third of the CPU idle while runs waited on HTTP, the database and process starts),
+TensorFlow on one thread each; so the wall times compare the methods with each other, not
+with a quiet machine. The summary gives, per data set, budget and method, mean and sd over
+the seeds, and for every method but ``service`` the paired count of the seeds on which
+``service`` scored strictly better on test (ties apart).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -31,398 +54,316 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    HERE,
-    create_study,
-    get_study,
-    in_process_worker,
-    main,
-    pin_tensorflow,
-    quiet_tensorflow,
-    running_api,
-    user_client,
-)
+from benchmarks import quality_data
+from benchmarks.common import HERE, main
+from benchmarks.quality_methods import ABLATED_PRUNER, ABLATIONS, METHODS, PEERS, SERVICE
+from service.errors import ServiceError
 
-METHODS = [
-    "service tpe+median",
-    "service tpe+hyperband",
-    "service tpe+successive_halving",
-    "keras-tuner random",
-    "keras-tuner hyperband",
-    "optuna random",
-]
+__all__ = ["ABLATED_PRUNER", "ABLATIONS", "METHODS", "PEERS", "SERVICE", "SIZES"]
 
+FULL_DATASETS = ["digits", "wine", "breast_cancer", "diabetes"]
 SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {"budget": 4, "epochs": 2, "seeds": [0], "lanes": 2, "methods": METHODS},
-    "full": {"budget": 400, "epochs": 20, "seeds": [0, 1, 2], "lanes": 3, "methods": METHODS},
+    "smoke": {
+        "datasets": ["wine"],
+        "budgets": [4],
+        "epochs": 2,
+        "seeds": [0],
+        "lanes": 3,
+        "methods": METHODS,
+    },
+    "full": {
+        "datasets": FULL_DATASETS,
+        "budgets": [100, 400],
+        "epochs": 20,
+        "seeds": [0, 1, 2, 3, 4],
+        "lanes": 3,
+        "methods": METHODS,
+    },
 }
 
 
-class Budget:
-    """Epochs spent so far by one search, against its budget."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-
-    @property
-    def spent(self) -> bool:
-        return self.used >= self.budget
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _counter(budget: Budget) -> Any:
-    import keras
-
-    class CountEpochs(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            budget.used += 1
-            if budget.spent:
-                self.model.stop_training = True
-
-    return CountEpochs()
+def _budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(part) for part in _list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number of epochs: {text!r}") from exc
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"budgets are positive numbers of epochs: {text!r}")
+    return budgets
 
 
-def assignment(params: dict[str, Any], epochs: int, seed: int, data: Any) -> Any:
-    from service.protocol import Lease, ModelRef
-    from service.states import JobKind
-
-    return Lease(
-        kind=JobKind.TRIAL,
-        job_id=0,
-        trial_id=None,
-        number=None,
-        study_id=0,
-        study_name="quality",
-        params=params,
-        dataset=data.info,
-        model=ModelRef(family="mlp"),
-        epochs=epochs,
-        metric="val_accuracy",
-        direction="maximize",
-        seed=seed,
-        lease_seconds=600,
-        trial_time_limit_s=None,
-        tensorboard=False,
-        max_model_params=10**9,
-    )
+def _task(text: str) -> str:
+    if text not in ("classification", "regression"):
+        raise argparse.ArgumentTypeError(f"classification or regression, not {text!r}")
+    return text
 
 
-def _fit(params: dict[str, Any], seed: int, data: Any, epochs: int, budget: Budget) -> float:
-    """Build and fit one configuration as a trial does; its last validation accuracy."""
-    import keras
-
-    from search_space.keras_builder import schedule_callbacks
-    from workers.training import compiled_model
-
-    model = compiled_model(assignment(params, epochs, seed, data), data)
-    history = model.fit(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
-        epochs=epochs,
-        batch_size=64,
-        shuffle=True,
-        verbose=0,
-        callbacks=[_counter(budget), *schedule_callbacks(params)],
-    )
-    keras.backend.clear_session(free_memory=True)
-    return float(history.history["val_accuracy"][-1])
-
-
-# --- the methods: each returns best_val, best_params, trials (and pruned) ----------------
-
-
-def _service(
-    pruner: str, seed: int, budget: Budget, epochs: int, data: Any, tmp: Path
-) -> dict[str, Any]:
-    from service.states import Action
-    from workers.client import ServiceClient
-
-    with running_api(tmp / "api") as api:
-        started = time.perf_counter()  # the API's start is not the search's
-        study = create_study(
-            api,
-            name=f"quality-{pruner}-{seed}",
-            dataset="digits",
-            n_trials=budget.budget,
-            epochs=epochs,
-            sampler="tpe",
-            pruner=pruner,
-            seed=seed,
-            sanity_check=False,
+def _methods(text: str) -> list[str]:
+    methods = _list(text)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {unknown or text!r}; the methods: {', '.join(METHODS)}"
         )
+    return [m for m in METHODS if m in methods]  # in the benchmark's order
 
-        stopped: list[bool] = []
 
-        class BudgetClient(ServiceClient):
-            """Counts the epochs reported; stops the study when the budget is spent."""
+OPTIONS: dict[str, tuple[Any, str]] = {
+    "dataset": (
+        _list,
+        f"a built-in data set ({', '.join(quality_data.BUILTIN)}) or a CSV (with --label) "
+        "or NPZ file; comma-separated for several",
+    ),
+    "label": (str, "the label column of a CSV data set"),
+    "task": (
+        _task,
+        "classification or regression, for a file (else, as the service decides: "
+        "whole-number or text labels classify, fractional ones regress)",
+    ),
+    "budget": (_budgets, "the epochs each search may train; comma-separated for several"),
+    "seeds": (int, "how many seeds, 0 to N - 1"),
+    "methods": (_methods, f"a comma-separated subset of: {', '.join(METHODS)}"),
+    "epochs": (int, "the epochs of a trial at most"),
+    "lanes": (int, "how many searches run at once"),
+    "summary": (bool, "print, last, one JSON line per method, data set and budget"),
+}
 
-            def lease(self) -> Any:
-                job = super().lease()
-                if job is not None and job.kind != "trial":  # no final model here
-                    self.job_release(job.job_id, reason="benchmark")
-                    return None
-                return job
 
-            def report(
-                self, trial_id: int, epoch: int, value: float, metrics: dict[str, float]
-            ) -> Action:
-                action = super().report(trial_id, epoch, value, metrics)
-                budget.used += 1
-                if budget.spent and not stopped:
-                    stopped.append(True)
-                    with user_client(api) as c:
-                        c.post(f"/studies/{study['id']}/stop").raise_for_status()
-                    # A trial whose last epoch this was completes; one cut short goes back.
-                    if action == Action.CONTINUE and epoch < epochs:
-                        return Action.STOP
-                return action
+def prepare(params: dict[str, Any]) -> dict[str, Any]:
+    """The run's parameters from the size's and the flags' (``--dataset`` and
+    ``--budget`` replace the lists, ``--seeds N`` is seeds 0 to N - 1); each data set is
+    checked here, before any search starts."""
+    p = dict(params)
+    if "dataset" in p:
+        p["datasets"] = p.pop("dataset")
+    if "budget" in p:
+        p["budgets"] = p.pop("budget")
+    if isinstance(p["seeds"], int):
+        p["seeds"] = list(range(p["seeds"]))
+    p["summary"] = bool(p.get("summary"))
+    problems = []
+    if not p["seeds"]:
+        problems.append("--seeds must be at least 1")
+    if min(p["budgets"]) < p["epochs"]:
+        problems.append(f"a budget ({min(p['budgets'])}) below one trial's {p['epochs']} epochs")
+    for spec in p["datasets"]:
+        try:
+            quality_data.task(quality_data.resolve(spec, p.get("label"), p.get("task")))
+        except (ValueError, OSError, ServiceError) as exc:  # a file the service would refuse
+            problems.append(str(exc))
+    if problems:
+        raise SystemExit("benchmarks.quality: " + "; ".join(problems))
+    return p
 
-        worker = in_process_worker(api.url, tmp, client_class=BudgetClient)
-        worker.run(exit_when_idle=True)
-        wall = time.perf_counter() - started
-        final = get_study(api, study["id"])
-    if final["best"] is None:
-        raise RuntimeError(f"study {study['name']} has no best trial: {final}")
-    counts = final["trials"]
+
+def _stats(values: list[float]) -> dict[str, float]:
     return {
-        "best_val": final["best"]["value"],
-        "best_params": final["best"]["params"],
-        "trials": counts["complete"] + counts["pruned"] + counts["fail"],
-        "pruned": counts["pruned"],
-        "wall_s": wall,
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
     }
 
 
-def _kt_params(hp: Any, space: Any) -> dict[str, Any]:
-    """The space's parameters through KerasTuner's define-by-run API (conditions kept: an
-    inactive parameter is not asked for)."""
-    from search_space import SearchSpace
-    from search_space.spec import Choices, Fixed, FloatRange, IntRange
-
-    params: dict[str, Any] = {}
-    for name, dim in space.dimensions:
-        if not SearchSpace.is_active(name, params, space.family):
+def _wins(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[str, int]:
+    """On how many seeds ``service`` scored strictly better on test than this method, in
+    the task's direction; equal scores are ties (seeds where either has no run are left
+    out)."""
+    theirs = {r["seed"]: r["test"] for r in mine}
+    wins = ties = losses = 0
+    for r in service:
+        if r["seed"] not in theirs:
             continue
-        if isinstance(dim, Fixed):
-            params[name] = dim.value
-        elif isinstance(dim, Choices):
-            params[name] = hp.Choice(name, list(dim.choices))
-        elif isinstance(dim, IntRange):
-            params[name] = hp.Int(
-                name, dim.low, dim.high, step=dim.step, sampling="log" if dim.log else "linear"
-            )
-        elif isinstance(dim, FloatRange):
-            params[name] = hp.Float(
-                name, dim.low, dim.high, step=dim.step, sampling="log" if dim.log else "linear"
-            )
-    return params
+        ours, other = r["test"], theirs[r["seed"]]
+        if ours == other:
+            ties += 1
+        elif (ours < other) if r["direction"] == "minimize" else (ours > other):
+            wins += 1
+        else:
+            losses += 1
+    return {"wins": wins, "ties": ties, "losses": losses, "paired": wins + ties + losses}
 
 
-def _keras_tuner(
-    kind: str, seed: int, budget: Budget, epochs: int, data: Any, tmp: Path
-) -> dict[str, Any]:
-    import keras_tuner as kt
-
-    from search_space import SearchSpace
-    from search_space.keras_builder import schedule_callbacks
-    from workers.training import compiled_model
-
-    space = SearchSpace.parse(None, None)
-    built = [0]
-
-    class HyperModel(kt.HyperModel):
-        def build(self, hp: Any) -> Any:
-            built[0] += 1
-            params = _kt_params(hp, space)
-            return compiled_model(assignment(params, epochs, seed * 10_000 + built[0], data), data)
-
-        def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-            kwargs["callbacks"] = [
-                *kwargs.get("callbacks", []),
-                *schedule_callbacks(_kt_params(hp, space)),
-            ]
-            return model.fit(*args, **kwargs)
-
-    def stop_when_spent(tuner: Any) -> None:
-        if budget.spent:  # the oracle then answers STOPPED to its next create_trial
-            tuner.oracle.max_trials = len(tuner.oracle.trials)
-
-    common = {
-        "objective": kt.Objective("val_accuracy", "max"),
-        "seed": seed,
-        "directory": str(tmp / "kt"),
-        "project_name": kind,
-        "overwrite": True,
-    }
-    tuner: Any
-    if kind == "random":
-
-        class Random(kt.RandomSearch):
-            def pre_create_trial(self) -> None:
-                stop_when_spent(self)
-
-        tuner = Random(HyperModel(), max_trials=10_000, **common)
-    else:
-
-        class Band(kt.Hyperband):
-            def pre_create_trial(self) -> None:
-                stop_when_spent(self)
-
-        tuner = Band(HyperModel(), max_epochs=epochs, factor=3, hyperband_iterations=1000, **common)
-    tuner.search(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
-        epochs=epochs,
-        batch_size=64,
-        shuffle=True,
-        verbose=0,
-        callbacks=[_counter(budget)],
-    )
-    best = tuner.oracle.get_best_trials(1)[0]
-    return {
-        "best_val": float(best.score),
-        "best_params": _kt_params(best.hyperparameters.copy(), space),
-        "trials": len(tuner.oracle.trials),
-        "pruned": None,
-    }
-
-
-def _optuna_random(seed: int, budget: Budget, epochs: int, data: Any) -> dict[str, Any]:
-    import optuna
-
-    from search_space import SearchSpace
-    from search_space.optuna_space import suggest
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = SearchSpace.parse(None, None)
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed)
-    )
-    while not budget.spent:
-        trial = study.ask()
-        params = suggest(trial, space)
-        study.tell(trial, _fit(params, seed * 10_000 + trial.number, data, epochs, budget))
-    return {
-        "best_val": study.best_value,
-        # Optuna's params hold the searched values; the fixed ones are a user attribute.
-        "best_params": {**study.best_trial.user_attrs["fixed_params"], **study.best_params},
-        "trials": len(study.trials),
-        "pruned": None,
-    }
-
-
-def one(method: str, seed: int, budget_epochs: int, epochs: int, tmp: Path) -> dict[str, Any]:
-    """One search: the method's best, the test accuracy of that configuration retrained,
-    the epochs it used and its wall time (the search only: not the process start)."""
-    quiet_tensorflow()
-    pin_tensorflow(1)
-    from workers.data import load
-    from workers.jobs import train_final
-
-    data = load("digits")
-    budget = Budget(budget_epochs)
-    started = time.perf_counter()
-    family, _, variant = method.partition(" ")
-    if family == "service":
-        found = _service(variant.removeprefix("tpe+"), seed, budget, epochs, data, tmp)
-    elif family == "keras-tuner":
-        found = _keras_tuner(variant, seed, budget, epochs, data, tmp)
-    else:
-        found = _optuna_random(seed, budget, epochs, data)
-    wall = found.pop("wall_s", time.perf_counter() - started)
-    test, _ = train_final(assignment(found["best_params"], epochs, seed, data), data)
-    return {
-        "method": method,
-        "seed": seed,
-        **found,
-        "test_accuracy": test,
-        "epochs_used": budget.used,
-        "wall_s": round(wall, 2),
-    }
-
-
-def _summary(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    def stats(values: list[float]) -> dict[str, float]:
-        return {
-            "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-        }
-
+def summarise(runs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per data set, budget and method that has runs: mean ± sd over the seeds,
+    and (but for ``service``) the paired wins of ``service`` over the method."""
     rows = []
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
-        rows.append(
-            {
-                "method": method,
-                "runs": len(mine),
-                "best_val": stats([r["best_val"] for r in mine]),
-                "test_accuracy": stats([r["test_accuracy"] for r in mine]),
-                "epochs_used": stats([r["epochs_used"] for r in mine]),
-                "trials": stats([r["trials"] for r in mine]),
-                "wall_s": stats([r["wall_s"] for r in mine]),
-            }
-        )
+    names = list(dict.fromkeys(r["dataset"] for r in runs))
+    for dataset in names:
+        for budget in sorted(params["budgets"]):
+            here = [r for r in runs if r["dataset"] == dataset and r["budget"] == budget]
+            service = [r for r in here if r["method"] == SERVICE]
+            for method in params["methods"]:
+                mine = sorted((r for r in here if r["method"] == method), key=lambda r: r["seed"])
+                if not mine:
+                    continue
+                pruned = [r["pruned"] for r in mine if r["pruned"] is not None]
+                rows.append(
+                    {
+                        "method": method,
+                        "dataset": dataset,
+                        "budget": budget,
+                        "metric": mine[0]["metric"],
+                        "direction": mine[0]["direction"],
+                        "runs": len(mine),
+                        "seeds": [r["seed"] for r in mine],
+                        "best_val": _stats([r["best_val"] for r in mine]),
+                        "test": _stats([r["test"] for r in mine]),
+                        "epochs_used": _stats([r["epochs_used"] for r in mine]),
+                        "trials": _stats([r["trials"] for r in mine]),
+                        "pruned": _stats(pruned) if pruned else None,
+                        "wall_s": _stats([r["wall_s"] for r in mine]),
+                        "vs_service": None if method == SERVICE else _wins(mine, service),
+                    }
+                )
     return rows
 
 
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """``--summary``: one JSON object a line per method, data set and budget."""
+    return [
+        json.dumps(
+            {
+                "method": row["method"],
+                "dataset": row["dataset"],
+                "budget": row["budget"],
+                "seeds": row["runs"],
+                "mean_test": row["test"]["mean"],
+                "sd_test": row["test"]["sd"],
+                "direction": row["direction"],
+            }
+        )
+        for row in result["summary"]
+    ]
+
+
+def _progress(done: int, total: int, r: dict[str, Any]) -> str:
+    pruned = f", {r['pruned']} pruned" if r.get("pruned") else ""
+    return (
+        f"  [{done}/{total}] {r['dataset']} budget {r['budget']} seed {r['seed']} "
+        f"{r['method']}: val {r['best_val']:.4f} test {r['test']:.4f} "
+        f"({r['metric'].removeprefix('val_')}), {r['epochs_used']} epochs, "
+        f"{r['trials']} trials{pruned}, {r['wall_s']} s"
+    )
+
+
 def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    jobs = [(m, s) for s in params["seeds"] for m in params["methods"]]
+    datasets = [
+        quality_data.resolve(spec, params.get("label"), params.get("task"))
+        for spec in params["datasets"]
+    ]
+    jobs = [
+        {"method": m, "dataset": d.to_json(), "seed": s, "budget": b, "epochs": params["epochs"]}
+        for b in sorted(params["budgets"], reverse=True)  # the longest first
+        for d in datasets
+        for s in params["seeds"]
+        for m in params["methods"]
+    ]
     pending = list(enumerate(jobs))
-    running: list[tuple[subprocess.Popen[bytes], Path, Path, str]] = []
+    running: list[tuple[subprocess.Popen[bytes], Path, dict[str, Any]]] = []
     runs: list[dict[str, Any]] = []
-    while pending or running:
-        while pending and len(running) < params["lanes"]:
-            i, (method, seed) = pending.pop(0)
-            folder = tmp / f"run{i}"
-            folder.mkdir()
-            out, log = folder / "result.json", folder / "log.txt"
-            with log.open("wb") as sink:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.quality",
-                        "one",
-                        method,
-                        str(seed),
-                        str(params["budget"]),
-                        str(params["epochs"]),
-                        str(folder),
-                    ],
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                    cwd=HERE.parent,
-                )
-            running.append((proc, out, log, f"{method} seed {seed}"))
-        time.sleep(0.5)
-        for entry in list(running):
-            proc, out, log, what = entry
-            if proc.poll() is None:
-                continue
-            running.remove(entry)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-            result = json.loads(out.read_text())
-            runs.append(result)
-            print(
-                f"  {what}: val {result['best_val']:.4f} test "
-                f"{result['test_accuracy']:.4f} epochs {result['epochs_used']} "
-                f"trials {result['trials']} in {result['wall_s']} s",
-                flush=True,
-            )
-    return {"runs": runs, "summary": _summary(runs, params["methods"])}
+    failed: list[dict[str, Any]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < params["lanes"]:
+                i, job = pending.pop(0)
+                folder = tmp / f"run{i}"
+                folder.mkdir()
+                (folder / "job.json").write_text(json.dumps(job))
+                with (folder / "log.txt").open("wb") as sink:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "benchmarks.quality", "one", str(folder)],
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        cwd=HERE.parent,
+                    )
+                running.append((proc, folder, job))
+            time.sleep(0.5)
+            for entry in list(running):
+                proc, folder, job = entry
+                if proc.poll() is None:
+                    continue
+                running.remove(entry)
+                done = len(runs) + len(failed) + 1
+                if proc.returncode != 0:  # recorded; the others go on
+                    what = {**job, "dataset": job["dataset"]["name"]}
+                    tail = (folder / "log.txt").read_text(errors="replace")[-4000:]
+                    failed.append({**what, "returncode": proc.returncode, "log": tail})
+                    print(f"  [{done}/{len(jobs)}] FAILED {what}:\n{tail}", flush=True)
+                    continue
+                result = json.loads((folder / "result.json").read_text())
+                runs.append(result)
+                print(_progress(done, len(jobs), result), flush=True)
+    finally:
+        for proc, _, _ in running:  # interrupted: the searches this run started
+            proc.kill()
+            proc.wait()
+    described = [
+        {
+            **d.to_json(),
+            "task": (task := quality_data.task(d)),
+            "metric": quality_data.Objective.of(task).metric,
+            "direction": quality_data.Objective.of(task).direction,
+        }
+        for d in datasets
+    ]
+    return {
+        "datasets": described,
+        "runs": runs,
+        "failed": failed,
+        "summary": summarise(runs, params),
+    }
 
 
-def _one_main(argv: list[str]) -> int:
-    method, seed, budget, epochs, folder = argv
-    result = one(method, int(seed), int(budget), int(epochs), Path(folder))
-    (Path(folder) / "result.json").write_text(json.dumps(result, indent=2))
+def verdict(result: dict[str, Any]) -> str | None:
+    failed = result["failed"]
+    if failed:
+        return f"{len(failed)} search(es) failed: " + "; ".join(
+            f"{f['method']} on {f['dataset']} budget {f['budget']} seed {f['seed']}" for f in failed
+        )
+    return None
+
+
+def after(document: dict[str, Any]) -> None:
+    if document["params"].get("summary"):
+        for line in summary_lines(document["result"]):
+            print(line, flush=True)
+
+
+def _one_main(folder: Path) -> int:
+    from benchmarks.quality_methods import one
+
+    job = json.loads((folder / "job.json").read_text())
+    result = one(
+        job["method"],
+        quality_data.Dataset(**job["dataset"]),
+        job["seed"],
+        job["budget"],
+        job["epochs"],
+        folder,
+    )
+    if not all(math.isfinite(result[k]) for k in ("best_val", "test")):
+        raise ArithmeticError(f"a non-finite score: {result}")
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return main(
+        "quality",
+        SIZES,
+        run,
+        argv,
+        options=OPTIONS,
+        verdict=verdict,
+        prepare=prepare,
+        after=after,
+    )
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["one"]:
-        raise SystemExit(_one_main(sys.argv[2:]))
-    raise SystemExit(main("quality", SIZES, run))
+        raise SystemExit(_one_main(Path(sys.argv[2])))
+    raise SystemExit(cli())

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.common import HERE, RESULTS_DIR
 
-ORDER = ("overhead", "feeding", "quality", "scaling", "memory")
+ORDER = ("overhead", "feeding", "quality", "scaling", "memory", "advice", "fuzz", "soak")
 
 
 def _load(results: Path) -> dict[str, dict[str, Any]]:
@@ -115,6 +115,14 @@ def overhead(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]
         "start-up objects out of the garbage collector; see the method in "
         "`benchmarks/overhead.py`).",
     ]
+    if "median_probe_share" in s:
+        lines += [
+            "",
+            f"Diagnostics (the probe at the first, middle and last epoch) took a median "
+            f"**{100 * s['median_probe_share']:.1f}%** of a trial's training time (max "
+            f"{100 * s['max_probe_share']:.1f}%; the issue's limit is 3%). They are part of "
+            "the service's side of every ratio above.",
+        ]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = range(len(res["rows"]))
@@ -374,48 +382,10 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
 
 
 def quality(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
-    res, p = doc["result"], doc["params"]
-    rows = [
-        [
-            r["method"],
-            _pm(r["best_val"]),
-            _pm(r["test_accuracy"]),
-            _pm(r["epochs_used"], 0),
-            _pm(r["trials"], 1),
-            _pm(r["wall_s"], 1),
-        ]
-        for r in res["summary"]
-    ]
-    lines = [
-        f"`digits`, a budget of {p['budget']} training epochs per search, trials of up to "
-        f"{p['epochs']} epochs, seeds {', '.join(map(str, p['seeds']))}; mean ± sd over "
-        "the seeds. *Best val*: the best validation accuracy as each tool reports it "
-        "(KerasTuner takes a trial's best epoch, the service and Optuna its last). *Test*: "
-        "that configuration retrained on train + validation and scored once on the test "
-        "split, by the same code for every method. *Wall*: the search alone, with "
-        f"{p['lanes']} searches running at once on {doc['machine']['cores']} cores.",
-        "",
-        *_table(
-            ["method", "best val accuracy", "test accuracy", "epochs used", "trials", "wall s"],
-            rows,
-        ),
-    ]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    names = [r["method"] for r in res["summary"]]
-    ax.barh(
-        names,
-        [r["test_accuracy"]["mean"] for r in res["summary"]],
-        xerr=[r["test_accuracy"]["sd"] for r in res["summary"]],
-        color="tab:blue",
-    )
-    low = min(r["test_accuracy"]["mean"] - r["test_accuracy"]["sd"] for r in res["summary"])
-    ax.set_xlim(max(0.0, low - 0.05), 1.0)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"test accuracy of the best configuration ({p['budget']} epochs budget)")
-    lines += _save(plt, fig, out, "quality")
-    head = {r["method"]: r["test_accuracy"]["mean"] for r in res["summary"]}
-    return lines, {"test_accuracy": head}
+    """Search quality: ``benchmarks.quality_report`` (its tables, ablations and figure)."""
+    from benchmarks.quality_report import section
+
+    return section(doc, out)
 
 
 def scaling(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
@@ -488,6 +458,251 @@ def memory(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
     return lines, {"rss_mib_after": after}
 
 
+def advice(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
+    res, p = doc["result"], doc["params"]
+    s = res["summary"]
+    rows = [
+        [
+            str(r["seed"]),
+            ", ".join(r["top3"]),
+            ", ".join(f"{k} {v}" for k, v in r["findings"].items()) or "-",
+            "; ".join(r["advice"]) or "-",
+            f"{len(r['false_alarms'])} of {r['good_trials']}",
+            _f(r["best_first"], 4),
+            _f(r["best_second"], 4),
+            str(r["second_reached_first_after"] or "no"),
+            _f(r["best_second_search"], 4),
+            str(r["search_reached_first_after"] or "no"),
+        ]
+        for r in res["rows"]
+    ]
+    lines = [
+        f"A study of {p['trials']} trials of {p['epochs']} epochs over the whole default "
+        f"space on `digits` (TPE, median pruner, {p['workers']} workers), its report, then "
+        "the report's suggested spec run as a second study of the same size. *Good trials "
+        "with an alarm*: trials within 2 points of the best carrying any finding but "
+        "overfitting (a false alarm). *Reached after*: the trials the second study needed "
+        "to reach the first one's best validation accuracy; *by search*: the same without "
+        "the enqueued best configuration (the trials the narrowed space's sampler chose).",
+        "",
+        *_table(
+            [
+                "seed",
+                "top 3 by importance",
+                "findings (trials)",
+                "advice",
+                "good trials with an alarm",
+                "best, first",
+                "best, suggested",
+                "reached after",
+                "best, suggested, by search",
+                "by search, reached after",
+            ],
+            rows,
+        ),
+        "",
+        f"`kernel_initializer`, `activation` or `learning_rate` in the top 3: "
+        f"**{s['named_in_top3']} of {s['seeds']}** seeds. The suggested spec reached the "
+        f"first study's best in no more trials on **{s['reached']} of {s['seeds']}** "
+        f"(median {s['median_trials_to_reach']} of {p['trials']} trials), and by its own "
+        f"search (without the enqueued best) on **{s['reached_by_search']} of "
+        f"{s['seeds']}**. False alarms: "
+        f"{s['false_alarms']} of {s['good_trials']} good trials. The probe took a median "
+        f"{100 * (s['median_probe_share'] or 0):.1f}% of a trial (max "
+        f"{100 * (s['max_probe_share'] or 0):.1f}%).",
+    ]
+    return lines, {
+        "named_in_top3": s["named_in_top3"],
+        "reached": s["reached"],
+        "false_alarms": s["false_alarms"],
+    }
+
+
+def _cell(text: Any) -> str:
+    """Text for a Markdown table cell: one line, no column breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _reproducers(entries: list[dict[str, Any]], limit: int = 12) -> list[str]:
+    """Each kind of failure with its first reproducer, as a list of curl commands."""
+    lines: list[str] = []
+    for e in entries[:limit]:
+        sample = e["samples"][0]
+        what = e.get("title") or e.get("answer_start") or ""
+        lines += [
+            "",
+            f"- `{sample['request']}` → {sample.get('status', 'no answer')} "
+            f"({e['count']:,} times){': ' + _cell(what) if what else ''}",
+            "",
+            "  ```sh",
+            "  " + sample["curl"][:800].replace("\n", "\n  "),
+            "  ```",
+        ]
+        if sample.get("answer"):
+            answer = _cell(sample["answer"][:160]).replace("`", "'")
+            lines.append(f"  answered `{answer}`")
+    if len(entries) > limit:
+        lines += ["", f"- ... and {len(entries) - limit} more kinds (results/fuzz.json)."]
+    return lines
+
+
+def fuzz(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
+    res, p = doc["result"], doc["params"]
+    sf = res["stateful"]
+    examples = res["examples"]
+    short = {k: v for k, v in examples.items() if v < p["examples"]}
+
+    def statuses(part: str, label: str) -> dict[str, int]:
+        counts: dict[str, int] = res[f"statuses_{part}"].get(label, {})
+        return counts
+
+    def listed(counts: dict[str, int]) -> str:
+        return ", ".join(f"{s}: {c:,}" for s, c in sorted(counts.items(), key=lambda i: -i[1]))
+
+    rows = [
+        [
+            f"`{label}`",
+            f"{n:,}",
+            listed(statuses("alone", label)),
+            f"{sum(statuses('stateful', label).values()):,}",
+            listed(statuses("stateful", label)),
+        ]
+        for label, n in examples.items()
+    ]
+    failures = res["failures"]
+    by_check: dict[str, int] = {}
+    for e in failures:
+        by_check[e["check"]] = by_check.get(e["check"], 0) + e["count"]
+    work = ", ".join(f"{k} {v:,}" for k, v in sorted(sf["work_leased"].items())) or "none"
+    lines = [
+        "schemathesis against the schema the API serves, over real HTTP to a real `hpo api` "
+        f"(SQLite), {p['processes']} client processes. **Each operation alone**: "
+        f"{p['examples']:,} examples asked for each of the **{res['operations']}** "
+        f"operations, positive and negative modes; "
+        f"**{res['requests_alone']:,}** requests sent in {_f(res['seconds_alone'] / 60, 1)} "
+        f"min, {res['operations_covered']} operations covered"
+        + (
+            " (fewer where Hypothesis ran out of distinct inputs: "
+            + ", ".join(f"`{k}` {v:,}" for k, v in short.items())
+            + ")"
+            if short
+            else ""
+        )
+        + f". **Stateful** (`schema.as_state_machine()`): **{sf['sequences']:,}** sequences, "
+        f"**{sf['steps']:,}** steps in {_f(sf['seconds'] / 60, 1)} min, "
+        f"{sf['link_steps']:,} of them following a link ({sf['links_followed']} of the "
+        f"{sf['links']} links: {len(sf['declared_links'])} declared by the schema, from "
+        "`POST /trials/lease` to the trial and job calls, the rest inferred by "
+        f"schemathesis); work leased to the fuzzer: {work}; "
+        f"{sum(sf.get('restarts', {}).values())} new runs after a replay met a server whose "
+        "state had moved on. "
+        f"{len(res['operations_answered_2xx'])} of {res['operations']} operations answered "
+        "2xx at least once. See `benchmarks/fuzz.py` for the method and the checks; "
+        "`make fuzz` reruns it.",
+        "",
+        *_table(
+            [
+                "operation",
+                "requests alone",
+                "their statuses",
+                "stateful requests",
+                "their statuses",
+            ],
+            rows,
+        ),
+        "",
+        f"**Server errors (5xx): {res['server_error_count']:,}**"
+        + (f" in {len(res['server_errors'])} kinds:" if res["server_errors"] else "."),
+        *_reproducers(res["server_errors"]),
+        "",
+        f"**Other check failures: {res['failure_count']:,}**"
+        + (
+            " (" + ", ".join(f"`{k}` {v:,}" for k, v in sorted(by_check.items())) + "):"
+            if failures
+            else "."
+        ),
+        *_reproducers(failures),
+    ]
+    if res["transport_errors"]:
+        lines += [
+            "",
+            "**Requests the server did not answer:**",
+            *_reproducers(res["transport_errors"]),
+        ]
+    tracebacks = res["tracebacks"]
+    lines += [
+        "",
+        f"**Tracebacks in the API's log: {sum(tracebacks.values()):,}**"
+        + (
+            ": " + "; ".join(f"`{_cell(k)}` ({v} times)" for k, v in tracebacks.items())
+            if tracebacks
+            else "."
+        ),
+    ]
+    return lines, {
+        "operations": res["operations"],
+        "requests": res["requests"],
+        "stateful_steps": sf["steps"],
+        "server_errors": res["server_error_count"],
+        "check_failures": res["failure_count"],
+    }
+
+
+def soak(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
+    res, p = doc["result"], doc["params"]
+    t = res["trials"]
+    faults = res["faults"]
+    rows = [[kind.replace("_", " "), f"{n:,}"] for kind, n in faults.items()]
+    rows.append(["**all**", f"**{sum(faults.values()):,}**"])
+    broken = {rule: n for rule, n in res["violations_by_rule"].items() if n}
+    lines = [
+        f"PostgreSQL (fsync on) and two `hpo api` processes on one database; "
+        f"{res['studies_checked']} studies on `digits` of {p['n_trials'][0]} to "
+        f"{p['n_trials'][1]} trials, {p['epochs']} epochs each; {p['workers']} simulated "
+        f"workers (the protocol over HTTP without TensorFlow, epochs of "
+        f"{res['sim_epoch_s']:.2f} s, spread over both APIs, now and then failing, releasing "
+        f"or dropping a trial) and {p['real_workers']} real `hpo worker` "
+        f"process{'' if p['real_workers'] == 1 else 'es'}. Studies "
+        f"were submitted over the first 90% of {p['minutes']:g} minutes and faults injected "
+        f"(one every {p['fault_every_s']:g} s on average) for up to {p['minutes']:g} "
+        f"minutes; the run ended once every study was over (or {p['drain_minutes']:g} "
+        f"minutes after that): {res['run_s'] / 60:.1f} minutes, "
+        f"{res['over']} of {res['submitted']} studies over. Then `benchmarks/soak_check.py` "
+        "read the database and Optuna: for every study exactly `n_trials` counted results, "
+        "no trial counted twice, every acknowledged `complete` kept with its value, every lost or "
+        "released lease run again with the same parameters, no lease left live, and no 5xx "
+        "but 503 in any answer.",
+        "",
+        *_table(["fault (each followed by a restart)", "injected"], rows),
+        "",
+        f"Studies checked: **{res['studies_checked']}** ({t['studies_completed']} completed). "
+        f"Trials: {t['trials_counted']:,} counted of {t['trials_leased']:,} leased "
+        f"({t.get('leases_lost', 0):,} lost and {t.get('leases_released', 0):,} released, "
+        f"each run again; {t.get('leases_pruned', 0):,} pruned, {t.get('leases_fail', 0):,} "
+        f"failed). Acknowledged completes checked: **{res['acknowledged_completes']:,}** (the "
+        "simulated workers'; the real workers' count among the results). "
+        f"Answers to the simulated workers: {res['status_503']:,} of 503 (the database "
+        f"away; {res['status_503_outside_outages']} outside an outage), **"
+        f"{res['status_5xx_not_503']} 5xx other than 503**; in the APIs' access logs (the "
+        f"real workers' calls too) {res['api_log_5xx_not_503']} 5xx other than 503. "
+        f"Tracebacks in the APIs' logs: {res['api_tracebacks_database_away']:,} of the "
+        f"database being away, {res['api_tracebacks_other']} others.",
+        "",
+        f"**Violations: {res['violation_count']}**"
+        + (": " + ", ".join(f"`{r}` {n}" for r, n in broken.items()) if broken else "."),
+    ]
+    lines += [f"- {_cell(v)}" for v in res["violations"][:10]]
+    if res["fault_errors"]:
+        lines += ["", "Faults not recovered from as they should:"]
+        lines += [f"- {_cell(e)}" for e in res["fault_errors"][:10]]
+    return lines, {
+        "studies": res["studies_checked"],
+        "faults": sum(faults.values()),
+        "acknowledged_completes": res["acknowledged_completes"],
+        "violations": res["violation_count"],
+    }
+
+
 SECTIONS = {
     "overhead": ("1. Overhead: a trial in the service against a bare `model.fit`", overhead),
     "feeding": (
@@ -497,6 +712,9 @@ SECTIONS = {
     "quality": ("3. Search quality at an equal budget", quality),
     "scaling": ("4. Scaling: trials per minute with 1 and 2 workers", scaling),
     "memory": ("5. Memory: a worker's RSS over many trials", memory),
+    "advice": ("6. Diagnostics: does the report's advice pay?", advice),
+    "fuzz": ("7. Fuzzing: every operation, and the links between them", fuzz),
+    "soak": ("8. Soak with faults: nothing acknowledged lost, every budget exact", soak),
 }
 
 
@@ -515,8 +733,10 @@ def write(results: Path, out: Path) -> dict[str, Any]:
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {dates[0][:10]} ({dates[0]} to {dates[-1]}) by `make bench` and "
-        f"`make bench-quality` (size {', '.join(sizes)}; {total_min:.1f} minutes in all; each "
+        f"Measured {dates[0][:10]} ({dates[0]} to {dates[-1]}) by `make bench`, "
+        f"`make bench-quality`, `make bench-advice`, `make fuzz` and `make soak` "
+        f"(size {', '.join(sizes)}; "
+        f"{total_min:.1f} minutes in all; each "
         f"section says when its run ended) on {m['cpu']}, "
         f"{m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}.",
         "",
@@ -525,8 +745,9 @@ def write(results: Path, out: Path) -> dict[str, Any]:
         f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
         f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).",
         "",
-        "Regenerate with `make bench` (every section but search quality) and `make "
-        "bench-quality`, or one benchmark with "
+        "Regenerate with `make bench` (every section but search quality, advice, fuzzing "
+        "and the soak), `make bench-quality`, `make bench-advice`, `make fuzz` and `make "
+        "soak`, or one benchmark with "
         "`python -m benchmarks.<name> --size full` then `python -m benchmarks.report`. "
         "The raw figures are in `results/*.json`; the method of each benchmark is the "
         "docstring of `benchmarks/<name>.py`.",

@@ -35,6 +35,7 @@ from benchmarks.common import (
     main,
     running_api,
     user_client,
+    wait_pulling,
     wait_study,
 )
 from tests.support import start_worker, stop
@@ -43,18 +44,6 @@ SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 2, "epochs": 1, "workers": [1, 2]},
     "full": {"trials": 16, "epochs": 10, "workers": [1, 2]},
 }
-
-
-def _wait_idle(api: Any, expected: int, timeout_s: float = 120) -> None:
-    """Until ``expected`` workers have asked for work (GET /workers)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with user_client(api) as c:
-            seen = c.get("/workers").json()
-        if len(seen) >= expected:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"{expected} workers did not come up in {timeout_s}s")
 
 
 def _cpu_s(pid: int) -> float:
@@ -122,7 +111,7 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
                     )
                     for i in range(len(workers), n)
                 ]
-                _wait_idle(api, n)
+                wait_pulling([tmp / f"worker{i}.log" for i in range(n)])
                 submitted = datetime.now(UTC)
                 started = time.monotonic()
                 api_cpu = _cpu_s(api.process.pid)

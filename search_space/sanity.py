@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from search_space.dimensions import Choices, Fixed, IntRange
+from search_space.dimensions import Choices, Fixed, FloatRange, IntRange
 
 if TYPE_CHECKING:
     from search_space.spec import SearchSpace
@@ -72,12 +72,17 @@ def sane_params(space: SearchSpace) -> dict[str, Any]:
         if isinstance(dim, Choices):
             params[name] = wish if wish in dim.choices else dim.choices[0]
         else:
-            low, high = dim.low, dim.high
-            value = min(max(wish if wish is not None else low, low), high)
-            if isinstance(dim, IntRange):
-                value = low + (int(value) - low) // dim.step * dim.step
-            elif dim.step is not None:
-                # (float error can put low + k * step just past high)
-                value = min(low + round((value - low) / dim.step) * dim.step, high)
-            params[name] = value
+            params[name] = into_range(dim, wish)
     return params
+
+
+def into_range(dim: FloatRange | IntRange, wish: float | None) -> float:
+    """``wish`` (the range's low end if None) taken into the range, on its step if any."""
+    low, high = dim.low, dim.high
+    value = min(max(wish if wish is not None else low, low), high)
+    if isinstance(dim, IntRange):
+        return low + (int(value) - low) // dim.step * dim.step
+    if dim.step is not None:
+        # (float error can put low + k * step just past high)
+        return min(low + round((value - low) / dim.step) * dim.step, high)
+    return value

@@ -47,6 +47,7 @@ from service.api.schemas import (
     NAME_PATTERN,
     BestTrial,
     DatasetOut,
+    ReportOut,
     StudyCreate,
     StudyOut,
     TrialOut,
@@ -176,6 +177,12 @@ class Client:
         """A study's trials, each with its whole configuration (``params``), state, value,
         epochs run, duration and failure reason."""
         return _TRIALS.validate_python(self._json("GET", f"/studies/{self._id(study)}/trials"))
+
+    def report(self, study: StudyRef, *, save: bool = False) -> ReportOut:
+        """Why trials went wrong and what to change: importances, findings per parameter
+        value, advice, and a suggested next spec; ``save`` also writes it to the dashboard."""
+        method = "POST" if save else "GET"
+        return ReportOut.model_validate(self._json(method, f"/studies/{self._id(study)}/report"))
 
     def best(self, study: StudyRef) -> BestTrial | None:
         """The best trial so far (number, value, params), or ``None`` if no trial has

@@ -93,6 +93,26 @@ class Settings(BaseSettings):
         ge=1024,
         description="The largest request body, uploads aside (they have their own limits).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's line and headers must arrive within this long of the "
+        "connection opening (or of the next request's first byte); else 408, closed.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A body a route reads that sends no byte for this long is answered 408; "
+        "the unread rest of a refused request's body is discarded this long at most.",
+    )
+    max_incomplete_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Connections of one API process still sending their headers; a new one "
+        "beyond it closes the oldest (503).",
+    )
     max_trials: int = Field(
         default=10_000, ge=1, le=10_000, description="The largest n_trials of a study."
     )

@@ -11,7 +11,8 @@ The calls, all under the worker token:
 2. ``POST /trials/{id}/report`` with :class:`ReportIn` → :class:`ActionOut`; also
    ``/heartbeat`` with :class:`WorkerCall`.
 3. ``POST /trials/{id}/complete`` (:class:`CompleteIn`), ``/fail`` (:class:`FailIn`) or
-   ``/release`` (:class:`ReleaseIn`) → :class:`TrialResult`. Each is idempotent.
+   ``/release`` (:class:`ReleaseIn`) → :class:`TrialResult`. Each is idempotent. A
+   pruned trial's findings follow in ``POST /trials/{id}/findings`` (:class:`FindingsIn`).
 4. Jobs that are not trials: ``POST /jobs/{id}/heartbeat`` (:class:`WorkerCall`),
    ``/sanity`` (:class:`SanityIn`), ``/fail`` and ``/release`` (:class:`JobFailIn`),
    ``/model`` (a form with the ``.keras`` file) → :class:`JobResult`.
@@ -22,8 +23,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
+from diagnostics.codes import Code
 from search_space.catalog import DatasetInfo
 from service.states import Action, JobKind
 
@@ -33,6 +35,15 @@ WORKER_ID = r"^[^\x00-\x1f\x7f]+$"  # printable: stored in a text column
 MAX_TEXT = 4000
 """The longest reason or detail a worker may send."""
 
+# Request fields take the JSON type they name and nothing pydantic would convert: a
+# study of `"n_trials": true` had 1 trial, and of `"5"`, 5.
+Int = Annotated[int, Strict()]
+"""An integer as JSON writes one: not ``true``, not ``"5"``, not ``5.0``."""
+Number = Annotated[float, Strict()]
+"""A number (``5`` or ``5.0``), not ``true`` or ``"5"``."""
+Flag = Annotated[bool, Strict()]
+"""``true`` or ``false``, not ``1`` or ``"yes"``."""
+
 
 class WorkerInfo(BaseModel):
     """Who is asking: a unique id, and where it runs (shown by ``GET /workers``)."""
@@ -40,7 +51,7 @@ class WorkerInfo(BaseModel):
     model_config = _FORBID
     id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
     host: str | None = Field(None, max_length=255, pattern=WORKER_ID)
-    pid: int | None = Field(None, ge=0, le=2**31 - 1)
+    pid: Int | None = Field(None, ge=0, le=2**31 - 1)
 
 
 class LeaseRequest(BaseModel):
@@ -76,6 +87,9 @@ class Lease(BaseModel):
     lease_seconds: float
     trial_time_limit_s: float | None
     tensorboard: bool
+    diagnostics: bool = Field(
+        True, description="Probe the model at a few epochs and send findings with the result."
+    )
     max_model_params: int = Field(
         description="Workers refuse to train a bigger model (HPO_MAX_MODEL_PARAMS)."
     )
@@ -86,12 +100,12 @@ class WorkerCall(BaseModel):
     worker_id: str = Field(min_length=1, max_length=128, pattern=WORKER_ID)
 
 
-Metrics = dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(allow_inf_nan=False)]]
+Metrics = dict[Annotated[str, Field(max_length=64)], Annotated[Number, Field(allow_inf_nan=False)]]
 
 
 class ReportIn(WorkerCall):
-    epoch: int = Field(ge=1, le=100_000, description="1-based epoch number.")
-    value: float = Field(allow_inf_nan=False, description="The objective metric this epoch.")
+    epoch: Int = Field(ge=1, le=100_000, description="1-based epoch number.")
+    value: Number = Field(allow_inf_nan=False, description="The objective metric this epoch.")
     metrics: Metrics = Field(
         default_factory=dict,
         max_length=64,
@@ -101,25 +115,54 @@ class ReportIn(WorkerCall):
 
 
 History = dict[
-    Annotated[str, Field(max_length=64)], Annotated[list[float], Field(max_length=100_000)]
+    Annotated[str, Field(max_length=64)], Annotated[list[Number], Field(max_length=100_000)]
 ]
 
 
+class Finding(BaseModel):
+    """Something the worker's probe found wrong with a trial (``diagnostics.codes``)."""
+
+    model_config = _FORBID
+    code: Code
+    epoch: Int = Field(ge=0, le=100_000, description="The epoch it was seen at (1-based).")
+    layer: str | None = Field(None, max_length=128, description="The layer, where one is to blame.")
+    value: Number = Field(allow_inf_nan=False, description="What was measured.")
+    threshold: Number = Field(allow_inf_nan=False, description="The limit it crossed.")
+    message: str = Field(max_length=1000, description="What it means and what to change.")
+
+
+Findings = Annotated[list[Finding], Field(max_length=len(Code) * 2)]
+
+
 class CompleteIn(WorkerCall):
-    value: float = Field(allow_inf_nan=False)
-    epochs_run: int = Field(0, ge=0, le=100_000)
+    value: Number = Field(allow_inf_nan=False)
+    epochs_run: Int = Field(0, ge=0, le=100_000)
     history: History | None = Field(
         None, max_length=32, description="Per-epoch metrics, stored as history.json."
     )
-    train_val_gap: float | None = Field(
+    train_val_gap: Number | None = Field(
         None, allow_inf_nan=False, description="Training minus validation metric at the last epoch."
+    )
+    findings: Findings = Field(default_factory=list)
+    diagnostics_s: Number | None = Field(
+        None, ge=0, le=1e6, description="Seconds the worker's probe took in this trial."
     )
 
 
 class FailIn(WorkerCall):
     reason: str = Field(min_length=1, max_length=MAX_TEXT)
-    epochs_run: int = Field(0, ge=0, le=100_000)
+    epochs_run: Int = Field(0, ge=0, le=100_000)
     history: History | None = Field(None, max_length=32)
+    findings: Findings = Field(default_factory=list)
+    diagnostics_s: Number | None = Field(
+        None, ge=0, le=1e6, description="Seconds the worker's probe took in this trial."
+    )
+
+
+class FindingsIn(WorkerCall):
+    """The findings of a trial the service pruned (its result was the prune itself)."""
+
+    findings: Findings
 
 
 class ReleaseIn(WorkerCall):
@@ -127,7 +170,7 @@ class ReleaseIn(WorkerCall):
 
 
 class SanityIn(WorkerCall):
-    passed: bool
+    passed: Flag
     detail: str = Field(max_length=MAX_TEXT)
 
 

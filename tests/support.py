@@ -4,14 +4,17 @@ benchmarks (``make bench``) use it without the test extras."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,11 +47,28 @@ class TokenByRoute(httpx.Auth):
 AUTH = TokenByRoute()
 
 
+# Ports for servers the tests start, one block per xdist worker, below the kernel's ephemeral
+# range (32768+). A port the kernel hands out (bind to 0) can be handed to the next asker once
+# closed: two workers' APIs then raced for one port, and the loser's health check reached the
+# winner (a CI run's lease came from another test's database).
+_PORT_BLOCK = 1000
+_PORTS = itertools.count(random.Random(os.getpid()).randrange(_PORT_BLOCK))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port no other xdist worker of this run will pick."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    base = 20000 + (index % 12) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_PORTS) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}..{base + _PORT_BLOCK - 1}")
 
 
 def child_env(**settings: str) -> dict[str, str]:
@@ -131,6 +151,32 @@ def start_worker(api_url: str, log: Path, *args: str, **settings: str) -> subpro
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def raw_socket(url: str, timeout_s: float = 30) -> socket.socket:
+    """A plain TCP connection to ``url``'s server, for sending what no HTTP client would."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    return socket.create_connection((host, int(port)), timeout=timeout_s)
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset ends it too);
+    raises TimeoutError if the server holds it open past the socket's timeout."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (lower-cased names) and body of one raw HTTP/1.1 answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), headers, body
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -244,6 +290,17 @@ class Postgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+GOOD_TRIAL: dict[str, Any] = {
+    "learning_rate": 0.003,
+    "optimizer": "adam",
+    "lr_schedule": "constant",
+    "dropout_rate": 0.1,
+    "kernel_initializer": "he_normal",
+    "hidden_units": 64,
+}
+"""A configuration that trains well on digits in a few epochs (for trial_lease)."""
+
+
 def trial_lease(
     params: dict[str, Any],
     epochs: int = 3,
@@ -277,3 +334,37 @@ def trial_lease(
         tensorboard=False,
         max_model_params=10_000_000,
     )
+
+
+@contextmanager
+def running_dashboard(database_url: str, artifacts: Path) -> Iterator[str]:
+    """``optuna-dashboard`` on ``database_url`` and its artifacts, on 127.0.0.1; its URL."""
+    port = free_port()
+    command = Path(sys.executable).parent / "optuna-dashboard"
+    process = subprocess.Popen(
+        [
+            str(command),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--artifact-dir",
+            str(artifacts),
+            database_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/api/studies", timeout=2).is_success
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, 60, "the dashboard")
+        yield url
+    finally:
+        stop(process)

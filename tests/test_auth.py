@@ -20,6 +20,9 @@ from tests.support import (
     child_env,
     free_port,
     hpo,
+    parse_answer,
+    raw_socket,
+    read_to_close,
     start_worker,
 )
 
@@ -102,6 +105,43 @@ def test_the_token_is_checked_before_the_body_is_read(api: Api) -> None:
         headers={"Authorization": f"Bearer {USER_TOKEN}"},
     )
     assert upload.status_code == 401, upload.text
+
+
+def _raw_call(api: Api, method: str, path: str, *tokens: str) -> tuple[int, str]:
+    """``method path`` with one Authorization header per token, each on its own line (as
+    no HTTP client library would send them); a POST sends a lease's body."""
+    lines = "".join(f"Authorization: Bearer {t}\r\n" for t in tokens)
+    body = '{"worker": {"id": "two-headers"}}' if method == "POST" else ""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: t\r\n{lines}Connection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with raw_socket(api.url) as sock:
+        sock.sendall((head + body).encode())
+        status, _, answer = parse_answer(read_to_close(sock))
+    return status, answer.decode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "good"),
+    [
+        ("GET", "/studies", USER_TOKEN),
+        ("POST", "/trials/lease", WORKER_TOKEN),
+        ("GET", "/healthz", USER_TOKEN),
+    ],
+)
+def test_two_authorization_headers_are_refused_whatever_their_values(
+    api: Api, method: str, path: str, good: str
+) -> None:
+    """Which of two headers counts must not depend on the reader: the first decided, so a
+    valid one followed by anything passed. Two are a 400 on every route, open ones too."""
+    wrong = "wrong-" + good
+    status, body = _raw_call(api, method, path, good)
+    assert status in (200, 204), body  # one header: the raw request itself is fine
+    for pair in [(good, wrong), (wrong, good), (good, good)]:
+        status, body = _raw_call(api, method, path, *pair)
+        assert status == 400, (pair, body)
+        assert "2 Authorization headers: send exactly one" in body, body
 
 
 def test_the_schema_declares_each_routes_token(api: Api) -> None:

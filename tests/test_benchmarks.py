@@ -1,4 +1,4 @@
-"""The benchmarks stay runnable: ``python -m benchmarks --size smoke`` runs all five (each
+"""The benchmarks stay runnable: ``python -m benchmarks --size smoke`` runs all eight (each
 in its own process, as ``make bench`` does at full size) and writes RESULTS.md and its
 plots. The figures are not judged here (speed is measured, not asserted); what is checked
 is that each benchmark measured what it says it measures."""
@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from benchmarks import feeding, memory, overhead, quality, scaling
+from benchmarks import advice, common, feeding, fuzz, memory, overhead, quality, scaling, soak
+from benchmarks.quality import METHODS
+from benchmarks.soak_faults import FAULTS
 from tests.support import REPO, child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
@@ -41,7 +43,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env=child_env(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return out
@@ -58,6 +60,7 @@ def test_overhead_times_the_same_trials_both_ways(bench: Path) -> None:
     doc = result(bench, "overhead")
     rows = doc["result"]["rows"]
     assert len(rows) == overhead.SIZES["smoke"]["configs"]
+    assert all(0 < r["probe_share"] < 1 for r in rows)  # diagnostics were on, and timed
     for row in rows:
         assert row["epochs"] == overhead.SIZES["smoke"]["epochs"]
         assert 0 < row["bare_fit_only_s"] <= row["bare_s"]
@@ -163,17 +166,164 @@ def test_feeding_measures_each_part_on_both_databases(bench: Path) -> None:
 
 def test_quality_runs_every_method_on_the_same_budget(bench: Path) -> None:
     params = quality.SIZES["smoke"]
-    doc = result(bench, "quality")["result"]
-    runs = doc["runs"]
-    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
-        (m, s) for m in quality.METHODS for s in params["seeds"]
+    doc = result(bench, "quality")
+    assert doc["params"]["seeds"] == params["seeds"] and doc["params"]["summary"] is False
+    res = doc["result"]
+    assert res["failed"] == []
+    keys = [
+        (d, b, m) for d in params["datasets"] for b in sorted(params["budgets"]) for m in METHODS
+    ]
+    runs = res["runs"]
+    assert sorted((r["dataset"], r["budget"], r["method"], r["seed"]) for r in runs) == sorted(
+        (*key, s) for key in keys for s in params["seeds"]
     )
+    epochs = params["epochs"]
     for run in runs:
-        assert run["epochs_used"] == params["budget"], run
-        assert 0 <= run["best_val"] <= 1 and 0 < run["test_accuracy"] <= 1
-        assert run["trials"] >= params["budget"] // params["epochs"] or run["pruned"]
+        assert (run["metric"], run["direction"]) == ("val_accuracy", "maximize"), run
+        if run["method"] in quality.PEERS:  # they stop at the budget
+            assert run["epochs_used"] == run["budget"], run
+        else:  # the service starts a trial only while its epochs fit, and counts the same
+            assert run["budget"] - epochs < run["epochs_used"] <= run["budget"], run
+            assert run["epochs_charged"] == run["epochs_used"], run
+        assert run["trials"] * epochs >= run["epochs_used"]
+        assert 0 <= run["best_val"] <= 1 and 0 < run["test"] <= 1
         assert {"learning_rate", "optimizer", "kernel_initializer"} <= set(run["best_params"])
-    assert [r["method"] for r in doc["summary"]] == quality.METHODS
+    summary = res["summary"]
+    assert [(r["dataset"], r["budget"], r["method"]) for r in summary] == keys
+    for row in summary:
+        assert row["runs"] == len(params["seeds"])
+        if row["method"] == quality.SERVICE:
+            assert row["vs_service"] is None
+        else:
+            vs = row["vs_service"]
+            assert vs["paired"] == len(params["seeds"])
+            assert vs["wins"] + vs["ties"] + vs["losses"] == vs["paired"]
+    text = (bench / "RESULTS.md").read_text()
+    section = text[text.index("## 3. Search quality") : text.index("## 4.")]
+    assert "**Run:** `wine` (test accuracy, higher is better)" in section
+    assert "**Ablations.**" in section and "without priors" in section
+
+
+def _runs(direction: str, tests: dict[str, list[float]]) -> list[dict[str, Any]]:
+    metric = "val_mae" if direction == "minimize" else "val_accuracy"
+    return [
+        {
+            "method": method,
+            "dataset": "diabetes",
+            "budget": 6,
+            "seed": seed,
+            "metric": metric,
+            "direction": direction,
+            "best_val": test,
+            "test": test,
+            "epochs_used": 6,
+            "trials": 3,
+            "pruned": None,
+            "wall_s": 1.0,
+        }
+        for method, values in tests.items()
+        for seed, test in enumerate(values)
+    ]
+
+
+def test_quality_flags_summary_and_paired_wins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flags override the size's lists; the wins follow the task's direction; and
+    ``--summary`` prints one JSON object a line, last (no training here)."""
+    seen: dict[str, Any] = {}
+
+    def fake_run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
+        seen.update(params)
+        # Lower MAE is better: service wins seed 0, ties seed 1, loses seed 2.
+        runs = _runs(
+            "minimize", {"service": [40.0, 50.0, 60.0], "optuna random": [45.0, 50.0, 55.0]}
+        )
+        return {
+            "datasets": [],
+            "runs": runs,
+            "failed": [],
+            "summary": quality.summarise(runs, params),
+        }
+
+    argv = [
+        "--size", "full", "--out", str(tmp_path), "--dataset", "diabetes", "--budget", "6",
+        "--seeds", "3", "--epochs", "2", "--methods", "optuna random,service", "--summary",
+    ]  # fmt: skip
+    code = common.main(
+        "quality",
+        quality.SIZES,
+        fake_run,
+        argv,
+        options=quality.OPTIONS,
+        prepare=quality.prepare,
+        after=quality.after,
+        verdict=quality.verdict,
+    )
+    assert code == 0
+    assert seen["datasets"] == ["diabetes"] and seen["budgets"] == [6]
+    assert seen["seeds"] == [0, 1, 2] and seen["methods"] == ["service", "optuna random"]
+    assert seen["epochs"] == 2 and seen["lanes"] == quality.SIZES["full"]["lanes"]
+    assert seen["summary"] is True
+    doc = json.loads((tmp_path / "quality.json").read_text())
+    peer = doc["result"]["summary"][1]
+    assert peer["vs_service"] == {"wins": 1, "ties": 1, "losses": 1, "paired": 3}
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line) for line in lines[-2:]] == [
+        {
+            "method": "service",
+            "dataset": "diabetes",
+            "budget": 6,
+            "seeds": 3,
+            "mean_test": 50.0,
+            "sd_test": 10.0,
+            "direction": "minimize",
+        },
+        {
+            "method": "optuna random",
+            "dataset": "diabetes",
+            "budget": 6,
+            "seeds": 3,
+            "mean_test": 50.0,
+            "sd_test": 5.0,
+            "direction": "minimize",
+        },
+    ]
+    # Higher accuracy is better: the same numbers are then a win where they were a loss.
+    runs = _runs("maximize", {"service": [0.9, 0.8], "optuna random": [0.8, 0.9]})
+    rows = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})
+    assert rows[1]["vs_service"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
+    # Unknown methods, missing data sets and a CSV without its label are refused early.
+    for bad in (["--methods", "optuna grid"], ["--dataset", "nowhere.csv"]):
+        with pytest.raises(SystemExit):
+            quality.cli(["--size", "smoke", "--out", str(tmp_path), *bad])
+    (tmp_path / "data.csv").write_text("a,b,label\n1,2,0\n")
+    with pytest.raises(SystemExit, match="--label"):
+        quality.prepare({**quality.SIZES["smoke"], "dataset": [str(tmp_path / "data.csv")]})
+
+
+def test_quality_reads_a_csv_as_the_service_stores_it(tmp_path: Path) -> None:
+    """A CSV data set is split for the peers exactly as the service's worker splits the
+    upload: wine as a CSV gives the built-in wine's rows."""
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    from benchmarks import quality_data
+    from workers.data import load
+
+    wine = load_wine()
+    lines = [",".join([*wine.feature_names, "cultivar"])]
+    rows = zip(wine.data, wine.target, strict=True)
+    lines += [",".join([*map(repr, x.tolist()), str(y)]) for x, y in rows]
+    path = tmp_path / "wine.csv"
+    path.write_text("\n".join(lines) + "\n")
+    dataset = quality_data.resolve(str(path), "cultivar")
+    assert dataset.name == "wine-upload"  # a built-in's name is not the service's to give
+    assert quality_data.task(dataset) == "classification"
+    mine, builtin = quality_data.load(dataset), load("wine")
+    assert mine.info.source == "upload" and mine.info.n_classes == 3 and mine.info.sha256
+    for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        assert np.array_equal(getattr(mine, part), getattr(builtin, part)), part
 
 
 def test_scaling_runs_one_and_two_workers(bench: Path) -> None:
@@ -193,7 +343,57 @@ def test_memory_reads_the_worker_at_each_checkpoint(bench: Path) -> None:
     assert trials == sorted(set(trials)) and trials[-1] == params["trials"]
 
 
-def test_report_holds_all_five_with_plots(bench: Path) -> None:
+def test_advice_runs_the_suggested_spec_after_the_first_study(bench: Path) -> None:
+    doc = result(bench, "advice")
+    (row,) = doc["result"]["rows"]
+    assert row["trials"] == advice.SIZES["smoke"]["trials"]
+    ranked = sorted(row["importances"], key=lambda k: -row["importances"][k])
+    assert row["importances"] and row["top3"] == ranked[:3]
+    assert 0 < row["best_first"] <= 1 and 0 < row["best_second"] <= 1
+    assert 0 < doc["result"]["summary"]["median_probe_share"] < 1
+
+
+def test_fuzz_sends_every_operation_and_follows_the_links(bench: Path) -> None:
+    res = result(bench, "fuzz")["result"]
+    params = fuzz.SIZES["smoke"]
+    assert res["operations"] == res["operations_covered"] == len(res["examples"]) > 20
+    assert all(1 <= n <= params["examples"] for n in res["examples"].values())
+    assert res["requests_alone"] == sum(res["examples"].values())
+    assert sum(sum(s.values()) for s in res["statuses_alone"].values()) <= res["requests_alone"]
+    stateful = res["stateful"]
+    assert stateful["sequences"] >= params["processes"] and stateful["steps"] >= 2
+    assert stateful["links_followed"] <= stateful["links"]
+    assert len(stateful["declared_links"]) == 11  # a lease into each trial and job call
+    assert res["requests"] == res["requests_alone"] + stateful["steps"]
+    for kind, count in (("server_errors", "server_error_count"), ("failures", "failure_count")):
+        assert res[count] == sum(e["count"] for e in res[kind])
+        for entry in res[kind]:
+            assert entry["samples"] and all(s["curl"].startswith("curl ") for s in entry["samples"])
+
+
+def test_soak_injects_every_fault_and_checks_every_study(bench: Path) -> None:
+    res = result(bench, "soak")["result"]
+    params = soak.SIZES["smoke"]
+    assert res["submitted"] == res["over"] == res["studies_checked"] == params["studies"]
+    assert res["violation_count"] == 0 and res["violations"] == [] and res["fault_errors"] == []
+    # Every kind of fault, each recorded as it happened.
+    assert all(res["faults"][kind] >= 1 for kind in FAULTS), res["faults"]
+    events = res["fault_events"]
+    assert sum(res["faults"].values()) == len(events)
+    assert [e["at_s"] for e in events] == sorted(e["at_s"] for e in events)
+    assert all(e["target"] and e["target"] != "error" for e in events)
+    assert len(res["outages"]) == res["faults"]["restart_postgres"]
+    # Every study's budget counted, the completes acknowledged to the simulated workers
+    # among them; nothing answered 5xx but 503.
+    trials = res["trials"]
+    assert trials["trials_counted"] == sum(s["n_trials"] for s in soak.specs(params))
+    assert 1 <= res["acknowledged_trials"] <= trials["leases_complete"]
+    assert res["acknowledged_completes"] >= res["acknowledged_trials"]
+    assert res["status_5xx_not_503"] == 0 and res["api_log_5xx_not_503"] == 0
+    assert sum(res["answers"].values()) > res["acknowledged_completes"]
+
+
+def test_report_holds_all_eight_with_plots(bench: Path) -> None:
     text = (bench / "RESULTS.md").read_text()
     for title in (
         "1. Overhead",
@@ -201,6 +401,9 @@ def test_report_holds_all_five_with_plots(bench: Path) -> None:
         "3. Search quality",
         "4. Scaling",
         "5. Memory",
+        "6. Diagnostics",
+        "7. Fuzzing",
+        "8. Soak",
     ):
         assert f"## {title}" in text
     assert "Not measured" not in text

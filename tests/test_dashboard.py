@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.support import Api, free_port, start_worker, stop, wait_for
+from tests.support import Api, running_dashboard, start_worker, stop, wait_for
 
 FIXED = {"optimizer": "adam", "lr_schedule": "constant"}
 SEARCHED = {"learning_rate", "dropout_rate", "kernel_initializer"}
@@ -66,38 +65,17 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Pa
 @pytest.fixture(scope="module")
 def dashboard(finished: tuple[Api, Path, int]) -> Iterator[str]:
     server, artifacts, _ = finished
-    port = free_port()
-    command = Path(sys.executable).parent / "optuna-dashboard"
-    process = subprocess.Popen(
-        [
-            str(command),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--artifact-dir",
-            str(artifacts),
-            server.database_url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/api/studies", timeout=2).is_success
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 60, "the dashboard")
+    with running_dashboard(server.database_url, artifacts) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def _study(dashboard: str) -> tuple[int, dict[str, Any]]:
+    def reported() -> bool:  # the report is saved just after the best model arrives
+        summaries = httpx.get(f"{dashboard}/api/studies").json()["study_summaries"]
+        detail = httpx.get(f"{dashboard}/api/studies/{summaries[0]['study_id']}").json()
+        return len(detail["artifacts"]) == 3
+
+    wait_for(reported, 60, "the study's report")
     summaries = httpx.get(f"{dashboard}/api/studies").json()["study_summaries"]
     (summary,) = [s for s in summaries if s["study_name"] == "shown"]
     detail: dict[str, Any] = httpx.get(f"{dashboard}/api/studies/{summary['study_id']}").json()
@@ -117,13 +95,20 @@ def test_dashboard_api_lists_every_trial_with_curves_attrs_note_and_artifacts(
         attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
         assert {"worker_id", "epochs_run"} <= set(attrs)
         assert t["datetime_start"] and t["datetime_complete"]  # the duration
+        # What the probe found ([] for nothing; the dashboard shows attributes as text).
+        assert isinstance(json.loads(attrs["findings"]), list)
         if t["state"] == "Complete":
-            assert "train_val_gap" in attrs
+            assert "train_val_gap" in attrs and float(attrs["diagnostics_s"]) > 0
             assert [a["filename"] for a in t["artifacts"]] == ["history.json"]
-    assert (
-        "Submitted spec" in study["note"]["body"] and '"dataset": "digits"' in study["note"]["body"]
-    )
-    assert [a["filename"] for a in study["artifacts"]] == ["shown-best.keras"]
+    note = study["note"]["body"]
+    assert "Submitted spec" in note and '"dataset": "digits"' in note
+    # The report is saved once the best model is in (a background task of that upload).
+    assert "## Report: shown (3 trials)" in note and "### Suggested next spec" in note
+    assert sorted(a["filename"] for a in study["artifacts"]) == [
+        "report-curves.png",
+        "report-importances.png",
+        "shown-best.keras",
+    ]
 
 
 def test_the_dashboard_speaks_the_study_s_language(

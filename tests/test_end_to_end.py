@@ -3,6 +3,7 @@ HTTP, Keras training on digits, the results read back with optuna.load_study."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,3 +140,27 @@ def test_json_logs_carry_study_and_trial_ids(fresh_api: Callable[..., Api], tmp_
     ]  # (TensorFlow's C++ lines are its own)
     about_trial = [x for x in worker_lines if x.get("trial") == trial_id]
     assert about_trial and all(x["study"] == "logged" for x in about_trial)
+
+
+def test_sigterm_before_the_trainer_is_ready_gives_the_trial_back_at_once(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    """Found by the soak: a worker stopped between its lease and its trainer's TensorFlow
+    import kept the trial until the import finished (25 s, or a SIGKILL after compose's
+    10 s grace, and the trial lost)."""
+    server = fresh_api()
+    with server.client() as client:
+        spec = {"name": "term", "dataset": "digits", "n_trials": 2, "epochs": 2}
+        assert client.post("/studies", json={**spec, "sanity_check": False}).status_code == 201
+        log = tmp_path / "worker.log"
+        worker = start_worker(server.url, log)
+        try:
+            wait_for(lambda: "leased" in log.read_text(), 60, "the worker to lease a trial")
+            assert "ready in" not in log.read_text()  # TensorFlow is still loading
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=20) == 0, log.read_text()
+        finally:
+            stop(worker)
+        (trial,) = client.get("/studies/1/trials").json()
+        assert trial["state"] == "released", trial
+        assert "its trainer was still starting" in trial["reason"]

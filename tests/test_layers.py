@@ -55,6 +55,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         )
         for shared in SHARED
     },
+    # The findings: the probe runs in the trainer, the report in the API; neither knows
+    # the service's layers, and the codes and the report load no TensorFlow.
+    "diagnostics": ("service", "workers.loop", "workers.client", *HTTP_FRAMEWORK, "sqlalchemy"),
+    "diagnostics.codes": ("service", "workers", *HTTP_FRAMEWORK, "sqlalchemy", *ML),
+    "diagnostics.report": ("service", "workers", *HTTP_FRAMEWORK, "sqlalchemy", *ML),
+    "diagnostics.curves": ("service", "workers", *HTTP_FRAMEWORK, "sqlalchemy", *ML),
+    "diagnostics.figures": ("service", "workers", *HTTP_FRAMEWORK, "sqlalchemy", *ML),
     "workers": (
         "service.api",
         "service.domain",
@@ -70,7 +77,7 @@ EXEMPT = {"workers.__main__"}
 
 def _modules() -> list[tuple[str, Path]]:
     found = []
-    for package in ("service", "search_space", "workers"):
+    for package in ("service", "search_space", "workers", "diagnostics"):
         for path in sorted((REPO / package).rglob("*.py")):
             parts = path.relative_to(REPO).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -129,7 +136,19 @@ def test_the_walk_sees_a_wrong_arrow(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["service.client", "service.protocol", "service.states", "workers.client"]
+    "module",
+    [
+        "service.client",
+        "service.protocol",
+        "service.states",
+        "workers.client",
+        "diagnostics.report",
+        "service.domain.study_report",
+        # The API checks an uploaded final model with Keras in a child process, never here.
+        "service.domain.jobs",
+        "service.domain.model_check",
+        "workers.model_load",
+    ],
 )
 def test_module_imports_without_tensorflow(module: str) -> None:
     """The client, the protocol and the worker's HTTP client load no TensorFlow or Keras

@@ -108,6 +108,7 @@ def test_bad_config_pruned_diverging_one_failed_best_model_back(
         assert trials[5]["state"] == "pruned" and trials[5]["epochs_run"] < 8
         assert trials[6]["state"] == "fail"
         assert trials[6]["reason"] == "non-finite loss at epoch 1"
+        assert [f["code"] for f in trials[6]["findings"]] == ["non_finite_loss"]
         assert study["trials"] == {
             "running": 0,
             "complete": 5,
@@ -127,6 +128,8 @@ def test_bad_config_pruned_diverging_one_failed_best_model_back(
     assert accuracy == pytest.approx(final["test_value"], abs=1e-6)
     pruned = optuna.load_study(study_name="pruning", storage=server.database_url).trials[5]
     assert pruned.state == TrialState.PRUNED
+    # The worker probed the pruned model where it stopped and sent what it found after.
+    assert pruned.user_attrs["findings"] == trials[5]["findings"]
 
 
 def test_regression_study_completes_with_test_mae(

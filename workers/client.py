@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -28,11 +28,14 @@ from tenacity import (
     wait_random,
 )
 
+from diagnostics.codes import Code
 from service.protocol import (
     MAX_TEXT,
     ActionOut,
     CompleteIn,
     FailIn,
+    Finding,
+    FindingsIn,
     JobFailIn,
     JobResult,
     Lease,
@@ -50,11 +53,27 @@ from service.states import Action
 
 log = logging.getLogger(__name__)
 
+
+def _valid(findings: list[dict[str, Any]] | None) -> list[Finding]:
+    """The findings the service will take; one it would refuse is logged and left out, so
+    it never costs the trial's result."""
+    out = []
+    for f in findings or ():
+        try:
+            out.append(Finding.model_validate(f))
+        except ValidationError as exc:
+            log.warning("leaving out a finding the service would refuse (%s): %s", exc, f)
+    return out[: len(Code) * 2]
+
+
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 FIRST_WAIT_S = 0.5
 """The first wait between tries; it doubles (plus up to ``JITTER_S``) up to ``MAX_WAIT_S``."""
 MAX_WAIT_S = 15.0
 JITTER_S = 0.5
+UPLOAD_READ_S = 240.0
+"""How long a final model's upload waits for the answer: the service loads the model with
+Keras first (up to its LOAD_WAIT_S for a turn plus LOAD_TIMEOUT_S: 180 s)."""
 
 
 class Rejected(RuntimeError):
@@ -98,6 +117,8 @@ class ServiceClient:
         # A stopping worker (SIGTERM) makes one more try of each call, not retry_max_s of
         # them: it must exit within its grace period.
         self.stopping = stopping or threading.Event()
+        # The service checks a final model (Keras, in a child it starts) before answering.
+        self._upload_timeout = httpx.Timeout(timeout_s, read=max(timeout_s, UPLOAD_READ_S))
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=timeout_s,
@@ -182,6 +203,8 @@ class ServiceClient:
         epochs_run: int,
         history: dict[str, list[float]] | None = None,
         train_val_gap: float | None = None,
+        findings: list[dict[str, Any]] | None = None,
+        diagnostics_s: float | None = None,
     ) -> TrialResult:
         body = CompleteIn(
             worker_id=self.worker.id,
@@ -189,6 +212,8 @@ class ServiceClient:
             epochs_run=epochs_run,
             history=finite_history(history),
             train_val_gap=train_val_gap,
+            findings=_valid(findings),
+            diagnostics_s=diagnostics_s,
         )
         return self._trial(trial_id, "complete", body)
 
@@ -199,14 +224,23 @@ class ServiceClient:
         reason: str,
         epochs_run: int,
         history: dict[str, list[float]] | None = None,
+        findings: list[dict[str, Any]] | None = None,
+        diagnostics_s: float | None = None,
     ) -> TrialResult:
         body = FailIn(
             worker_id=self.worker.id,
             reason=reason[:MAX_TEXT],
             epochs_run=epochs_run,
             history=finite_history(history),
+            findings=_valid(findings),
+            diagnostics_s=diagnostics_s,
         )
         return self._trial(trial_id, "fail", body)
+
+    def findings(self, trial_id: int, findings: list[dict[str, Any]]) -> TrialResult:
+        """A pruned trial's findings (the prune was its result)."""
+        body = FindingsIn(worker_id=self.worker.id, findings=_valid(findings))
+        return self._trial(trial_id, "findings", body)
 
     def release(self, trial_id: int, *, reason: str) -> TrialResult:
         body = ReleaseIn(worker_id=self.worker.id, reason=reason[:MAX_TEXT])
@@ -236,10 +270,14 @@ class ServiceClient:
         return JobFailIn(worker_id=self.worker.id, reason=reason[:MAX_TEXT] or "unknown")
 
     def upload_model(self, job_id: int, *, test_value: float, content: bytes) -> JobResult:
+        """Upload the final model. The service loads it with Keras before it answers (a
+        few seconds, up to two minutes), so this call waits longer than the others. A
+        model it refuses is a ``Rejected`` with status 422."""
         response = self._request(
             "POST",
             f"/jobs/{job_id}/model",
             data={"worker_id": self.worker.id, "test_value": repr(test_value)},
             files={"file": ("best.keras", content, "application/octet-stream")},
+            timeout=self._upload_timeout,
         )
         return JobResult.model_validate(response.json())

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -27,7 +28,7 @@ from service.states import Action, JobKind
 from workers.client import Rejected, ServiceClient, Unauthorized
 from workers.config import WorkerSettings
 from workers.outcome import Outcome
-from workers.supervisor import Trainer, TrainerDied, TrainerOptions, Trainers
+from workers.supervisor import Interrupted, Trainer, TrainerDied, TrainerOptions, Trainers
 from workers.uploads import DatasetUnavailable, cached_upload
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Worker:
             lambda: Trainer(self._trainer_options()),
             max_trials=settings.trainer_max_trials,
             max_rss_mb=settings.trainer_max_rss_mb or None,
+            stopping=self._stopping,
         )
 
     def _trainer_options(self) -> TrainerOptions:
@@ -241,6 +243,8 @@ class Worker:
                 grace_s=self.settings.trainer_grace_s,
                 max_rss_mib=self.settings.trainer_max_rss_mb or None,
             )
+        except Interrupted as exc:  # SIGTERM while TensorFlow loaded: the trial goes back
+            return Outcome("stopped", reason=str(exc))
         except TrainerDied as exc:
             if trainer is not None:
                 self.trainers.lost(trainer)
@@ -272,27 +276,13 @@ class Worker:
                 except TrainerDied:
                     self.trainers.lost(trainer)
                     raise
-            if reply[0] == "sanity":
-                _, passed, detail = reply
-                log.info("sanity run of %s: %s", job.study_name, detail)
-                self.client.sanity(job.job_id, passed=passed, detail=detail)
-            elif reply[0] == "final":
-                _, value, content = reply
-                log.info(
-                    "final model of %s: test %s = %s",
-                    job.study_name,
-                    job.metric.removeprefix("val_"),
-                    value,
-                )
-                self.client.upload_model(job.job_id, test_value=value, content=content)
-            else:
-                _, unavailable, message = reply
-                (self._job_release if unavailable else self._job_fail)(job, message)
+                # Still renewing: the service checks a final model before it answers.
+                self._send_job_result(job, reply)
         except (Rejected, ConnectionError) as exc:
             log.error(
                 "%s job %s: the service did not take the result: %s", job.kind, job.job_id, exc
             )
-        except DatasetUnavailable as exc:  # another worker may have it
+        except (DatasetUnavailable, Interrupted) as exc:  # another worker may run it
             self._job_release(job, str(exc))
         except TrainerDied as exc:
             if exc.starting:
@@ -300,6 +290,31 @@ class Worker:
                 self._job_release(job, f"this worker's trainer cannot start: {exc}")
             else:
                 self._job_fail(job, str(exc))
+
+    def _send_job_result(self, job: Lease, reply: tuple[Any, ...]) -> None:
+        if reply[0] == "sanity":
+            _, passed, detail = reply
+            log.info("sanity run of %s: %s", job.study_name, detail)
+            self.client.sanity(job.job_id, passed=passed, detail=detail)
+        elif reply[0] == "final":
+            _, value, content = reply
+            log.info(
+                "final model of %s: test %s = %s",
+                job.study_name,
+                job.metric.removeprefix("val_"),
+                value,
+            )
+            try:
+                self.client.upload_model(job.job_id, test_value=value, content=content)
+            except Rejected as exc:
+                if exc.status != 422:
+                    raise
+                # The same configuration would build the same model: retraining it here
+                # or elsewhere would be refused again, so the job fails, saying why.
+                self._job_fail(job, f"the service refused the final model: {exc}")
+        else:
+            _, unavailable, message = reply
+            (self._job_release if unavailable else self._job_fail)(job, message)
 
     def _trainer_would_not_start(self, exc: TrainerDied) -> None:
         """A trainer that dies before TensorFlow is loaded is this host's problem (a broken
@@ -346,6 +361,8 @@ class Worker:
                         epochs_run=outcome.epochs_run,
                         history=outcome.history,
                         train_val_gap=outcome.train_val_gap,
+                        findings=outcome.findings,
+                        diagnostics_s=outcome.diagnostics_s if job.diagnostics else None,
                     )
                 elif outcome.state == "fail":
                     self.client.fail(
@@ -353,7 +370,11 @@ class Worker:
                         reason=outcome.reason or "unknown",
                         epochs_run=outcome.epochs_run,
                         history=outcome.history,
+                        findings=outcome.findings,
+                        diagnostics_s=outcome.diagnostics_s if job.diagnostics else None,
                     )
+                elif outcome.state == "pruned" and job.diagnostics:
+                    self.client.findings(job.trial_id, outcome.findings)
                 elif outcome.state == "stopped":
                     self.client.release(job.trial_id, reason=outcome.reason or "worker stopping")
                 return

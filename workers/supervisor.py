@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ EXIT_WAIT_S = 10.0
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MIB = 2**20
+
+
+class Interrupted(RuntimeError):
+    """The worker is stopping while its job waited for a trainer to start."""
 
 
 class TrainerDied(RuntimeError):
@@ -260,9 +265,16 @@ class Trainers:
     """A worker's current trainer and, when it is about to retire, its successor."""
 
     def __init__(
-        self, start: Callable[[], Trainer], *, max_trials: int, max_rss_mb: float | None
+        self,
+        start: Callable[[], Trainer],
+        *,
+        max_trials: int,
+        max_rss_mb: float | None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self._start = start
+        self.stopping = stopping or threading.Event()
+        """Set when the worker stops: a job waiting for its trainer to start gives up."""
         self.max_trials = max_trials
         self.max_rss_mb = max_rss_mb
         self.current: Trainer | None = None
@@ -321,7 +333,9 @@ class Trainers:
             current, self.spare = self.spare or self._new(), None
         self.current = current
         try:
-            current.poll_ready(timeout_s=float("inf"))
+            while not current.poll_ready(timeout_s=POLL_S):
+                if self.stopping.is_set():  # (the job goes back at once, not in 10 s)
+                    raise Interrupted("the worker is stopping; its trainer was still starting")
         except TrainerDied:
             self.current = None
             raise

@@ -26,7 +26,9 @@ from workers.quiet import tensorflow_import
 with tensorflow_import():  # TensorFlow loads here (its start-up lines: ``workers.quiet``)
     import keras
 
+    from diagnostics.probe import Probe
     from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
+    from search_space.size import param_value
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,16 @@ def train_trial(
         on_start=on_start,
     )
     history: dict[str, list[float]] = {}
+    probe = None
+    if job.diagnostics:
+        clipnorm = param_value(job.params, "clipnorm")
+        probe = Probe(
+            data.x_train,
+            data.y_train,
+            epochs=job.epochs,
+            n_classes=data.info.n_classes,
+            clipnorm=None if clipnorm is None else float(clipnorm),
+        )
     try:
         model = compiled_model(job, data)
         fit = model.fit(
@@ -216,6 +228,7 @@ def train_trial(
             shuffle=True,
             verbose=0,
             callbacks=[
+                *([probe] if probe is not None else []),
                 reporter,
                 *schedule_callbacks(job.params),
                 *_tensorboard(tensorboard_dir if job.tensorboard else None),
@@ -230,7 +243,10 @@ def train_trial(
     except Exception as exc:  # the trial failed; the worker goes on
         log.exception("trial %s failed while building or training", job.trial_id)
         text = f"{type(exc).__name__}: {exc}".strip()
-        return Outcome("fail", reason=text[:2000], epochs_run=reporter.epochs_run)
+        failed = Outcome("fail", reason=text[:2000], epochs_run=reporter.epochs_run)
+        if probe is not None:
+            failed.findings, failed.diagnostics_s = probe.findings(), probe.seconds
+        return failed
     finally:
         if free_memory:
             # Free the graph, the model and the optimizer before the next trial (this also
@@ -245,4 +261,6 @@ def train_trial(
         outcome.train_val_gap = gap if math.isfinite(gap) else None
     if outcome.state == "complete" and outcome.value is None:
         outcome = Outcome("fail", reason="training ran no epoch", history=history)
+    if probe is not None:
+        outcome.findings, outcome.diagnostics_s = probe.findings(), probe.seconds
     return outcome

@@ -26,6 +26,8 @@ from service.api.limits import SCOPE_KEY, BodyLimits
 from service.api.metrics import Metrics
 from service.api.routes import datasets, health, jobs, studies, trials, workers
 from service.config import Settings, get_settings
+from service.domain import studies as study_rows
+from service.domain import workers_seen
 from service.domain.feeder import Feeder, SamplerProcess
 from service.domain.reports import reap_expired
 from service.errors import Invalid, ServiceError
@@ -34,29 +36,48 @@ from service.storage.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+ECHO_CHARS = 200
+"""How much of a value an error gives back: an answer is never larger than its request."""
+
+
+def _text(s: str, limit: int = ECHO_CHARS) -> str:
+    """``s`` as an answer can carry it: unencodable characters escaped, long text cut."""
+    s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"
+
+
 def _echo(value: Any) -> Any:
-    """A value given in a request, as it can go back in a JSON answer."""
+    """A value given in a request, as it can go back in a JSON answer, shortened."""
     if isinstance(value, bytes):
-        return value[:200].decode("utf-8", "replace")
+        return _text(value[: ECHO_CHARS + 1].decode("utf-8", "replace"))
+    if isinstance(value, str):
+        return _text(value)
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate in a key
     except (TypeError, ValueError):  # NaN, a set, an object: its text
-        return repr(value)[:200]
-    return value
+        return _text(repr(value))
+    return value if len(text) <= ECHO_CHARS else _text(text)
 
 
 def _problem(loc: tuple[Any, ...] | list[Any], msg: str, value: Any) -> dict[str, Any]:
+    parts = [p if isinstance(p, int) else _text(str(p), 64) for p in loc]
     return {
-        "loc": list(loc),
-        "field": ".".join(str(p) for p in loc),
-        "msg": msg,
+        "loc": parts,
+        "field": ".".join(str(p) for p in parts),
+        "msg": _text(msg, 4 * ECHO_CHARS),
         "input": _echo(value),
     }
 
 
 def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
     message = "; ".join(
-        f"{p['field']}: {p['msg']}" + ("" if p.pop("_missing", False) else f" (got {p['input']!r})")
+        f"{p['field']}: {p['msg']}"
+        + (
+            ""
+            if p.pop("_missing", False)
+            else f" (got {json.dumps(p['input'], ensure_ascii=False)})"
+        )
         for p in problems
     )
     return JSONResponse(status_code=422, content={"message": message, "detail": problems})
@@ -157,6 +178,8 @@ def _reaper(rt: Runtime, stop: threading.Event) -> None:
     while not stop.wait(rt.settings.reap_interval_s):
         try:
             reap_expired(rt)
+            workers_seen.forget_stale(rt)
+            study_rows.clear_half_made(rt)
         except Exception:  # keep reaping; the next round retries
             log.exception("reaping expired leases failed")
 
@@ -212,6 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimits,
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(AuthGate, tokens=tokens)  # (added last: runs first)
     _install_error_handlers(app)

@@ -6,7 +6,8 @@ leaked worker host cannot submit or read studies, and a user cannot forge trial 
 
 Tokens are compared in constant time (their SHA-256 digests, so their length does not
 leak either), and every refusal is the same 401, whether the token was missing, wrong or
-of the other role.
+of the other role. A request with more than one ``Authorization`` header is refused
+(``400``) whatever their values: which one counts must not be up to the reader.
 """
 
 from __future__ import annotations
@@ -152,10 +153,9 @@ class AuthGate:
         self.app = app
         self.tokens = tokens
 
-    def _allowed(self, role: str, scope: Scope) -> bool:
+    def _allowed(self, role: str, header: str) -> bool:
         if role == "open":
             return True
-        header = Headers(scope=scope).get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = (
             HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
@@ -165,9 +165,21 @@ class AuthGate:
         return self.tokens.allow(role, given)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(
-            role_of(scope["method"], scope["path"]), scope
-        ):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).getlist("authorization")
+        if len(given) > 1:  # the first or the last? Neither: refused, on every route
+            response = JSONResponse(
+                status_code=400,
+                content={
+                    "message": f"the request has {len(given)} Authorization headers: "
+                    "send exactly one, 'Authorization: Bearer <token>'"
+                },
+            )
+            await response(scope, receive, send)
+            return
+        if not self._allowed(role_of(scope["method"], scope["path"]), given[0] if given else ""):
             refusal = Unauthorized()
             response = JSONResponse(
                 status_code=refusal.status,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.protocol import Finding, Flag, Int, Number
 from service.states import FinalState, Pruner, Sampler, SanityState, StudyStatus, TrialState
 
 Metric = Literal["val_accuracy", "val_loss", "val_mae"]
@@ -43,8 +44,8 @@ class StudyCreate(BaseModel):
         description="Unique name; also the Optuna study's name. Letters, digits, _ . -",
     )
     dataset: str = Field(description="A built-in data set or the name of an upload.")
-    n_trials: int = Field(ge=1, le=10_000, description="Exactly this many trial results.")
-    epochs: int = Field(ge=1, le=1_000, description="Training epochs of each trial.")
+    n_trials: Int = Field(ge=1, le=10_000, description="Exactly this many trial results.")
+    epochs: Int = Field(ge=1, le=1_000, description="Training epochs of each trial.")
     search_space: dict[str, Any] | None = Field(
         None, description="Ranges or choices to search, by parameter name."
     )
@@ -59,14 +60,14 @@ class StudyCreate(BaseModel):
     )
     sampler: Sampler = Field(Sampler.TPE, description="Optuna sampler.")
     pruner: Pruner = Field(Pruner.MEDIAN, description="Optuna pruner fed by the epoch reports.")
-    seed: int | None = Field(
+    seed: Int | None = Field(
         None,
         ge=0,
         le=2**31 - 1,
         description="Makes sampling and training deterministic with one worker.",
     )
     model: ModelSpec = ModelSpec()
-    trial_time_limit_s: float | None = Field(
+    trial_time_limit_s: Number | None = Field(
         None,
         gt=0,
         le=7 * 24 * 3600,
@@ -79,15 +80,44 @@ class StudyCreate(BaseModel):
         description="Parameters to try first, in order (each a full or partial set; the "
         "rest is sampled).",
     )
-    sanity_check: bool = Field(
+    epoch_budget: Int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="The epochs all trials together may train: no trial starts that could "
+        "take the study past it, and the study completes when no other trial fits (a "
+        "pruned trial is charged the epochs it ran). Default: no limit but n_trials.",
+    )
+    priors: Flag = Field(
+        True,
+        description="Try the configurations the design notes recommend first, taken into "
+        "the search space (after `enqueue`); false starts from the sampler alone.",
+    )
+    reevaluate_top: Int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="At the end, train the best this many configurations again on fresh "
+        "seeds and name the best mean the winner (0, or 1, turns it off). Skipped when it "
+        "would take more than a quarter of the budget (trials, or epochs).",
+    )
+    reevaluate_repeats: Int = Field(
+        1, ge=1, le=5, description="How many fresh-seed runs each re-evaluated one gets."
+    )
+    sanity_check: Flag = Field(
         True,
         description="Before any trial, check that the model can overfit a handful "
         "of training rows; if it cannot, the study fails instead of spending its budget.",
     )
-    tensorboard: bool = Field(
+    tensorboard: Flag = Field(
         False,
         description="Workers write TensorBoard logs of each trial under their "
         "artifact directory (workers need the `tensorboard` extra).",
+    )
+    diagnostics: Flag = Field(
+        True,
+        description="Workers probe each trial's model at a few epochs and record what went "
+        "wrong (findings: vanishing gradients, dead units, ...); false turns it off.",
     )
 
 
@@ -124,8 +154,11 @@ class TrialCounts(BaseModel):
 class BestTrial(BaseModel):
     trial_id: int
     number: int
-    value: float
+    value: float = Field(description="Its objective value; the mean over its evaluations.")
     params: dict[str, Any]
+    evaluations: int = Field(
+        1, description="Its trials: more than one once the best were re-evaluated."
+    )
 
 
 class StudyOut(BaseModel):
@@ -137,6 +170,17 @@ class StudyOut(BaseModel):
     dataset: str
     n_trials: int
     epochs: int
+    epoch_budget: int | None
+    epochs_charged: int = Field(
+        description="Epochs charged to the budget: those its trials ran, and the full "
+        "epochs of each running one."
+    )
+    priors: list[dict[str, Any]] = Field(
+        default_factory=list, description="The notes' configurations tried first."
+    )
+    reevaluations: int = Field(
+        0, description="Trials kept at the end to re-evaluate the best configurations."
+    )
     metric: str
     direction: str
     sampler: str
@@ -172,6 +216,49 @@ class TrialOut(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_s: float | None
+    findings: list[Finding] = Field(
+        default_factory=list,
+        description="What the worker's probe found wrong (codes: README, 'Findings').",
+    )
+
+
+class ValueFindings(BaseModel):
+    param: str
+    value: str = Field(description="The value, or a third of a numeric range.")
+    trials: int = Field(description="Trials with that value.")
+    code: str
+    count: int = Field(description="Of those, trials with the finding.")
+    text: str
+
+
+class FindingCounts(BaseModel):
+    by_code: dict[str, int] = Field(description="Trials carrying each finding.")
+    by_value: list[ValueFindings] = Field(
+        description="Findings counted per parameter value, the most telling first."
+    )
+
+
+class Advice(BaseModel):
+    param: str | None
+    value: str | None
+    action: str = Field(description="What to change (reflected in suggested_spec).")
+    evidence: str
+    why: str = Field(description="What the notes say about it.")
+
+
+class ReportOut(BaseModel):
+    study: str
+    trials: int = Field(description="Trials with a result (complete, pruned, failed).")
+    best: dict[str, Any] | None
+    importances: dict[str, float] = Field(
+        description="fANOVA importance of each searched parameter (sums to 1)."
+    )
+    findings: FindingCounts
+    advice: list[Advice]
+    suggested_spec: dict[str, Any] = Field(
+        description="This study's spec, narrowed where the evidence is strong: a body for "
+        "POST /studies."
+    )
 
 
 class ProblemOut(BaseModel):

@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from service.api.schemas import StudyOut, TrialOut
+from service.api.schemas import ReportOut, StudyOut, TrialOut
 from service.states import FinalState, SanityState, StudyStatus
 
 STATUS_STYLE = {
@@ -249,7 +249,7 @@ def trial_rows(
     trials: Sequence[TrialOut], params: Sequence[str]
 ) -> tuple[list[str], list[list[object]]]:
     """The header and rows of ``hpo trials``."""
-    header = ["#", "state", "value", "epochs", "time", *params, "reason"]
+    header = ["#", "state", "value", "epochs", "time", *params, "findings", "reason"]
     rows = [
         [
             t.number,
@@ -258,11 +258,41 @@ def trial_rows(
             t.epochs_run,
             None if t.duration_s is None else f"{t.duration_s:.1f}s",
             *(t.params.get(p) for p in params),
+            ",".join(f.code for f in t.findings) or None,
             t.reason,
         ]
         for t in trials
     ]
     return header, rows
+
+
+def report_text(report: ReportOut) -> str:
+    """``hpo report``: importances, findings, advice and the suggested spec, as text."""
+    lines = [f"{report.study}: {report.trials} trials with a result"]
+    if report.best is not None:
+        lines.append(f"best: trial {report.best['number']}, {report.best['value']:.4g}")
+    lines.append("")
+    lines.append("importance (fANOVA):")
+    items = sorted(report.importances.items(), key=lambda kv: -kv[1])
+    lines += [f"  {k:<20} {v:5.2f} {'#' * round(40 * v)}" for k, v in items] or [
+        "  (too few trials)"
+    ]
+    lines.append("")
+    lines.append("findings:")
+    lines += [
+        f"  {k}: {v} trial{'s' if v != 1 else ''}" for k, v in report.findings.by_code.items()
+    ] or ["  none"]
+    telling = [r for r in report.findings.by_value if r.count > 1][:10]
+    lines += [f"  {r.text}" for r in telling]
+    lines.append("")
+    lines.append("advice:")
+    lines += [f"  - {a.action}: {a.evidence}. {a.why}" for a in report.advice] or ["  none"]
+    lines.append("")
+    lines.append(
+        "suggested next spec (hpo report NAME --spec-out next.json; hpo submit next.json):"
+    )
+    lines.append(json.dumps(report.suggested_spec, indent=2))
+    return "\n".join(lines)
 
 
 def study_rows(studies: Sequence[StudyOut]) -> tuple[list[str], list[list[object]]]:

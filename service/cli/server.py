@@ -68,6 +68,7 @@ def api(
 
     from service.api.app import create_app
     from service.api.auth import token_problems
+    from service.api.connections import GuardedHttpProtocol
     from service.errors import NotMigrated
     from service.storage.engine import is_sqlite
     from service.storage.runtime import Runtime
@@ -102,6 +103,9 @@ def api(
     # In JSON mode uvicorn's loggers go through ours, so every line is one JSON object.
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     level = settings.log_level.lower()
+    # uvicorn's protocol with header and drain deadlines (HPO_HEADER_TIMEOUT_S, ...); a class,
+    # so each process of --processes N imports it and reads the settings itself.
+    http = GuardedHttpProtocol
     if processes > 1:
         # Each process builds its own app (engine, Optuna storage, reaper) from HPO_*.
         uvicorn.run(
@@ -112,10 +116,16 @@ def api(
             port=port,
             log_level=level,
             log_config=log_config,
+            http=http,
         )
     else:
         uvicorn.run(
-            create_app(settings), host=host, port=port, log_level=level, log_config=log_config
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=level,
+            log_config=log_config,
+            http=http,
         )
 
 

@@ -1,4 +1,4 @@
-"""The users' commands: submit, status, trials, best, stop, datasets, upload, model. A thin
+"""The users' commands: submit, status, trials, report, best, stop, datasets, upload, model. A thin
 layer over :class:`service.client.Client` (``HPO_API_URL`` or ``--api-url``, and the user
 token ``HPO_API_TOKEN``); what they print comes from :mod:`service.cli.render`.
 
@@ -142,6 +142,32 @@ def best(name: StudyName, as_json: AsJson = False, api_url: ApiUrl = None) -> No
     out.print(render.best_text(study, client.url), markup=False)
 
 
+def report(
+    name: StudyName,
+    as_json: AsJson = False,
+    spec_out: Annotated[
+        Path | None, typer.Option("--spec-out", help="Write the suggested next spec there (JSON).")
+    ] = None,
+    save: Annotated[
+        bool, typer.Option("--save", help="Also save it as the study's dashboard note.")
+    ] = False,
+    api_url: ApiUrl = None,
+) -> None:
+    """Why a study's bad trials were bad, and what to change.
+
+    Parameter importances, the findings counted per parameter value, advice traced to the
+    tuning notes, and a suggested next spec (`hpo submit` takes it; see --spec-out)."""
+    out = render.console()
+    with _session("report", api_url) as client:
+        found = client.report(name, save=save)
+    if spec_out is not None:
+        spec_out.write_text(json.dumps(found.suggested_spec, indent=2) + "\n")
+    if as_json:
+        render.print_json(out, found)
+        return
+    out.print(render.report_text(found), markup=False)
+
+
 def stop(name: StudyName, api_url: ApiUrl = None) -> None:
     """Stop a study: no more trials; running ones stop at their next report."""
     with _session("stop", api_url) as client:
@@ -213,4 +239,4 @@ def model(
     )
 
 
-COMMANDS = (submit, status, trials, best, stop, datasets, upload, model)
+COMMANDS = (submit, status, trials, report, best, stop, datasets, upload, model)

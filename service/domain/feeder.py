@@ -36,10 +36,10 @@ from sqlalchemy.exc import IntegrityError
 
 from service import logs
 from service.config import Settings
-from service.domain import workers_seen
-from service.states import OPEN_STATUSES, SanityState, StudyStatus
+from service.domain import winners, workers_seen
+from service.states import LIVE_STATES, OPEN_STATUSES, JobKind, SanityState, StudyStatus
 from service.storage.runtime import Runtime
-from service.storage.tables import SamplerRow, StudyRow, SuggestionRow, utcnow
+from service.storage.tables import LeaseRow, SamplerRow, StudyRow, SuggestionRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ _SUGGESTIONS = cast(Table, SuggestionRow.__table__)
 MAX_FAILURES = 3
 """Sampling that fails this many times in a row fails the study, saying why (a worker
 would otherwise wait for suggestions that never come)."""
+
+QUEUED, RERUN = 1, 2
+"""Suggestions' priorities: a lost trial's re-run first, then queued trials (enqueued,
+the notes' priors, re-evaluations), then sampled ones (0)."""
 
 STOPPED_REASON = "a suggestion never handed out: the study was stopped"
 
@@ -101,6 +105,19 @@ def _suggested(
         "priority": priority,
         "created_at": utcnow(),
     }
+
+
+def _live_trials(study_id: int) -> Any:
+    return (
+        select(func.count())
+        .select_from(LeaseRow)
+        .where(
+            LeaseRow.study_id == study_id,
+            LeaseRow.kind == JobKind.TRIAL,
+            LeaseRow.state.in_(LIVE_STATES),
+        )
+        .scalar_subquery()
+    )
 
 
 class Feeder:
@@ -260,12 +277,25 @@ class Feeder:
             .scalar_subquery()
         )
         with self.rt.sessions() as s:  # one statement: one consistent view on PostgreSQL too
-            free, ready = s.execute(
-                select(StudyRow.n_trials - StudyRow.slots_used, ready_count).where(
-                    StudyRow.id == study.id
-                )
+            free, charged, ready, running = s.execute(
+                select(
+                    StudyRow.n_trials - StudyRow.slots_used,
+                    StudyRow.epochs_charged,
+                    ready_count,
+                    _live_trials(study.id),
+                ).where(StudyRow.id == study.id)
             ).one()
-        wanted = min(target - ready, free - ready)
+        if study.epoch_budget is not None:  # the trials whose every epoch still fits
+            free = min(free, (study.epoch_budget - charged) // study.epochs)
+        kept = winners.reserve(study)
+        if kept and free - ready <= kept:
+            # The search is done but for the trials kept for the re-evaluation: once its
+            # last trials have ended, the best configurations are queued again.
+            if ready or running:
+                return
+            winners.queue(self.rt, study)
+            kept = 0
+        wanted = min(target - ready, free - ready - kept)
         if wanted <= 0:
             return
         self._refresh(study)
@@ -292,7 +322,7 @@ class Feeder:
         )
         if queued:  # (a waiting trial, which Optuna's own ``ask`` wrote)
             with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
-                s.add(suggestion(study, trial_id, number, params, priority=1))
+                s.add(suggestion(study, trial_id, number, params, priority=QUEUED))
         # (No notify: the leases that wait are in the API process; they look every 20 ms.)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:

@@ -23,7 +23,8 @@ from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from search_space import SearchSpace
-from service.domain import studies
+from search_space.catalog import DatasetInfo
+from service.domain import model_check, studies, winners
 from service.errors import Conflict, NotFound
 from service.states import (
     OPEN_STATUSES,
@@ -55,8 +56,8 @@ def _params(rt: Runtime, kind: str, study: StudyRow) -> dict[str, Any]:
             spec["search_space"], spec["fixed"], family=spec["model"]["family"]
         )
         return space.sane_params()
-    best = studies.best(rt, study)
-    assert best is not None and best.params is not None
+    best = winners.best(rt, study)
+    assert best is not None
     return best.params
 
 
@@ -219,11 +220,22 @@ def sanity_result(
 def model_result(
     rt: Runtime, job_id: int, worker_id: str, *, test_value: float, content: bytes
 ) -> LeaseRow:
-    """The retrained best model and its test score."""
+    """The retrained best model and its test score, once the model passed
+    :func:`model_check.check` (outside the write lock: it takes seconds). A retry of an
+    accepted upload is answered as before, unchecked: nothing more is stored.
+
+    Raises:
+        Invalid: the model is not what the study needs; nothing is stored and the job
+            stays with its worker, to retry or fail.
+    """
+    job, study = _own(rt, job_id, worker_id)
+    if job.kind != JobKind.FINAL:
+        raise Conflict(f"job {job_id} is a {job.kind} job, not a final model")
+    if job.state == LeaseState.ACTIVE:
+        info = DatasetInfo.from_json(study.spec["dataset_info"])
+        model_check.check(content, info, study.spec["model"]["family"])
     with rt.unit_of_work():
         job, _ = _own(rt, job_id, worker_id)
-        if job.kind != JobKind.FINAL:
-            raise Conflict(f"job {job_id} is a {job.kind} job, not a final model")
         if job.state == LeaseState.ACTIVE:
             with rt.sessions() as s:
                 rt.optuna.attach_model(s.get_one(StudyRow, job.study_id), content)

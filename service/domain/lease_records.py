@@ -77,6 +77,29 @@ _COUNTED = (
 )
 
 
+_CHARGE_RAN = (
+    _STUDIES.update()
+    .where(_STUDIES.c.id == bindparam("study_id"))
+    .values(epochs_charged=_STUDIES.c.epochs_charged + bindparam("delta"))
+)
+_LIVE_TRIALS = (
+    select(_LEASES.c.id)
+    .where(
+        _LEASES.c.study_id == _STUDIES.c.id,
+        _LEASES.c.kind == JobKind.TRIAL,
+        _LEASES.c.state.in_(LIVE_STATES),
+    )
+    .exists()
+)
+_BUDGET_SPENT = select(_STUDIES.c.id).where(
+    _STUDIES.c.id == bindparam("study_id"),
+    _STUDIES.c.epoch_budget.is_not(None),
+    _STUDIES.c.epochs_charged + _STUDIES.c.epochs > _STUDIES.c.epoch_budget,
+    ~_LIVE_TRIALS,
+)
+"""The study has an epoch budget, no room in it for another trial, and none running."""
+
+
 def look(conn: Connection, trial_id: int, worker_id: str) -> Held:
     found = conn.execute(_LOOK_TRIAL, {"trial_id": trial_id}).first()
     if found is None:
@@ -124,10 +147,11 @@ def count_result(
     now: datetime,
 ) -> datetime | None:
     """Record a counted result (complete, pruned, fail) on a live lease, in the caller's
-    transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
-    so a racing reaper or retry changes nothing. Completes the study when its
-    ``n_trials`` results are in. Returns when the lease started, or None when it was not
-    live any more (nothing written)."""
+        transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
+        so a racing reaper or retry changes nothing. Completes the study when its
+        ``n_trials`` results are in, or when its epoch budget has no room for another trial
+    and none runs. Returns when the lease started, or None when it was not
+        live any more (nothing written)."""
     changed = conn.execute(
         _RESULT,
         {
@@ -143,8 +167,11 @@ def count_result(
         return None
     started: datetime | None = conn.scalar(_STARTED, {"lease_id": lease_id})
     of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
+    # The lease was charged the study's epochs; the result is charged what it ran.
+    delta = min(epochs_run, study.epochs) - study.epochs
+    conn.execute(_CHARGE_RAN, {"study_id": study.id, "delta": delta})
     counted = conn.scalar(_COUNTED, {"study_id": study.id})
-    if (counted or 0) >= study.n_trials:
+    if (counted or 0) >= study.n_trials or conn.scalar(_BUDGET_SPENT, {"study_id": study.id}):
         # Done: retrain the best configuration, if any trial completed.
         any_complete = conn.scalar(
             select(func.count())

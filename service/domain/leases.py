@@ -7,6 +7,9 @@ Invariants (``service.domain.reports`` and ``feeder`` keep the rest of them):
 - A study's ``slots_used`` (active leases + counted results) never exceeds ``n_trials``:
   a slot is taken by one conditional ``UPDATE ... WHERE slots_used < n_trials``, atomic on
   SQLite and PostgreSQL alike, in the transaction that claims the suggestion.
+- With an ``epoch_budget``, ``epochs_charged`` never exceeds it: the slot's UPDATE also
+  charges the study's ``epochs`` only while they fit; a counted result is charged the
+  epochs it ran instead, and a lost or released trial gives its charge back with its slot.
 - A trial is handed out once: the claim deletes its suggestion, and its lease row is
   unique by trial id.
 """
@@ -18,7 +21,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, select
+from sqlalchemy import Connection, Table, bindparam, func, or_, select
 
 from service.domain import jobs, workers_seen
 from service.protocol import Lease, ModelRef
@@ -69,6 +72,7 @@ def _lease(
         lease_seconds=rt.settings.lease_seconds,
         trial_time_limit_s=spec.get("trial_time_limit_s"),
         tensorboard=bool(spec.get("tensorboard", False)),
+        diagnostics=bool(spec.get("diagnostics", True)),
         max_model_params=rt.settings.max_model_params,
     )
 
@@ -76,11 +80,17 @@ def _lease(
 _STUDIES = cast(Table, StudyRow.__table__)
 _SUGGESTIONS = cast(Table, SuggestionRow.__table__)
 _LEASES = cast(Table, LeaseRow.__table__)
+EPOCHS_FIT = or_(
+    _STUDIES.c.epoch_budget.is_(None),
+    _STUDIES.c.epochs_charged + _STUDIES.c.epochs <= _STUDIES.c.epoch_budget,
+)
+"""Whether one more trial's epochs fit in the study's epoch budget (if it has one)."""
 _CANDIDATES = (
     select(_STUDIES.c.id, _STUDIES.c.created_at)
     .where(
         _STUDIES.c.status.in_(OPEN_STATUSES),
         _STUDIES.c.slots_used < _STUDIES.c.n_trials,
+        EPOCHS_FIT,
         _STUDIES.c.optuna_study_id.is_not(None),  # creation still under way
         _STUDIES.c.sanity_state.in_((SanityState.PASSED, SanityState.SKIPPED)),
     )
@@ -95,9 +105,11 @@ _TAKE_SLOT = (
         _STUDIES.c.id == bindparam("study_id"),
         _STUDIES.c.status.in_(OPEN_STATUSES),
         _STUDIES.c.slots_used < _STUDIES.c.n_trials,
+        EPOCHS_FIT,
     )
     .values(
         slots_used=_STUDIES.c.slots_used + 1,
+        epochs_charged=_STUDIES.c.epochs_charged + _STUDIES.c.epochs,
         status=StudyStatus.RUNNING,
         started_at=func.coalesce(
             _STUDIES.c.started_at, bindparam("now", type_=_STUDIES.c.started_at.type)
@@ -107,7 +119,10 @@ _TAKE_SLOT = (
 _GIVE_SLOT = (
     _STUDIES.update()
     .where(_STUDIES.c.id == bindparam("study_id"))
-    .values(slots_used=_STUDIES.c.slots_used - 1)
+    .values(
+        slots_used=_STUDIES.c.slots_used - 1,
+        epochs_charged=_STUDIES.c.epochs_charged - _STUDIES.c.epochs,
+    )
 )
 _NEXT_SUGGESTION = (
     select(

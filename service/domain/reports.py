@@ -23,6 +23,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, select, update
 
 from service.domain import feeder, jobs, workers_seen
+from service.domain.findings import judged
 from service.domain.lease_records import (
     Outcome,
     count_result,
@@ -32,6 +33,7 @@ from service.domain.lease_records import (
     record,
     recorded,
 )
+from service.errors import Invalid
 from service.states import (
     LIVE_STATES,
     OPEN_STATUSES,
@@ -44,6 +46,8 @@ from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow, update_row, utcnow
 
 log = logging.getLogger(__name__)
+
+_LEASES = cast(Table, LeaseRow.__table__)
 
 
 def _renew(
@@ -59,6 +63,8 @@ def _renew(
     with rt.write() as conn:
         held = look(conn, trial_id, worker_id)
         study = rt.as_created(held.study_id, held.study_created)
+        if epoch is not None:
+            _within_budget("epoch", epoch, study)
         if held.state == LeaseState.PRUNED:
             return Action.PRUNE, study
         if held.state != LeaseState.ACTIVE:
@@ -82,6 +88,13 @@ def _renew(
         if not written:
             raise _EndedInOptuna
         return Action.CONTINUE, study
+
+
+def _within_budget(field: str, epoch: int, study: StudyRow) -> None:
+    if epoch > study.epochs:
+        raise Invalid(
+            (field,), f"is past the study's last epoch: it trains {study.epochs} epochs", epoch
+        )
 
 
 class _EndedInOptuna(Exception):
@@ -142,6 +155,8 @@ def _finish(
     epochs_run: int | None = None,
     history: dict[str, list[float]] | None = None,
     train_val_gap: float | None = None,
+    findings: list[dict[str, Any]] | None = None,
+    diagnostics_s: float | None = None,
 ) -> Outcome:
     """End an active lease with a counted result: Optuna's trial and the service's lease
     end in one transaction, so neither holds a result the other lacks."""
@@ -152,12 +167,18 @@ def _finish(
     if held.state != LeaseState.ACTIVE:
         raise gone(held)
     study = rt.as_created(held.study_id, held.study_created)
+    _within_budget("epochs_run", epochs_run or 0, study)
     epochs = max(held.epochs_run, epochs_run or 0)
     attrs: dict[str, Any] = {"worker_id": worker_id, "epochs_run": epochs}
     if reason is not None:
         attrs["fail_reason"] = reason
     if train_val_gap is not None:
         attrs["train_val_gap"] = train_val_gap
+    if diagnostics_s is not None:
+        attrs["diagnostics_s"] = round(diagnostics_s, 4)
+    if findings or diagnostics_s is not None:  # diagnosed: the dashboard shows even []
+        findings = judged(rt, study, value, findings or [])
+        attrs["findings"] = findings
     if history:
         with rt.unit_of_work():  # (Optuna changes no finished trial)
             rt.optuna.attach_history(trial_id, history)
@@ -173,6 +194,10 @@ def _finish(
             )
             if started is None:
                 raise _NotLive
+            if findings:
+                conn.execute(
+                    _LEASES.update().where(_LEASES.c.id == held.id), {"findings": findings}
+                )
             remember = workers_seen.seen_in(rt, conn, worker_id, job_id=None)
     except _NotLive:
         # The reaper settles (or settled) the lease from Optuna's record; this call is
@@ -197,6 +222,8 @@ def complete(
     *,
     history: dict[str, list[float]] | None = None,
     train_val_gap: float | None = None,
+    findings: list[dict[str, Any]] | None = None,
+    diagnostics_s: float | None = None,
 ) -> Outcome:
     """Record the trial's objective value; a retry answers the same and counts once."""
     return _finish(
@@ -208,6 +235,8 @@ def complete(
         epochs_run=epochs_run,
         history=history,
         train_val_gap=train_val_gap,
+        findings=findings,
+        diagnostics_s=diagnostics_s,
     )
 
 
@@ -219,6 +248,8 @@ def fail(
     epochs_run: int,
     *,
     history: dict[str, list[float]] | None = None,
+    findings: list[dict[str, Any]] | None = None,
+    diagnostics_s: float | None = None,
 ) -> Outcome:
     """Record that the trial failed (a non-finite loss, an exception); it counts as a result."""
     return _finish(
@@ -229,6 +260,8 @@ def fail(
         reason=reason,
         epochs_run=epochs_run,
         history=history,
+        findings=findings,
+        diagnostics_s=diagnostics_s,
     )
 
 
@@ -280,10 +313,13 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
             s.execute(
                 update(StudyRow)
                 .where(StudyRow.id == study.id)
-                .values(slots_used=StudyRow.slots_used - 1)
+                .values(
+                    slots_used=StudyRow.slots_used - 1,
+                    epochs_charged=StudyRow.epochs_charged - StudyRow.epochs,
+                )
             )
             if rerun is not None and params is not None:
-                s.add(feeder.suggestion(study, *rerun, params, priority=1))
+                s.add(feeder.suggestion(study, *rerun, params, priority=feeder.RERUN))
     if changed.rowcount != 1:  # another process settled it first; its slot is back
         if rerun is not None:
             rt.optuna.discard(study, rerun[0], "a re-run not needed: settled elsewhere")

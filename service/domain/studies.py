@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from search_space import METRICS, SearchSpace, SpaceError
 from search_space.catalog import DEFAULT_METRIC, DatasetInfo, metric_fits
 from search_space.families import family_names
+from search_space.priors import priors_for
 from search_space.size import max_param_count
-from service.domain import datasets, feeder
+from service.domain import datasets, feeder, winners
 from service.errors import Conflict, Invalid, NotFound
 from service.states import (
     OPEN_STATUSES,
     FinalState,
     JobKind,
-    LeaseState,
     Pruner,
     Sampler,
     SanityState,
@@ -53,8 +54,13 @@ class NewStudy:
     model_family: str = "mlp"
     trial_time_limit_s: float | None = None
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    epoch_budget: int | None = None
+    priors: bool = True
+    reevaluate_top: int = winners.REEVALUATE_TOP
+    reevaluate_repeats: int = 1
     sanity_check: bool = True
     tensorboard: bool = False
+    diagnostics: bool = True
 
 
 def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
@@ -116,6 +122,17 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
     ]
     if problems:
         raise SpaceError(problems)
+    if body.epoch_budget is not None and body.epoch_budget < body.epochs:
+        raise Invalid(
+            ("epoch_budget",),
+            f"must be at least the epochs of one trial ({body.epochs})",
+            body.epoch_budget,
+        )
+    # The notes' configurations, after the user's own (grid: it enumerates the space).
+    priors = [] if not body.priors or body.sampler == Sampler.GRID else priors_for(space)
+    priors = [p for p in priors if p not in body.enqueue][
+        : max(0, body.n_trials - len(body.enqueue))
+    ]
     warnings = []
     if info.source != "sklearn":
         reported = datasets.reported_unavailable(rt, info.name)
@@ -131,12 +148,19 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
         "dataset_info": info.to_json(),
         "trial_time_limit_s": body.trial_time_limit_s,
         "tensorboard": body.tensorboard,
+        "diagnostics": body.diagnostics,
+        "priors": priors,
+        "reevaluate_top": body.reevaluate_top,
+        "reevaluate_repeats": body.reevaluate_repeats,
     }
     with rt.unit_of_work():
-        if rt.optuna.has_study(body.name):
-            raise Conflict(f"a study named {body.name!r} already exists")
         # The row reserves the name (unique) before Optuna's study exists; if creating the
-        # Optuna study fails, the row goes again, so nothing half-made stays behind.
+        # Optuna study fails, the row goes again, so nothing half-made stays behind. A
+        # submission cut short in between (the API killed, the database gone) leaves a row
+        # without its Optuna study: once abandoned, it is cleared here or by the reaper.
+        _clear_if_abandoned(rt, body.name)
+        if rt.optuna.has_study(body.name):
+            raise Conflict(f"a study named {body.name!r} already exists [DBG has]")
         try:
             with rt.sessions.begin() as s:
                 row = StudyRow(
@@ -149,13 +173,15 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
                     direction=direction,
                     spec=spec,
                     slots_used=0,
+                    epoch_budget=body.epoch_budget,
+                    epochs_charged=0,
                     created_at=utcnow(),
                     sanity_state=SanityState.PENDING if body.sanity_check else SanityState.SKIPPED,
                     final_state=FinalState.NONE,
                 )
                 s.add(row)
         except IntegrityError as exc:
-            raise Conflict(f"a study named {body.name!r} already exists") from exc
+            raise Conflict(f"a study named {body.name!r} already exists [DBG row {exc}]") from exc
         try:
             note = {
                 "hpo_spec": {
@@ -163,15 +189,16 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
                     "dataset": body.dataset,
                     "n_trials": body.n_trials,
                     "epochs": body.epochs,
+                    "epoch_budget": body.epoch_budget,
                     "metric": metric,
                 }
             }
-            optuna_id = rt.optuna.create_study(body.name, direction, note, body.enqueue)
+            optuna_id = rt.optuna.create_study(body.name, direction, note, [*body.enqueue, *priors])
         except Exception as exc:
             with rt.sessions.begin() as s:
                 s.execute(delete(StudyRow).where(StudyRow.id == row.id))
             if isinstance(exc, DuplicateStudy):  # created by someone else meanwhile
-                raise Conflict(f"a study named {body.name!r} already exists") from exc
+                raise Conflict(f"a study named {body.name!r} already exists [DBG dup]") from exc
             rt.optuna.delete_study_if_exists(body.name)
             raise
         with rt.sessions.begin() as s:
@@ -186,6 +213,62 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
         row.dataset,
     )
     return row, warnings
+
+
+HALF_MADE_AFTER = timedelta(seconds=60)
+"""A study row still without its Optuna study this long after it was written is from a
+submission cut short, not one under way (creating the Optuna study takes a second)."""
+
+
+def _clear_if_abandoned(rt: Runtime, name: str) -> None:
+    """Clear a half-made study of this name if it was abandoned.
+
+    Raises:
+        Conflict: one is being created right now.
+    """
+    with rt.sessions() as s:
+        row = s.scalars(
+            select(StudyRow).where(StudyRow.name == name, StudyRow.optuna_study_id.is_(None))
+        ).one_or_none()
+    if row is None:
+        return
+    if utcnow() - row.created_at < HALF_MADE_AFTER:
+        raise Conflict(f"a study named {name!r} is being created; retry shortly")
+    _clear(rt, row.id, name)
+
+
+def _clear(rt: Runtime, row_id: int, name: str) -> None:
+    # Another process (or the reaper and a resubmission here) may clear the same row and
+    # make the study anew meanwhile; the Optuna study of that name is then the new one's.
+    # Its id is read before the row is seen still half-made: a study made anew needs this
+    # row gone first, so the id read is this row's (ids are never reused). No lock is held
+    # across Optuna's calls (a feeder writing a trial of the study would wait on it).
+    optuna_id = rt.optuna.study_id(name)
+    with rt.sessions() as s:
+        row = s.get(StudyRow, row_id)
+        if row is None or row.optuna_study_id is not None:
+            return
+    # Optuna's study first: interrupted here, the row is still there to clear next time.
+    if optuna_id is not None:
+        rt.optuna.delete_study(optuna_id)
+    with rt.sessions.begin() as s:
+        gone = s.execute(delete(StudyRow).where(StudyRow.id == row_id, StudyRow.optuna_study_id.is_(None)))
+    log.warning("study %s (%s) was half-made (its submission was cut short): cleared [DBG optuna %s rows %s after %s]", row_id, name, optuna_id, gone.rowcount, rt.optuna.study_id(name))
+
+
+def clear_half_made(rt: Runtime) -> int:
+    """The reaper's sweep: clear every abandoned half-made study; how many."""
+    with rt.sessions() as s:
+        rows = s.execute(
+            select(StudyRow.id, StudyRow.name).where(
+                StudyRow.optuna_study_id.is_(None),
+                StudyRow.created_at < utcnow() - HALF_MADE_AFTER,
+            )
+        ).all()
+    for row_id, name in rows:
+        with rt.unit_of_work():
+            _clear(rt, row_id, name)
+    return len(rows)
 
 
 def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int, body: NewStudy) -> None:
@@ -265,32 +348,6 @@ def counts_of(rt: Runtime, study_ids: list[int]) -> dict[int, dict[str, int]]:
         for study_id, state, n in s.execute(query):
             out[study_id][TrialState.of(state)] += n
     return out
-
-
-def best_of(rt: Runtime, study_ids: list[int]) -> dict[int, LeaseRow]:
-    """The best completed trial of each study in ``study_ids`` that has one (ties go to
-    the earliest trial), in one query."""
-    score = case((StudyRow.direction == "maximize", -LeaseRow.value), else_=LeaseRow.value)
-    rank = (
-        func.row_number()
-        .over(partition_by=LeaseRow.study_id, order_by=(score, LeaseRow.trial_number))
-        .label("rank")
-    )
-    ranked = (
-        select(LeaseRow.id, rank)
-        .join(StudyRow, StudyRow.id == LeaseRow.study_id)
-        .where(*_TRIALS, LeaseRow.study_id.in_(study_ids), LeaseRow.state == LeaseState.COMPLETE)
-        .subquery()
-    )
-    with rt.sessions() as s:
-        rows = s.scalars(
-            select(LeaseRow).join(ranked, ranked.c.id == LeaseRow.id).where(ranked.c.rank == 1)
-        ).all()
-    return {row.study_id: row for row in rows}
-
-
-def best(rt: Runtime, row: StudyRow) -> LeaseRow | None:
-    return best_of(rt, [row.id]).get(row.id)
 
 
 def trials(rt: Runtime, study_id: int) -> list[LeaseRow]:

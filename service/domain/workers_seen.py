@@ -1,4 +1,11 @@
-"""Which workers are alive: every protocol call says a worker was seen, and what it holds."""
+"""Which workers are alive: every protocol call says a worker was seen, and what it holds.
+
+A worker id is recorded when it is given work, never by a poll that found none: holding
+the worker token does not let anyone fill ``/workers`` (and ``hpo_live_workers``, and the
+feeder's buffer sizing) with ids that never worked. A recorded worker keeps its row while
+it calls; a row not seen for :data:`FORGET_AFTER_LEASES` lease lengths is deleted by the
+reaper (``forget_stale``), so the table holds the workers of about the last hour.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ from service.storage.tables import LeaseRow, WorkerRow, update_row, utcnow
 log = logging.getLogger(__name__)
 _KEEP: Any = object()
 _WORKERS = cast(Table, WorkerRow.__table__)
+
+FORGET_AFTER_LEASES = 20
+"""A worker silent for this many lease lengths (20 minutes by default) is forgotten."""
 
 SEEN_EVERY_S = 2.0
 """A worker's ``last_seen`` is written at most this often by one process (each epoch
@@ -58,8 +68,9 @@ def seen(
         return  # written a moment ago (or by the call's own transaction: ``seen_in``)
     try:
         with rt.unit_of_work():
-            _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
-        rt.seen[worker_id] = (now, what)
+            recorded = _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+        if recorded:  # (an id that never worked is not remembered here either)
+            rt.seen[worker_id] = (now, what)
     except Exception:
         log.warning("could not record worker %s as seen", worker_id, exc_info=True)
 
@@ -109,12 +120,16 @@ def _update(values: dict[str, Any]) -> Any:
 
 def _seen(
     rt: Runtime, worker_id: str, *, host: str | None, pid: int | None, job_id: int | object | None
-) -> None:
+) -> bool:
+    """Whether the worker has a row now: updated, or inserted for a call about work it
+    holds (a job given, a report, a heartbeat)."""
     values = _values(worker_id, host, pid, job_id)
     with rt.write() as conn:
         changed = conn.execute(_update(values), values)
     if changed.rowcount == 1:
-        return
+        return True
+    if job_id is None:  # a poll that found no work, or a result after the row expired
+        return False
     now = values["new_last_seen"]
     try:
         with rt.sessions.begin() as s:
@@ -129,7 +144,21 @@ def _seen(
                 )
             )
     except IntegrityError:  # another API process recorded it first
-        _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+        return _seen(rt, worker_id, host=host, pid=pid, job_id=job_id)
+    return True
+
+
+def forget_stale(rt: Runtime) -> int:
+    """Delete the workers not seen for ``FORGET_AFTER_LEASES`` lease lengths; how many."""
+    since = utcnow() - timedelta(seconds=FORGET_AFTER_LEASES * rt.settings.lease_seconds)
+    with rt.write() as conn:
+        gone = conn.execute(
+            _WORKERS.delete().where(_WORKERS.c.last_seen < since).returning(_WORKERS.c.id)
+        )
+        ids = gone.scalars().all()
+    for worker_id in ids:
+        rt.seen.pop(worker_id, None)
+    return len(ids)
 
 
 def _live_since(rt: Runtime) -> datetime:

@@ -6,13 +6,13 @@ error to a 503."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import threading
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
+
+
+def _spec_note(note: dict[str, Any]) -> str:
+    return "## Submitted spec\n\n```json\n" + json.dumps(note, indent=2) + "\n```\n"
 
 
 def _optuna_id(row: StudyRow) -> int:
@@ -147,27 +151,71 @@ class OptunaAdapter:
         # The dashboard shows the study's note: the spec as submitted, resolved.
         import optuna_dashboard  # (a second of imports, sklearn's among them: when needed)
 
-        optuna_dashboard.save_note(
-            study, "## Submitted spec\n\n```json\n" + json.dumps(note, indent=2) + "\n```\n"
-        )
+        optuna_dashboard.save_note(study, _spec_note(note))
         return int(self.storage.get_study_id_from_name(name))
 
+    def importances(self, row: StudyRow) -> dict[str, float]:
+        """fANOVA parameter importances over the completed trials (``diagnostics.report``)."""
+        from diagnostics.report import importances
+
+        return importances(self._study(row))
+
+    def save_report(self, row: StudyRow, text: str, report: dict[str, Any]) -> None:
+        """The study's note becomes ``text`` followed by its submitted spec; the report's
+        figures (importances, the best and worst trials' curves) go up as artifacts."""
+        import optuna_dashboard
+
+        from diagnostics.figures import curves_png, importances_png
+
+        study = self._study(row)
+        note = {"hpo_spec": study.user_attrs.get("hpo_spec", {})}
+        optuna_dashboard.save_note(study, text + "\n" + _spec_note(note))
+        if report["importances"]:
+            self._upload(study, "report-importances.png", importances_png(report), "image/png")
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if complete:
+            ranked = sorted(
+                complete,
+                key=lambda t: float(t.value or 0.0),
+                reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE,
+            )
+            picked = {"best": ranked[0], "worst": ranked[-1]}
+            curves = {
+                f"{label} (#{t.number}, {t.value:.4g})": dict(t.intermediate_values)
+                for label, t in picked.items()
+            }
+            metric = row.metric
+            self._upload(study, "report-curves.png", curves_png(curves, metric), "image/png")
+
     def has_study(self, name: str) -> bool:
+        """Whether Optuna holds a study of this name: asked of the database, not the cache
+        of names, which another process's (or thread's) deletion leaves behind."""
+        return self.study_id(name) is not None
+
+    def study_id(self, name: str) -> int | None:
+        """The id of Optuna's study of this name (asked of the database), or None."""
         try:
-            self.storage.get_study_id_from_name(name)
+            return int(self.rdb.get_study_id_from_name(name))
         except KeyError:
-            return False
-        return True
+            return None
+
+    def delete_study(self, study_id: int) -> None:
+        with contextlib.suppress(KeyError):  # deleted by another process meanwhile
+            self.storage.delete_study(study_id)
 
     def delete_study_if_exists(self, name: str) -> None:
-        if self.has_study(name):
-            optuna.delete_study(study_name=name, storage=self.storage)
+        study_id = self.study_id(name)
+        if study_id is not None:
+            self.delete_study(study_id)
 
     def _study(self, row: StudyRow) -> optuna.Study:
         optuna_id = _optuna_id(row)
         with self._lock:
             study = self._studies.get(optuna_id)
         if study is None:
+            # The row knows its Optuna id: a name cached before the study was cleared and
+            # made anew (by another process) must not lead this one to the old study.
+            self.storage.learn_name(row.name, optuna_id)
             study = optuna.Study(
                 study_name=row.name,
                 storage=self.storage,
@@ -186,7 +234,7 @@ class OptunaAdapter:
         self,
         row: StudyRow,
         *,
-        writing: Callable[[], AbstractContextManager[None]],
+        writing: Callable[[], contextlib.AbstractContextManager[None]],
         then: Callable[[Connection, int, int, dict[str, Any]], None] | None = None,
     ) -> tuple[int, int, dict[str, Any], bool]:
         """Create a trial and sample its parameters: (trial id, number, params, whether
@@ -306,7 +354,14 @@ class OptunaAdapter:
         process ended), not re-read from the database on every report."""
         self.storage.wrote_step(trial_id, step, value)
         study = self._study(row)
-        return bool(study.pruner.prune(study, self.storage.get_trial(trial_id)))
+        trial = self.storage.get_trial(trial_id)
+        if "reevaluates" in trial.user_attrs:  # (``winners``: judged on all its epochs)
+            return False
+        return bool(study.pruner.prune(study, trial))
+
+    def enqueue(self, row: StudyRow, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Queue a trial of these parameters, first in line (``draw`` takes it)."""
+        self._study(row).enqueue_trial(params, user_attrs=attrs)
 
     def finish(
         self,

@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Connection, Table, func, or_, select
 
@@ -68,6 +69,14 @@ class ServiceCache(_CachedStorage):
         self._sorted: dict[tuple[int, Any], tuple[int, list[FrozenTrial]]] = {}
 
     def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
+        # A finished trial is final: a copy read while it still ran (a refresh racing the
+        # ``ended`` of the call that finished it) must not bring it back to running, or
+        # the pruner counts one completed trial fewer until the next refresh.
+        trials = [
+            t
+            for t in trials
+            if t.state.is_finished() or self._get_cached_trial(t._trial_id) is None
+        ]
         super()._add_trials_to_cache(study_id, trials)
         if trials:
             self._version[study_id] = self._version.get(study_id, 0) + 1
@@ -104,6 +113,19 @@ class ServiceCache(_CachedStorage):
         with self._lock:
             self._ids[study_name] = study_id
         return study_id
+
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        study_id = super().create_new_study(directions, study_name)
+        if study_name is not None:  # (a name cached from a study since deleted is stale)
+            self.learn_name(study_name, study_id)
+        return study_id
+
+    def learn_name(self, study_name: str, study_id: int) -> None:
+        """The study of this name is ``study_id`` (from the service's row, the truth)."""
+        with self._lock:
+            self._ids[study_name] = study_id
 
     def delete_study(self, study_id: int) -> None:
         super().delete_study(study_id)
@@ -167,7 +189,7 @@ class ServiceCache(_CachedStorage):
                 if state.is_finished():
                     info.unfinished_trial_ids.discard(trial_id)
                     self._live.pop(trial_id, None)  # finished, perhaps by another process
-                else:
+                elif self._get_cached_trial(trial_id) is None:  # (not ended meanwhile)
                     info.unfinished_trial_ids.add(trial_id)
             finished = [trial_id for trial_id, state in rows if state.is_finished()]
             # Every trial at or below this is finished or in the unfinished set.

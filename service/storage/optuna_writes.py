@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.errors import Conflict
 from service.storage.optuna_cache import Ended
 
 # Optuna's tables, written with Core statements in the service's own transactions.
@@ -50,31 +51,48 @@ def _upsert_attr(dialect: str) -> Any:
     )
 
 
-@functools.cache
-def _upsert_step(dialect: str) -> Any:
-    """An epoch's value, inserted or replaced (built once: building the statement cost
-    more than running it); its values come with each execution."""
-    upsert = (postgresql if dialect == "postgresql" else sqlite).insert(_STEPS_T)
-    return upsert.on_conflict_do_update(
-        index_elements=["trial_id", "step"],
-        set_={
-            "intermediate_value": upsert.excluded.intermediate_value,
-            "intermediate_value_type": upsert.excluded.intermediate_value_type,
-        },
+def write_attrs(conn: Connection, trial_id: int, attrs: dict[str, Any]) -> None:
+    """User attributes of a trial, finished or not, in the caller's transaction (Optuna's
+    own API refuses to change a finished trial; a pruned trial's findings arrive after)."""
+    conn.execute(
+        _upsert_attr(conn.dialect.name),
+        [
+            {"trial_id": trial_id, "key": key, "value_json": json.dumps(attr)}
+            for key, attr in attrs.items()
+        ],
     )
+
+
+@functools.cache
+def _insert_step(dialect: str) -> Any:
+    """An epoch's value, inserted unless the epoch has one (built once: building the
+    statement cost more than running it); its values come with each execution."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_STEPS_T)
+    return insert.on_conflict_do_nothing(index_elements=["trial_id", "step"]).returning(
+        _STEPS_T.c.step  # (a row back: inserted; psycopg gives no rowcount here)
+    )
+
+
+_STEP_VALUE = select(_STEPS_T.c.intermediate_value).where(
+    _STEPS_T.c.trial_id == bindparam("trial_id"), _STEPS_T.c.step == bindparam("step")
+)
 
 
 def write_step(conn: Connection, trial_id: int, step: int, value: float) -> bool:
     """Store an epoch's value in the caller's transaction (the one that renews the
     lease: a report is one transaction); False when Optuna has already ended the
-    trial. Optuna's own ``set_trial_intermediate_value`` is the same upsert, in a
-    transaction and a session of its own."""
+    trial. An epoch is reported once: a retry with the same value changes nothing, another
+    value is refused (Optuna's own ``set_trial_intermediate_value`` would overwrite it).
+
+    Raises:
+        Conflict: the epoch was reported before with another value.
+    """
     state = conn.scalar(_STATE_FOR_UPDATE, {"trial_id": trial_id})
     if state != TrialState.RUNNING:
         return False
     stored, kind = _STEPS.intermediate_value_to_stored_repr(value)
-    conn.execute(
-        _upsert_step(conn.dialect.name),
+    inserted = conn.execute(
+        _insert_step(conn.dialect.name),
         {
             "trial_id": trial_id,
             "step": step,
@@ -82,6 +100,13 @@ def write_step(conn: Connection, trial_id: int, step: int, value: float) -> bool
             "intermediate_value_type": kind,
         },
     )
+    if inserted.first() is None:
+        before = conn.scalar(_STEP_VALUE, {"trial_id": trial_id, "step": step})
+        if before != stored:
+            raise Conflict(
+                f"epoch {step} of trial {trial_id} was reported before, as {before!r}; "
+                "an epoch is reported once"
+            )
     return True
 
 
@@ -127,13 +152,7 @@ def end_trial(
     else:
         value = None
     if attrs:
-        conn.execute(
-            _upsert_attr(conn.dialect.name),
-            [
-                {"trial_id": trial_id, "key": key, "value_json": json.dumps(attr)}
-                for key, attr in attrs.items()
-            ],
-        )
+        write_attrs(conn, trial_id, attrs)
     return Ended(
         trial_id=trial_id,
         state=target,

@@ -67,8 +67,9 @@ class Base(DeclarativeBase):
 
 class StudyRow(Base):
     """A submitted study. ``slots_used`` counts the trials charged to the budget: active
-    leases plus counted results (complete, pruned, failed); a lost or released trial gives
-    its slot back. Leasing increments it only while it is below ``n_trials``."""
+        leases plus counted results (complete, pruned, failed); a lost or released trial gives
+        its slot back. Leasing increments it only while it is below ``n_trials`` (and charges
+    ``epochs`` only while that fits in ``epoch_budget``)."""
 
     __tablename__ = "hpo_studies"
 
@@ -83,6 +84,12 @@ class StudyRow(Base):
     direction: Mapped[str] = mapped_column(String(8))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     slots_used: Mapped[int] = mapped_column(Integer, default=0)
+    # The epochs its trials may train in all (None: n_trials x epochs), and what they are
+    # charged of it: ``epochs`` per active lease, the epochs it ran per counted result.
+    epoch_budget: Mapped[int | None] = mapped_column(Integer)
+    epochs_charged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When its best configurations were queued again on fresh seeds (``reevaluation``).
+    reevaluated_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -120,6 +127,8 @@ class LeaseRow(Base):
     epochs_run: Mapped[int] = mapped_column(Integer, default=0)
     # The latest epoch's metrics (loss, accuracy, val_loss, ...) as the worker reported them.
     metrics: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    # What the worker's probe found (diagnostics.codes), as ``Finding`` records.
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     deadline: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

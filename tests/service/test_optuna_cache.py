@@ -317,3 +317,29 @@ def test_a_cold_cache_reads_a_big_study_once_however_many_requests_ask_at_once(
         assert backend.reads == [300]  # one read of the whole study, by one thread
     finally:
         backend.engine.dispose()
+
+
+def test_a_refresh_that_read_a_trial_running_never_brings_it_back_after_it_ended(
+    database_url: str,
+) -> None:
+    # The race a CI run once hit: the feeder's refresh reads a trial while it runs, the
+    # trial's ``complete`` ends it (cached finished at once), then the refresh stores what
+    # it read. The pruner then counted one completed trial fewer, and did not prune.
+    bridge = OptunaAdapter(database_url, busy_timeout_s=10)
+    try:
+        bridge.create_study("cache", "maximize", {}, [])
+        study_id = bridge.storage.get_study_id_from_name("cache")
+        study = optuna.load_study(study_name="cache", storage=bridge.storage)
+        trial = study.ask()
+        bridge.storage.refresh(study_id)
+        read_while_running = bridge.storage._backend.get_trial(trial._trial_id)
+        study.tell(trial, 0.9)
+        bridge.storage.read_trial(study_id, trial._trial_id)  # as the service's end does
+        assert [t.state for t in _trials(bridge)] == [TrialState.COMPLETE]
+        with bridge.storage._lock:  # the refresh, storing what it read before the end
+            bridge.storage._add_trials_to_cache(study_id, [read_while_running])
+        assert [t.state for t in _trials(bridge)] == [TrialState.COMPLETE]
+        bridge.storage.refresh(study_id)
+        assert [(t.state, t.value) for t in _trials(bridge)] == [(TrialState.COMPLETE, 0.9)]
+    finally:
+        bridge.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import optuna
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.support import REPO, Api
+from tests.support import REPO, Api, start_api, stop, wait_for
 
 GOOD = {
     "name": "good",
@@ -176,3 +180,73 @@ def test_the_readmes_422_example_is_what_the_service_answers(client: httpx.Clien
     assert r.status_code == 422
     readme = (REPO / "README.md").read_text()
     assert f"`{r.json()['message']}`" in readme, r.json()["message"]
+
+
+def _half_made(engine: Any, name: str, age_s: int) -> None:
+    """The state a submission cut short leaves (the API killed, or the database gone,
+    between the row and Optuna's study, found by the soak): a row without its Optuna id."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE hpo_studies SET optuna_study_id = NULL, created_at = :at WHERE name = :n"),
+            {"at": datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=age_s), "n": name},
+        )
+
+
+def test_a_half_made_study_is_cleared_once_abandoned(fresh_api: Callable[..., Api]) -> None:
+    server = fresh_api(reap_interval_s="0.2")
+    engine = create_engine(server.database_url)
+    body = {"dataset": "digits", "n_trials": 2, "epochs": 2, "sanity_check": False}
+    try:
+        with server.client() as client:
+            for name in ("cut-young", "cut-old", "cut-swept"):
+                assert client.post("/studies", json={"name": name, **body}).status_code == 201
+            _half_made(engine, "cut-young", 0)
+            r = client.post("/studies", json={"name": "cut-young", **body})
+            assert r.status_code == 409 and "is being created" in r.json()["message"], r.text
+            # The submission is retried after it was abandoned: cleared, and made anew.
+            _half_made(engine, "cut-old", 120)
+            r = client.post("/studies", json={"name": "cut-old", **body})
+            assert r.status_code == 201, r.text
+            lease = client.post("/trials/lease", json={"worker": {"id": "w"}}).json()
+            assert lease["study_name"] in ("cut-old", "cut-swept"), lease
+            # Nobody retries: the reaper clears it, Optuna's study with it.
+            _half_made(engine, "cut-swept", 120)
+
+            def swept() -> bool:
+                names = [s["name"] for s in client.get("/studies").json()]
+                return "cut-swept" not in names
+
+            wait_for(swept, 30, "the reaper to clear the half-made study")
+            assert "cut-swept" not in optuna.get_all_study_names(server.database_url)
+            assert client.post("/studies", json={"name": "cut-swept", **body}).status_code == 201
+    finally:
+        engine.dispose()
+
+
+def test_a_study_cleared_by_one_process_can_be_made_again_by_another(
+    fresh_api: Callable[..., Api], tmp_path: Path
+) -> None:
+    # Each process caches Optuna's study names; the other one clearing a half-made study
+    # (and making it anew) must not leave this one answering "already exists" from its cache.
+    first = fresh_api(reap_interval_s="3600")
+    folder = tmp_path / "second"
+    folder.mkdir()
+    second = start_api(folder, database_url=first.database_url, reap_interval_s="3600")
+    engine = create_engine(first.database_url)
+    body = {"name": "twice", "dataset": "digits", "n_trials": 2, "epochs": 2}
+    try:
+        with first.client() as a, second.client() as b:
+            assert b.post("/studies", json={**body, "sanity_check": False}).status_code == 201
+            _half_made(engine, "twice", 120)
+            r = a.post("/studies", json={**body, "sanity_check": False})
+            assert r.status_code == 201, r.text
+            made = r.json()["id"]
+            lease = b.post("/trials/lease", json={"worker": {"id": "w"}}).json()
+            assert lease["study_id"] == made, lease
+            _half_made(engine, "twice", 120)
+            r = b.post("/studies", json={**body, "sanity_check": False})
+            assert r.status_code == 201, r.text
+            assert optuna.get_all_study_names(first.database_url) == ["twice"]
+    finally:
+        engine.dispose()
+        stop(second.process)

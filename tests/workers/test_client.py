@@ -140,8 +140,22 @@ def test_bodies_are_the_protocol_models(server: tuple[str, Script]) -> None:
     script.answers = [(200, {"action": "continue"})]
     client.report(3, 2, 0.5, {"loss": 1.0, "val_loss": math.nan, "aux": math.inf})
     script.answers = [(200, RESULT)]
+    found = {
+        "code": "dead_units",
+        "epoch": 1,
+        "layer": "relu_0",
+        "value": 0.9,
+        "threshold": 0.5,
+        "message": "m",
+    }
     result = client.complete(
-        3, value=0.9, epochs_run=2, history={"loss": [1.0, math.nan]}, train_val_gap=0.1
+        3,
+        value=0.9,
+        epochs_run=2,
+        history={"loss": [1.0, math.nan]},
+        train_val_gap=0.1,
+        findings=[found, {**found, "code": "sad_units"}],  # the service would refuse it
+        diagnostics_s=0.02,
     )
     assert result.state == "complete" and result.value == 0.9
     assert script.seen == [
@@ -160,6 +174,8 @@ def test_bodies_are_the_protocol_models(server: tuple[str, Script]) -> None:
                 "epochs_run": 2,
                 "history": {"loss": [1.0]},
                 "train_val_gap": 0.1,
+                "findings": [found],
+                "diagnostics_s": 0.02,
             },
         ),
     ]

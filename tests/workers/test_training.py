@@ -5,25 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from search_space.catalog import BUILTIN_DATASETS
-from tests.support import trial_lease
+from tests.support import GOOD_TRIAL, trial_lease
 from workers.data import DataSource, Split, load
 from workers.training import train_trial
 
 pytestmark = pytest.mark.slow  # trains Keras models in this process
 
-GOOD: dict[str, Any] = {
-    "learning_rate": 0.003,
-    "optimizer": "adam",
-    "lr_schedule": "constant",
-    "dropout_rate": 0.1,
-    "kernel_initializer": "he_normal",
-    "hidden_units": 64,
-}
+GOOD = GOOD_TRIAL
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from service.api.auth import USER, USER_OR_WORKER
+from service.api.bodies import JsonRoute
 from service.api.deps import RuntimeDep
 from service.api.idempotency import IdempotencyKey, respond_once
 from service.api.schemas import NAME_PATTERN, DatasetOut, error_responses
 from service.domain import datasets
 
 router = APIRouter(
+    route_class=JsonRoute,
     prefix="/datasets",
     tags=["datasets"],
     responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),

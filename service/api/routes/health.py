@@ -7,10 +7,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service.api.auth import USER
+from service.api.bodies import JsonRoute
 from service.api.deps import RuntimeDep
 from service.api.schemas import error_responses
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=JsonRoute, tags=["health"])
 
 
 @router.get("/healthz", responses=error_responses(503))

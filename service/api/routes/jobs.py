@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, UploadFile
 
 from service.api.auth import WORKER
+from service.api.bodies import JsonRoute
 from service.api.deps import DbId, RuntimeDep
 from service.api.limits import MAX_MODEL_BYTES
 from service.api.schemas import error_responses
-from service.domain import jobs, workers_seen
+from service.domain import jobs, study_report, workers_seen
 from service.errors import Invalid
 from service.protocol import ActionOut, JobFailIn, JobResult, SanityIn, WorkerCall
 from service.storage.tables import LeaseRow
 
 router = APIRouter(
+    route_class=JsonRoute,
     prefix="/jobs",
     tags=["worker protocol"],
     dependencies=[WORKER],
@@ -51,18 +53,24 @@ def upload_model(
     worker_id: Annotated[str, Form(min_length=1, max_length=128)],
     test_value: Annotated[float, Form(allow_inf_nan=False)],
     file: Annotated[UploadFile, File(description="The .keras file.")],
+    background: BackgroundTasks,
 ) -> JobResult:
-    """The retrained best model (``.keras``) and its score on the test split."""
+    """The retrained best model (``.keras``) and its score on the test split.
+
+    The model is accepted only if Keras loads it in safe mode with the input and output
+    shapes the study's data set needs (``service.domain.model_check``; a few seconds, in
+    a child process). Otherwise ``422`` naming ``file`` and what is wrong; nothing is
+    stored and the job stays leased to the worker, which may retry or fail it."""
     content = file.file.read(MAX_MODEL_BYTES + 1)
-    if len(content) > MAX_MODEL_BYTES or not content.startswith(b"PK"):
+    if len(content) > MAX_MODEL_BYTES:
         raise Invalid(
             ("file",),
-            f"must be a .keras file (a zip archive) of at most {MAX_MODEL_BYTES} bytes",
-            f"{len(content)} bytes",
+            f"must be a .keras file of at most {MAX_MODEL_BYTES} bytes",
+            f"more than {MAX_MODEL_BYTES} bytes",
         )
-    return _result(
-        rt, jobs.model_result(rt, job_id, worker_id, test_value=test_value, content=content)
-    )
+    row = jobs.model_result(rt, job_id, worker_id, test_value=test_value, content=content)
+    background.add_task(study_report.save_quietly, rt, row.study_id)
+    return _result(rt, row)
 
 
 @router.post("/{job_id}/release", response_model=JobResult)

@@ -7,24 +7,27 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from service.api.auth import USER
+from service.api.bodies import JsonRoute
 from service.api.deps import DbId, RuntimeDep
 from service.api.idempotency import IdempotencyKey, respond_once
 from service.api.schemas import (
     NAME_PATTERN,
     BestTrial,
     FinalModel,
+    ReportOut,
     StudyCreate,
     StudyOut,
     TrialCounts,
     TrialOut,
     error_responses,
 )
-from service.domain import jobs, studies
+from service.domain import jobs, studies, study_report, winners
 from service.states import TrialState
 from service.storage.runtime import Runtime
 from service.storage.tables import LeaseRow, StudyRow
 
 router = APIRouter(
+    route_class=JsonRoute,
     prefix="/studies",
     tags=["studies"],
     dependencies=[USER],
@@ -35,7 +38,7 @@ router = APIRouter(
 def _studies_out(rt: Runtime, rows: list[StudyRow]) -> list[StudyOut]:
     """The answers for ``rows``, with their counts and best trials read in two queries."""
     ids = [row.id for row in rows]
-    counts, best = studies.counts_of(rt, ids), studies.best_of(rt, ids)
+    counts, best = studies.counts_of(rt, ids), winners.best_of(rt, ids)
     return [_study_out(row, counts[row.id], best.get(row.id)) for row in rows]
 
 
@@ -44,7 +47,7 @@ def _one(rt: Runtime, row: StudyRow, warnings: list[str] | None = None) -> Study
     return out.model_copy(update={"warnings": warnings or []})
 
 
-def _study_out(row: StudyRow, counts: dict[str, int], best: LeaseRow | None) -> StudyOut:
+def _study_out(row: StudyRow, counts: dict[str, int], best: winners.Best | None) -> StudyOut:
     spec = row.spec
     return StudyOut(
         id=row.id,
@@ -55,6 +58,10 @@ def _study_out(row: StudyRow, counts: dict[str, int], best: LeaseRow | None) -> 
         dataset=row.dataset,
         n_trials=row.n_trials,
         epochs=row.epochs,
+        epoch_budget=row.epoch_budget,
+        epochs_charged=row.epochs_charged,
+        priors=spec.get("priors", []),
+        reevaluations=winners.of_study(row),
         metric=row.metric,
         direction=row.direction,
         sampler=spec["sampler"],
@@ -65,12 +72,13 @@ def _study_out(row: StudyRow, counts: dict[str, int], best: LeaseRow | None) -> 
         fixed=spec["fixed"],
         trials=TrialCounts(**counts),
         best=None
-        if best is None or best.value is None
+        if best is None
         else BestTrial(
-            trial_id=best.trial_id or 0,
-            number=best.trial_number or 0,
+            trial_id=best.trial_id,
+            number=best.number,
             value=best.value,
-            params=best.params or {},
+            params=best.params,
+            evaluations=best.evaluations,
         ),
         final_model=FinalModel(
             state=row.final_state,
@@ -108,6 +116,7 @@ def _trial_out(row: LeaseRow) -> TrialOut:
         started_at=row.created_at,
         finished_at=row.finished_at,
         duration_s=duration,
+        findings=row.findings or [],
     )
 
 
@@ -151,6 +160,23 @@ def get_study(study_id: DbId, rt: RuntimeDep) -> StudyOut:
 def list_trials(study_id: DbId, rt: RuntimeDep) -> list[TrialOut]:
     """Every trial handed out: state, parameters, value, failure reason, epochs, duration."""
     return [_trial_out(row) for row in studies.trials(rt, study_id)]
+
+
+@router.get("/{study_id}/report", response_model=ReportOut)
+def get_report(study_id: DbId, rt: RuntimeDep) -> ReportOut:
+    """Why trials went wrong and what to change: parameter importances, the findings
+    counted per parameter value, advice traced to the notes and a suggested next spec."""
+    _, report = study_report.build(rt, study_id)
+    return ReportOut.model_validate(report)
+
+
+@router.post("/{study_id}/report", response_model=ReportOut)
+def save_report(study_id: DbId, rt: RuntimeDep) -> ReportOut:
+    """The report, also saved where the Optuna dashboard shows it: the study's note and
+    PNG artifacts (done by itself when the best model is ready)."""
+    row, report = study_report.build(rt, study_id)
+    study_report.save(rt, row, report)
+    return ReportOut.model_validate(report)
 
 
 @router.post("/{study_id}/stop", response_model=StudyOut)

@@ -7,13 +7,15 @@ import time
 from fastapi import APIRouter, Response, status
 
 from service.api.auth import WORKER
+from service.api.bodies import JsonRoute
 from service.api.deps import DbId, RuntimeDep
 from service.api.schemas import error_responses
-from service.domain import leases, reports, workers_seen
+from service.domain import findings, leases, reports, workers_seen
 from service.protocol import (
     ActionOut,
     CompleteIn,
     FailIn,
+    FindingsIn,
     Lease,
     LeaseRequest,
     ReleaseIn,
@@ -23,6 +25,7 @@ from service.protocol import (
 )
 
 router = APIRouter(
+    route_class=JsonRoute,
     prefix="/trials",
     tags=["worker protocol"],
     dependencies=[WORKER],
@@ -36,10 +39,31 @@ def _result(row: reports.Outcome) -> TrialResult:
     )
 
 
+_AFTER_LEASE = {
+    "trial": ("report", "heartbeat", "complete", "fail", "findings", "release"),
+    "job": ("heartbeat", "sanity", "model", "release", "fail"),
+}
+LEASE_LINKS = {
+    f"{kind}_{call}": {
+        "operationRef": f"#/paths/~1{kind}s~1{{{kind}_id}}~1{call}/post",
+        "parameters": {f"{kind}_id": f"$response.body#/{kind}_id"},
+        "requestBody": {"worker_id": "$request.body#/worker/id"},
+        "description": f"The leased {kind}'s {call}, by the worker that holds the lease.",
+    }
+    for kind, calls in _AFTER_LEASE.items()
+    for call in calls
+}
+"""OpenAPI links from a lease to the calls that follow it (schemathesis's stateful
+fuzzing follows them: benchmarks/fuzz.py)."""
+
+
 @router.post(
     "/lease",
     response_model=Lease,
-    responses={204: {"description": "No work: no open study has budget left."}},
+    responses={
+        200: {"links": LEASE_LINKS},
+        204: {"description": "No work: no open study has budget left."},
+    },
 )
 def lease_trial(body: LeaseRequest, rt: RuntimeDep) -> Lease | Response:
     """Lease the next piece of work: a final model to retrain, a sanity run, or the next
@@ -90,6 +114,8 @@ def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialRes
         body.epochs_run,
         history=body.history,
         train_val_gap=body.train_val_gap,
+        findings=[f.model_dump(mode="json") for f in body.findings],
+        diagnostics_s=body.diagnostics_s,
     )
     workers_seen.seen(rt, body.worker_id, job_id=None)
     return _result(row)
@@ -99,9 +125,25 @@ def complete_trial(trial_id: DbId, body: CompleteIn, rt: RuntimeDep) -> TrialRes
 def fail_trial(trial_id: DbId, body: FailIn, rt: RuntimeDep) -> TrialResult:
     """The trial failed (non-finite loss, an exception); it counts as a result."""
     row = reports.fail(
-        rt, trial_id, body.worker_id, body.reason, body.epochs_run, history=body.history
+        rt,
+        trial_id,
+        body.worker_id,
+        body.reason,
+        body.epochs_run,
+        history=body.history,
+        findings=[f.model_dump(mode="json") for f in body.findings],
+        diagnostics_s=body.diagnostics_s,
     )
     workers_seen.seen(rt, body.worker_id, job_id=None)
+    return _result(row)
+
+
+@router.post("/{trial_id}/findings", response_model=TrialResult)
+def trial_findings(trial_id: DbId, body: FindingsIn, rt: RuntimeDep) -> TrialResult:
+    """What the worker found wrong with a trial the service pruned (sent after the prune)."""
+    row = findings.attach_findings(
+        rt, trial_id, body.worker_id, [f.model_dump(mode="json") for f in body.findings]
+    )
     return _result(row)
 
 

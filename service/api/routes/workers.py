@@ -9,12 +9,17 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service.api.auth import USER
+from service.api.bodies import JsonRoute
 from service.api.deps import RuntimeDep
 from service.api.schemas import error_responses
 from service.domain import workers_seen
 
 router = APIRouter(
-    prefix="/workers", tags=["workers"], dependencies=[USER], responses=error_responses(401, 503)
+    route_class=JsonRoute,
+    prefix="/workers",
+    tags=["workers"],
+    dependencies=[USER],
+    responses=error_responses(401, 503),
 )
 
 

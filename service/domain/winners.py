@@ -1,0 +1,188 @@
+"""A study's winner, and the re-evaluation that makes it more than the luckiest trial.
+
+On a validation split of a few hundred rows the best trial is partly luck: its seed, its
+split. So a study keeps the last ``reevaluate_top x reevaluate_repeats`` trials of its
+budget (when that is at most a quarter of it) for its best configurations: once the
+search's trials are done, the feeder queues each of the top ``reevaluate_top`` again,
+``reevaluate_repeats`` times, as Optuna trials with the user attribute ``reevaluates``
+(the number of the trial it repeats). They train on fresh seeds (a trial's seed follows
+its number), are never pruned, and are charged to the budget like any trial. The winner
+is then the configuration with the best mean over its evaluations; the final model
+retrains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, case, func, select, update
+
+from search_space import Fixed, SearchSpace
+from service.states import JobKind, LeaseState
+from service.storage.runtime import Runtime
+from service.storage.tables import LeaseRow, StudyRow, utcnow
+
+log = logging.getLogger(__name__)
+
+REEVALUATE_TOP = 3
+RESERVE_SHARE = 0.25
+"""The re-evaluation takes at most this share of a study's budget, or it is skipped."""
+
+_TRIALS = (LeaseRow.kind == JobKind.TRIAL, LeaseRow.trial_id.is_not(None))
+
+
+@dataclass(frozen=True)
+class Best:
+    """A study's winner: a configuration, its first trial, and its value (the mean of its
+    evaluations, more than one once the best were re-evaluated)."""
+
+    trial_id: int
+    number: int
+    value: float
+    params: dict[str, Any]
+    evaluations: int = 1
+
+
+def planned(top: int, repeats: int, *, n_trials: int, epochs: int, epoch_budget: int | None) -> int:
+    """How many trials the re-evaluation takes: ``top x repeats``, or 0 when there is
+    nothing to compare (``top`` < 2) or that is more than a quarter of the budget."""
+    wanted = top * repeats if top >= 2 else 0
+    if wanted > RESERVE_SHARE * n_trials:
+        return 0
+    if epoch_budget is not None and wanted * epochs > RESERVE_SHARE * epoch_budget:
+        return 0
+    return wanted
+
+
+def of_study(study: StudyRow) -> int:
+    """The trials the study keeps for its re-evaluation (0 once queued, or without one)."""
+    spec = study.spec
+    return planned(
+        int(spec.get("reevaluate_top", 0)),
+        int(spec.get("reevaluate_repeats", 1)),
+        n_trials=study.n_trials,
+        epochs=study.epochs,
+        epoch_budget=study.epoch_budget,
+    )
+
+
+def reserve(study: StudyRow) -> int:
+    return 0 if study.reevaluated_at is not None else of_study(study)
+
+
+def _key(params: dict[str, Any] | None) -> str:
+    return json.dumps(params or {}, sort_keys=True)
+
+
+def queue(rt: Runtime, study: StudyRow) -> int:
+    """Queue the study's best configurations again (once: the first caller marks the
+    study; a crash after that leaves it without re-evaluation, and its budget to the
+    sampler). Returns how many trials were queued."""
+    with rt.unit_of_work(), rt.sessions.begin() as s:
+        taken = cast(
+            CursorResult[Any],
+            s.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study.id, StudyRow.reevaluated_at.is_(None))
+                .values(reevaluated_at=utcnow())
+            ),
+        )
+    if taken.rowcount != 1:
+        return 0
+    spec = study.spec
+    top, repeats = int(spec["reevaluate_top"]), int(spec.get("reevaluate_repeats", 1))
+    best: dict[str, LeaseRow] = {}
+    for row in _completed(rt, study.id, study.direction):
+        best.setdefault(_key(row.params), row)
+        if len(best) == top:
+            break
+    if len(best) < 2:
+        log.info("study %s: fewer than 2 configurations completed, none re-evaluated", study.name)
+        return 0
+    space = SearchSpace.parse(spec["search_space"], spec["fixed"], family=spec["model"]["family"])
+    searched = {name for name, dim in space.dimensions if not isinstance(dim, Fixed)}
+    with rt.unit_of_work():
+        for row in best.values():
+            params = {k: v for k, v in (row.params or {}).items() if k in searched}
+            for _ in range(repeats):
+                rt.optuna.enqueue(study, params, {"reevaluates": row.trial_number})
+    log.info("study %s: its best %d configurations queued again", study.name, len(best))
+    return len(best) * repeats
+
+
+def _completed(rt: Runtime, study_id: int, direction: str) -> list[LeaseRow]:
+    """The study's completed trials, best first (ties: the earliest)."""
+    score = LeaseRow.value if direction == "minimize" else -LeaseRow.value
+    with rt.sessions() as s:
+        return list(
+            s.scalars(
+                select(LeaseRow)
+                .where(
+                    *_TRIALS, LeaseRow.study_id == study_id, LeaseRow.state == LeaseState.COMPLETE
+                )
+                .order_by(score, LeaseRow.trial_number)
+            ).all()
+        )
+
+
+def best_of(rt: Runtime, study_ids: list[int]) -> dict[int, Best]:
+    """The winner of each study in ``study_ids`` that has a completed trial: the best
+    trial (one query for all), or for a re-evaluated study the best mean."""
+    score = case((StudyRow.direction == "maximize", -LeaseRow.value), else_=LeaseRow.value)
+    rank = (
+        func.row_number()
+        .over(partition_by=LeaseRow.study_id, order_by=(score, LeaseRow.trial_number))
+        .label("rank")
+    )
+    ranked = (
+        select(LeaseRow.id, rank)
+        .join(StudyRow, StudyRow.id == LeaseRow.study_id)
+        .where(*_TRIALS, LeaseRow.study_id.in_(study_ids), LeaseRow.state == LeaseState.COMPLETE)
+        .subquery()
+    )
+    with rt.sessions() as s:
+        rows = s.scalars(
+            select(LeaseRow).join(ranked, ranked.c.id == LeaseRow.id).where(ranked.c.rank == 1)
+        ).all()
+        again = s.execute(
+            select(StudyRow.id, StudyRow.direction).where(
+                StudyRow.id.in_(study_ids), StudyRow.reevaluated_at.is_not(None)
+            )
+        ).all()
+    out = {
+        row.study_id: Best(row.trial_id or 0, row.trial_number or 0, row.value, row.params or {})
+        for row in rows
+        if row.value is not None
+    }
+    for study_id, direction in again:
+        robust = _best_mean(_completed(rt, study_id, direction), direction)
+        if robust is not None:
+            out[study_id] = robust
+    return out
+
+
+def _best_mean(completed: list[LeaseRow], direction: str) -> Best | None:
+    """Of the configurations evaluated more than once, the best mean (ties: the earliest)."""
+    groups: dict[str, list[LeaseRow]] = {}
+    for row in completed:
+        groups.setdefault(_key(row.params), []).append(row)
+    candidates = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        first = min(rows, key=lambda r: r.trial_number or 0)
+        mean = sum(float(r.value or 0.0) for r in rows) / len(rows)
+        candidates.append(
+            Best(first.trial_id or 0, first.trial_number or 0, mean, first.params or {}, len(rows))
+        )
+    if not candidates:
+        return None
+    sign = 1.0 if direction == "minimize" else -1.0
+    return min(candidates, key=lambda b: (sign * b.value, b.number))
+
+
+def best(rt: Runtime, study: StudyRow) -> Best | None:
+    return best_of(rt, [study.id]).get(study.id)

@@ -1,0 +1,136 @@
+"""A study's epoch budget, the notes' priors and the re-evaluated winner, through the
+worker protocol against a real API (SQLite file and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import optuna
+from optuna.trial import TrialState
+
+from search_space import SearchSpace
+from search_space.priors import priors_for
+from tests.service.test_leases import _call, _lease, _study
+from tests.support import Api, wait_for
+
+
+def _get(server: Api, study_id: int) -> dict[str, Any]:
+    with server.client() as client:
+        return dict(client.get(f"/studies/{study_id}").json())
+
+
+def test_the_epoch_budget_is_never_exceeded_and_a_short_trial_frees_what_it_did_not_run(
+    fresh_api: Callable[..., Api],
+) -> None:
+    server = fresh_api()
+    with server.client() as client:
+        study = _study(client, "budget", n_trials=50, epochs=4, epoch_budget=10, priors=False)
+        assert study["epoch_budget"] == 10 and study["reevaluations"] == 0
+        first, second = _lease(client), _lease(client)
+        assert first is not None and second is not None
+        assert _lease(client) is None  # 8 of 10 charged: a third could run 12
+        assert _get(server, study["id"])["epochs_charged"] == 8
+        # The first fails after one epoch: charged 1, so another fits (1 + 4 + 4 <= 10).
+        r = _call(client, first["trial_id"], "fail", reason="boom", epochs_run=1)
+        assert r.status_code == 200, r.text
+        assert _get(server, study["id"])["epochs_charged"] == 5
+        third = _lease(client)
+        assert third is not None and _lease(client) is None
+        for job in (second, third):
+            r = _call(client, job["trial_id"], "complete", value=0.5, epochs_run=4)
+            assert r.status_code == 200, r.text
+        final = _get(server, study["id"])
+        # 1 + 4 + 4 = 9: no room for a fourth trial, none running: the study is over.
+        assert final["status"] == "completed", final
+        assert final["epochs_charged"] == 9 and final["trials"]["complete"] == 2
+
+
+def test_an_epoch_budget_below_one_trial_is_refused(fresh_api: Callable[..., Api]) -> None:
+    server = fresh_api()
+    with server.client() as client:
+        body = {"name": "tiny", "dataset": "digits", "n_trials": 3, "epochs": 5}
+        r = client.post("/studies", json={**body, "epoch_budget": 4})
+        assert r.status_code == 422, r.text
+        assert "epoch_budget" in r.text and "at least the epochs of one trial (5)" in r.text
+        assert client.get("/studies").json() == []
+
+
+def test_the_first_trials_are_the_priors_and_priors_false_starts_from_the_sampler(
+    fresh_api: Callable[..., Api],
+) -> None:
+    server = fresh_api()
+    space = SearchSpace.parse(None, None)
+    expected = priors_for(space)
+    assert len(expected) == 3
+    with server.client() as client:
+        study = _study(client, "with-priors", n_trials=5)
+        assert study["priors"] == expected
+        leased = [_lease(client) for _ in range(3)]
+        for job, prior in zip(leased, expected, strict=True):
+            assert job is not None
+            assert {k: job["params"][k] for k in prior} == prior, (job["params"], prior)
+        bare = _study(client, "without", n_trials=5, priors=False)
+        assert bare["priors"] == []
+    trials = optuna.load_study(study_name="without", storage=server.database_url).trials
+    assert not any(t.state == TrialState.WAITING for t in trials)
+
+
+def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean_wins(
+    fresh_api: Callable[..., Api],
+) -> None:
+    server = fresh_api()
+    # 12 trials, the last 3 kept (3 <= 12 / 4) for the top 3 configurations run again.
+    values = [0.50, 0.91, 0.60, 0.90, 0.55, 0.89, 0.52, 0.51, 0.53]
+    with server.client() as client:
+        study = _study(client, "again", n_trials=12, epochs=3, priors=False)
+        assert study["reevaluations"] == 3
+        searched = []
+        for value in values:
+            job = _lease(client)
+            assert job is not None
+            searched.append(job)
+            r = _call(client, job["trial_id"], "complete", value=value, epochs_run=3)
+            assert r.status_code == 200, r.text
+        top = sorted(searched, key=lambda j: -values[searched.index(j)])[:3]
+        again: list[dict[str, Any]] = []
+        wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
+        while len(again) < 3:
+            assert _next(client, again), again
+        assert _lease(client) is None  # the budget is spent: 9 + 3
+        assert sorted(json.dumps(j["params"], sort_keys=True) for j in again) == sorted(
+            json.dumps(j["params"], sort_keys=True) for j in top
+        )
+        assert len({j["seed"] for j in again + top}) == 6  # fresh seeds
+        # Never pruned, however bad: judged on all their epochs.
+        scores = {0.91: 0.70, 0.90: 0.92, 0.89: 0.80}
+        for job in again:
+            first = next(t for t in top if t["params"] == job["params"])
+            for epoch in (1, 2):
+                r = _call(client, job["trial_id"], "report", epoch=epoch, value=0.01)
+                assert r.json() == {"action": "continue"}, r.text
+            score = scores[values[searched.index(first)]]
+            r = _call(client, job["trial_id"], "complete", value=score, epochs_run=3)
+            assert r.status_code == 200, r.text
+        final = _get(server, study["id"])
+    assert final["status"] == "completed" and final["trials"]["complete"] == 12
+    assert final["epochs_charged"] == 36
+    # 0.90 then 0.92 (mean 0.91) beats 0.91 then 0.70 and 0.89 then 0.80.
+    winner = searched[values.index(0.90)]
+    assert final["best"]["trial_id"] == winner["trial_id"], final["best"]
+    assert final["best"]["evaluations"] == 2
+    assert abs(final["best"]["value"] - 0.91) < 1e-9
+    optuna_trials = optuna.load_study(study_name="again", storage=server.database_url).trials
+    assert sorted(
+        t.user_attrs["reevaluates"] for t in optuna_trials if "reevaluates" in t.user_attrs
+    ) == sorted(t["number"] for t in top)
+
+
+def _next(client: httpx.Client, again: list[dict[str, Any]]) -> bool:
+    job = _lease(client)
+    if job is None:
+        return False
+    again.append(job)
+    return True
