@@ -160,7 +160,7 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
         # without its Optuna study: once abandoned, it is cleared here or by the reaper.
         _clear_if_abandoned(rt, body.name)
         if rt.optuna.has_study(body.name):
-            raise Conflict(f"a study named {body.name!r} already exists [DBG has]")
+            raise Conflict(f"a study named {body.name!r} already exists")
         try:
             with rt.sessions.begin() as s:
                 row = StudyRow(
@@ -181,7 +181,7 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
                 )
                 s.add(row)
         except IntegrityError as exc:
-            raise Conflict(f"a study named {body.name!r} already exists [DBG row {exc}]") from exc
+            raise Conflict(f"a study named {body.name!r} already exists") from exc
         try:
             note = {
                 "hpo_spec": {
@@ -195,11 +195,14 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
             }
             optuna_id = rt.optuna.create_study(body.name, direction, note, [*body.enqueue, *priors])
         except Exception as exc:
-            with rt.sessions.begin() as s:
-                s.execute(delete(StudyRow).where(StudyRow.id == row.id))
-            if isinstance(exc, DuplicateStudy):  # created by someone else meanwhile
-                raise Conflict(f"a study named {body.name!r} already exists [DBG dup]") from exc
-            rt.optuna.delete_study_if_exists(body.name)
+            # Optuna's study (if made) before the row: one that resists deletion keeps
+            # its half-made row, for the reaper to clear.
+            duplicate = isinstance(exc, DuplicateStudy)  # created by someone else meanwhile
+            if duplicate or rt.optuna.delete_study_if_exists(body.name):
+                with rt.sessions.begin() as s:
+                    s.execute(delete(StudyRow).where(StudyRow.id == row.id))
+            if duplicate:
+                raise Conflict(f"a study named {body.name!r} already exists") from exc
             raise
         with rt.sessions.begin() as s:
             row = s.get_one(StudyRow, row.id)
@@ -234,10 +237,13 @@ def _clear_if_abandoned(rt: Runtime, name: str) -> None:
         return
     if utcnow() - row.created_at < HALF_MADE_AFTER:
         raise Conflict(f"a study named {name!r} is being created; retry shortly")
-    _clear(rt, row.id, name)
+    if not _clear(rt, row.id, name):
+        raise Conflict(f"a study named {name!r} is being cleared; retry shortly")
 
 
-def _clear(rt: Runtime, row_id: int, name: str) -> None:
+def _clear(rt: Runtime, row_id: int, name: str) -> bool:
+    """Clear a half-made study's row and its Optuna study, if any; False if Optuna's
+    study could not be deleted (the row stays, to be cleared next time)."""
     # Another process (or the reaper and a resubmission here) may clear the same row and
     # make the study anew meanwhile; the Optuna study of that name is then the new one's.
     # Its id is read before the row is seen still half-made: a study made anew needs this
@@ -247,13 +253,15 @@ def _clear(rt: Runtime, row_id: int, name: str) -> None:
     with rt.sessions() as s:
         row = s.get(StudyRow, row_id)
         if row is None or row.optuna_study_id is not None:
-            return
+            return True
     # Optuna's study first: interrupted here, the row is still there to clear next time.
-    if optuna_id is not None:
-        rt.optuna.delete_study(optuna_id)
+    if optuna_id is not None and not rt.optuna.delete_study(optuna_id):
+        log.warning("study %s (%s) is half-made; its Optuna study resists deletion", row_id, name)
+        return False
     with rt.sessions.begin() as s:
-        gone = s.execute(delete(StudyRow).where(StudyRow.id == row_id, StudyRow.optuna_study_id.is_(None)))
-    log.warning("study %s (%s) was half-made (its submission was cut short): cleared [DBG optuna %s rows %s after %s]", row_id, name, optuna_id, gone.rowcount, rt.optuna.study_id(name))
+        s.execute(delete(StudyRow).where(StudyRow.id == row_id, StudyRow.optuna_study_id.is_(None)))
+    log.warning("study %s (%s) was half-made (its submission was cut short): cleared", row_id, name)
+    return True
 
 
 def clear_half_made(rt: Runtime) -> int:
@@ -265,10 +273,11 @@ def clear_half_made(rt: Runtime) -> int:
                 StudyRow.created_at < utcnow() - HALF_MADE_AFTER,
             )
         ).all()
+    cleared = 0
     for row_id, name in rows:
         with rt.unit_of_work():
-            _clear(rt, row_id, name)
-    return len(rows)
+            cleared += _clear(rt, row_id, name)
+    return cleared
 
 
 def _check_model_size(space: SearchSpace, info: DatasetInfo, limit: int, body: NewStudy) -> None:

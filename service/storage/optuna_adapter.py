@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +37,9 @@ from service.storage.tables import StudyRow
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+DELETE_ATTEMPTS = 5
+"""Tries at deleting an Optuna study before giving up (see ``delete_study``)."""
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
@@ -199,14 +203,25 @@ class OptunaAdapter:
         except KeyError:
             return None
 
-    def delete_study(self, study_id: int) -> None:
-        with contextlib.suppress(KeyError):  # deleted by another process meanwhile
-            self.storage.delete_study(study_id)
+    def delete_study(self, study_id: int) -> bool:
+        """Delete Optuna's study; whether it is gone. Optuna's delete ignores an integrity
+        error and rolls back: a trial written into the study while its cascade runs (a
+        draw of a feeder in flight) makes the study's row undeletable for that attempt.
+        So it is checked, and tried again a few times."""
+        for attempt in range(DELETE_ATTEMPTS):
+            with contextlib.suppress(KeyError):  # deleted by another process meanwhile
+                self.storage.delete_study(study_id)
+            try:
+                self.rdb.get_study_name_from_id(study_id)
+            except KeyError:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        return False
 
-    def delete_study_if_exists(self, name: str) -> None:
+    def delete_study_if_exists(self, name: str) -> bool:
+        """Delete Optuna's study of this name if there is one; whether none is left."""
         study_id = self.study_id(name)
-        if study_id is not None:
-            self.delete_study(study_id)
+        return study_id is None or self.delete_study(study_id)
 
     def _study(self, row: StudyRow) -> optuna.Study:
         optuna_id = _optuna_id(row)
