@@ -16,7 +16,8 @@ the search's budget of epochs:
   The worker's client counts the epochs its trials trained (never more than the budget).
 - ``service -priors``, ``service -reevaluate``, ``service -pruner``: the same with one of
   the service's improvements off (``"priors": false``, ``"reevaluate_top": 0``, the plain
-  ``median`` pruner).
+  ``median`` pruner); and, given to ``--methods`` only, ``service FIELD=VALUE ...``: the
+  service with those study fields (to try a default before making it one).
 - ``optuna tpe+median``: plain Optuna in the search's process, ``TPESampler(seed)`` and
   ``MedianPruner()`` with Optuna's defaults, ``trial.report`` after every epoch and
   ``trial.should_prune()`` from a Keras callback; ``optuna random``: ``RandomSampler``, no
@@ -56,7 +57,14 @@ from typing import Any
 
 from benchmarks import quality_data
 from benchmarks.common import HERE, main
-from benchmarks.quality_methods import ABLATED_PRUNER, ABLATIONS, METHODS, PEERS, SERVICE
+from benchmarks.quality_methods import (
+    ABLATED_PRUNER,
+    ABLATIONS,
+    METHODS,
+    PEERS,
+    SERVICE,
+    service_changes,
+)
 from service.errors import ServiceError
 
 __all__ = ["ABLATED_PRUNER", "ABLATIONS", "METHODS", "PEERS", "SERVICE", "SIZES"]
@@ -104,12 +112,14 @@ def _task(text: str) -> str:
 
 def _methods(text: str) -> list[str]:
     methods = _list(text)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and service_changes(m) is None]
     if unknown or not methods:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {unknown or text!r}; the methods: {', '.join(METHODS)}"
+            f"unknown method(s) {unknown or text!r}; the methods: {', '.join(METHODS)}, or "
+            "'service FIELD=VALUE ...' (the service with those study fields)"
         )
-    return [m for m in METHODS if m in methods]  # in the benchmark's order
+    variants = [m for m in methods if m not in METHODS]
+    return [m for m in METHODS if m in methods] + variants  # in the benchmark's order
 
 
 OPTIONS: dict[str, tuple[Any, str]] = {

@@ -11,6 +11,7 @@ TensorFlow loads in ``one``, after it has been told to keep quiet and use one th
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,28 @@ PEERS = (
     "keras-tuner bayesian",
 )
 METHODS = [SERVICE, *ABLATIONS, *PEERS]
+
+
+def service_changes(method: str) -> dict[str, Any] | None:
+    """The study fields a service method changes: none for ``service``, an ablation's,
+    or a variant's, ``service FIELD=VALUE ...`` (each value JSON where it parses, e.g.
+    ``service pruner=successive_halving reevaluate_top=2``), for trying a default before
+    changing it; None for a method that is not the service's."""
+    if method == SERVICE or method in ABLATIONS:
+        return ABLATIONS.get(method, {})
+    family, _, fields = method.partition(" ")
+    pairs = [field.partition("=") for field in fields.split()]
+    if family != SERVICE or not pairs or any(not key or not eq for key, eq, _ in pairs):
+        return None
+    return {key: _value(value) for key, _, value in pairs}
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
 
 BATCH_SIZE = 64
 
@@ -116,10 +139,10 @@ def one(
     budget = Budget(budget_epochs)
     started = time.perf_counter()
     family, _, variant = method.partition(" ")
-    if method == SERVICE or method in ABLATIONS:
-        slug = "default" if method == SERVICE else variant.lstrip("-")
-        changes = ABLATIONS.get(method, {})
-        found = search_service(changes, slug, seed, budget, epochs, dataset, tmp)
+    changes = service_changes(method)
+    if changes is not None:
+        slug = "default" if method == SERVICE else "".join(c for c in variant if c.isalnum())
+        found = search_service(changes, slug[:40], seed, budget, epochs, dataset, tmp)
     elif family == "keras-tuner":
         found = search_keras_tuner(variant, seed, budget, epochs, data, objective, tmp)
     elif family == "optuna":

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks import advice, common, feeding, fuzz, memory, overhead, quality, scaling, soak
 from benchmarks.quality import METHODS
+from benchmarks.quality_methods import service_changes
 from benchmarks.soak_faults import FAULTS
 from tests.support import REPO, child_env
 
@@ -293,8 +294,16 @@ def test_quality_flags_summary_and_paired_wins(
     runs = _runs("maximize", {"service": [0.9, 0.8], "optuna random": [0.8, 0.9]})
     rows = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})
     assert rows[1]["vs_service"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
+    # A variant of the service names study fields (values as JSON), after the methods.
+    variant = "service pruner=hyperband reevaluate_top=2"
+    assert quality._methods(f"{variant},optuna random") == ["optuna random", variant]
+    assert service_changes(variant) == {"pruner": "hyperband", "reevaluate_top": 2}
     # Unknown methods, missing data sets and a CSV without its label are refused early.
-    for bad in (["--methods", "optuna grid"], ["--dataset", "nowhere.csv"]):
+    for bad in (
+        ["--methods", "optuna grid"],
+        ["--methods", "service pruner"],
+        ["--dataset", "nowhere.csv"],
+    ):
         with pytest.raises(SystemExit):
             quality.cli(["--size", "smoke", "--out", str(tmp_path), *bad])
     (tmp_path / "data.csv").write_text("a,b,label\n1,2,0\n")
