@@ -7,9 +7,7 @@ error to a 503."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import tempfile
 import threading
 import time
 import warnings
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from sqlalchemy import Connection
 
@@ -33,6 +30,7 @@ from service.storage.engine import engine_kwargs
 from service.storage.optuna_cache import Ended, ServiceCache
 from service.storage.optuna_choices import grid_of, make_pruner, make_sampler
 from service.storage.optuna_draft import Draft
+from service.storage.optuna_files import StudyFiles
 from service.storage.tables import StudyRow
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,6 @@ DELETE_ATTEMPTS = 5
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
 
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
-
-
-def _spec_note(note: dict[str, Any]) -> str:
-    return "## Submitted spec\n\n```json\n" + json.dumps(note, indent=2) + "\n```\n"
 
 
 def _optuna_id(row: StudyRow) -> int:
@@ -80,51 +74,18 @@ class OptunaAdapter:
         # itself (``optimize(n_jobs=...)``).
         self._samplers: dict[tuple[int, str], optuna.samplers.BaseSampler] = {}
         self._lock = threading.Lock()
-        self.artifacts: FileSystemArtifactStore | None = None
-        if artifact_dir is not None:
-            artifact_dir.mkdir(parents=True, exist_ok=True)
-            self.artifacts = FileSystemArtifactStore(str(artifact_dir))
+        self.files = StudyFiles(self.storage, artifact_dir)
 
     def close(self) -> None:
         self.rdb.engine.dispose()
 
-    def _upload(
-        self,
-        target: optuna.Study | optuna.trial.FrozenTrial,
-        name: str,
-        content: bytes,
-        mimetype: str,
-    ) -> None:
-        """Store a file in the artifact store, attached to a study or a running trial, so
-        the dashboard shows it and offers it for download."""
-        if self.artifacts is None:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(content)
-            optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts,
-                file_path=str(path),
-                study_or_trial=target,
-                storage=self.storage,
-                mimetype=mimetype,
-            )
-
     def attach_history(self, trial_id: int, history: dict[str, list[float]]) -> None:
-        """The trial's per-epoch training history, as ``history.json`` (before the trial
-        is told finished: Optuna does not change finished trials)."""
-        self._upload(
-            self.storage.get_trial(trial_id),
-            "history.json",
-            json.dumps(history).encode(),
-            "application/json",
-        )
+        """The trial's per-epoch history, for the dashboard (before it is told finished)."""
+        self.files.history(self.storage.get_trial(trial_id), history)
 
     def attach_model(self, row: StudyRow, content: bytes) -> None:
-        """The retrained best model, as the study's ``best-model.keras``."""
-        self._upload(
-            self._study(row), f"{row.name}-best.keras", content, "application/octet-stream"
-        )
+        """The retrained best model, as the study's ``NAME-best.keras``."""
+        self.files.model(self._study(row), content)
 
     def create_study(
         self,
@@ -152,10 +113,7 @@ class OptunaAdapter:
             study.set_user_attr(key, value)
         for params in enqueue:
             study.enqueue_trial(params)
-        # The dashboard shows the study's note: the spec as submitted, resolved.
-        import optuna_dashboard  # (a second of imports, sklearn's among them: when needed)
-
-        optuna_dashboard.save_note(study, _spec_note(note))
+        self.files.note(study, note)
         return int(self.storage.get_study_id_from_name(name))
 
     def importances(self, row: StudyRow) -> dict[str, float]:
@@ -165,31 +123,8 @@ class OptunaAdapter:
         return importances(self._study(row))
 
     def save_report(self, row: StudyRow, text: str, report: dict[str, Any]) -> None:
-        """The study's note becomes ``text`` followed by its submitted spec; the report's
-        figures (importances, the best and worst trials' curves) go up as artifacts."""
-        import optuna_dashboard
-
-        from diagnostics.figures import curves_png, importances_png
-
-        study = self._study(row)
-        note = {"hpo_spec": study.user_attrs.get("hpo_spec", {})}
-        optuna_dashboard.save_note(study, text + "\n" + _spec_note(note))
-        if report["importances"]:
-            self._upload(study, "report-importances.png", importances_png(report), "image/png")
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if complete:
-            ranked = sorted(
-                complete,
-                key=lambda t: float(t.value or 0.0),
-                reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE,
-            )
-            picked = {"best": ranked[0], "worst": ranked[-1]}
-            curves = {
-                f"{label} (#{t.number}, {t.value:.4g})": dict(t.intermediate_values)
-                for label, t in picked.items()
-            }
-            metric = row.metric
-            self._upload(study, "report-curves.png", curves_png(curves, metric), "image/png")
+        """The study report, as the study's note and figures (``StudyFiles.report``)."""
+        self.files.report(self._study(row), row.metric, text, report)
 
     def has_study(self, name: str) -> bool:
         """Whether Optuna holds a study of this name: asked of the database, not the cache
