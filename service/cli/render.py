@@ -182,7 +182,9 @@ def best_text(study: StudyOut, url: str | None = None) -> str:
     best = study.best
     if best is None:
         return f"study {study.name} is {study.status} with no completed trial"
-    lines = [f"best trial #{best.number} of {study.name}: {study.metric} = {best.value:.4f}"]
+    # (re-evaluated: the mean of the configuration's trials, first one's number)
+    mean = f" (the mean of {best.evaluations} evaluations)" if best.evaluations > 1 else ""
+    lines = [f"best trial #{best.number} of {study.name}: {study.metric} = {best.value:.4f}{mean}"]
     lines += [f"  {k} = {v}" for k, v in best.params.items()]
     final = study.final_model
     if final.state == FinalState.READY and final.test_value is not None:
