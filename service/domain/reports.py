@@ -271,6 +271,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
 
     If Optuna already holds a result for the trial (the service stopped between telling
     Optuna and recording it), that result is recorded instead: nothing finished is lost.
+    If Optuna holds an earlier give-back's failure, the lease ends as that one says.
     """
     with rt.sessions.begin() as s:
         row = s.get_one(LeaseRow, row_id)
@@ -290,6 +291,10 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
             attrs={"worker_id": worker, "fail_reason": reason, "hpo_outcome": state},
         ):
             adopted = rt.optuna.result(study, trial_id)  # a result landed just before us
+        if adopted is None:
+            # Optuna's outcome decides: a give-back that got as far as Optuna and no
+            # further (its process killed in between) ends the lease as Optuna says.
+            state, reason = rt.optuna.given_back(study, trial_id) or (state, reason)
         if adopted is not None:
             got, value, why = adopted
             record(rt, row_id, study, got, value=value, reason=why, epochs_run=epochs)

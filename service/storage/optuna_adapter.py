@@ -276,6 +276,15 @@ class OptunaAdapter:
             return "pruned", None if step is None else frozen.intermediate_values[step], None
         return "fail", None, frozen.user_attrs.get("fail_reason")
 
+    def given_back(self, row: StudyRow, trial_id: int) -> tuple[str, str] | None:
+        """How the service already failed a trial it gave back, ``(outcome, reason)``
+        (lost or released), or None."""
+        frozen = self.storage.read_trial(_optuna_id(row), trial_id)
+        outcome = frozen.user_attrs.get("hpo_outcome")
+        if frozen.state != TrialState.FAIL or outcome is None:
+            return None
+        return str(outcome), str(frozen.user_attrs.get("fail_reason", ""))
+
     def write_step(self, conn: Connection, trial_id: int, step: int, value: float) -> bool:
         """An epoch's value in the caller's transaction (``optuna_writes.write_step``)."""
         return optuna_writes.write_step(conn, trial_id, step, value)

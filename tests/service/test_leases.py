@@ -327,6 +327,42 @@ def test_a_result_optuna_holds_but_the_service_missed_is_recorded_not_lost(
         assert after is not None and after["kind"] == "final"
 
 
+def test_a_release_that_reached_only_optuna_ends_released_and_runs_again(
+    fresh_api: Callable[..., Api],
+) -> None:
+    """A release fails the Optuna trial, then ends the lease. Its API process killed in
+    between (the soak's smoke run found it), the reaper must end the lease as Optuna
+    says, released with the worker's reason, not lost; and run the parameters again."""
+    server = fresh_api(lease_seconds="1", reap_interval_s="0.2")
+    storage = optuna.storages.RDBStorage(server.database_url, skip_table_creation=True)
+    reason = "released by the worker: the worker is stopping"
+    try:
+        with server.client() as client:
+            study = _study(client, "half-released", n_trials=1, priors=False)
+            job = _lease(client)
+            assert job is not None
+            # The crash window, reproduced: Optuna's trial failed as released, the lease live.
+            storage.set_trial_user_attr(job["trial_id"], "fail_reason", reason)
+            storage.set_trial_user_attr(job["trial_id"], "hpo_outcome", "released")
+            storage.set_trial_state_values(job["trial_id"], TrialState.FAIL)
+
+            def settled() -> bool:
+                counts = client.get(f"/studies/{study['id']}").json()["trials"]
+                return bool(counts["released"] + counts["lost"])
+
+            wait_for(settled, 30, "the reaper to settle the lease")
+            counts = client.get(f"/studies/{study['id']}").json()["trials"]
+            assert counts["released"] == 1 and counts["lost"] == 0, counts
+            trials = client.get(f"/studies/{study['id']}/trials").json()
+            first = next(t for t in trials if t["trial_id"] == job["trial_id"])
+            assert first["reason"] == reason, first
+            again = _lease(client)
+            assert again is not None and again["trial_id"] != job["trial_id"]
+            assert again["params"] == job["params"]
+    finally:
+        storage.engine.dispose()
+
+
 def test_a_seeded_study_samples_the_same_parameters_again(server: Api) -> None:
     def run(name: str, seed: int) -> list[tuple[dict[str, Any], int]]:
         drawn = []
