@@ -194,10 +194,12 @@ def _finish(
             )
             if started is None:
                 raise _NotLive
-            if findings:
-                conn.execute(
-                    _LEASES.update().where(_LEASES.c.id == held.id), {"findings": findings}
-                )
+            extra: dict[str, Any] = {"findings": findings} if findings else {}
+            last = last_metrics(history)
+            if last:  # the last epoch's, even if its report never arrived
+                extra["metrics"] = last
+            if extra:
+                conn.execute(_LEASES.update().where(_LEASES.c.id == held.id), extra)
             remember = workers_seen.seen_in(rt, conn, worker_id, job_id=None)
     except _NotLive:
         # The reaper settles (or settled) the lease from Optuna's record; this call is
@@ -211,6 +213,12 @@ def _finish(
     rt.optuna.ended(study, end)
     recorded(rt, held.id, study, state, value=value, reason=reason, started=started, now=now)
     return Outcome(trial_id, state, value, reason)
+
+
+def last_metrics(history: dict[str, list[float]] | None) -> dict[str, float]:
+    """Each metric's last epoch in a trial's history (the winner's tie-break reads
+    ``val_loss`` there)."""
+    return {name: float(values[-1]) for name, values in (history or {}).items() if values}
 
 
 def complete(

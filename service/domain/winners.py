@@ -9,12 +9,17 @@ search's trials are done, the feeder queues each of the top ``reevaluate_top`` a
 its number), are never pruned, and are charged to the budget like any trial. The winner
 is then the configuration with the best mean over its evaluations; the final model
 retrains it.
+
+Equal values are common on a small validation split (every trial at 1.000 on 27 rows):
+they are told apart by the lower validation loss of their last epoch (a margin the
+accuracy does not see), then by the earlier trial.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +37,10 @@ RESERVE_SHARE = 0.25
 """The re-evaluation takes at most this share of a study's budget, or it is skipped."""
 
 _TRIALS = (LeaseRow.kind == JobKind.TRIAL, LeaseRow.trial_id.is_not(None))
+TIE_BREAK = "val_loss"
+_LOSS = LeaseRow.metrics[TIE_BREAK].as_float()
+"""A trial's last validation loss: after the value, the lower wins (a trial without one
+comes after those with one)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,8 @@ def queue(rt: Runtime, study: StudyRow) -> int:
 
 
 def _completed(rt: Runtime, study_id: int, direction: str) -> list[LeaseRow]:
-    """The study's completed trials, best first (ties: the earliest)."""
+    """The study's completed trials, best first (ties: the lower validation loss, then
+    the earliest)."""
     score = LeaseRow.value if direction == "minimize" else -LeaseRow.value
     with rt.sessions() as s:
         return list(
@@ -123,7 +133,7 @@ def _completed(rt: Runtime, study_id: int, direction: str) -> list[LeaseRow]:
                 .where(
                     *_TRIALS, LeaseRow.study_id == study_id, LeaseRow.state == LeaseState.COMPLETE
                 )
-                .order_by(score, LeaseRow.trial_number)
+                .order_by(score, _LOSS.nulls_last(), LeaseRow.trial_number)
             ).all()
         )
 
@@ -134,7 +144,10 @@ def best_of(rt: Runtime, study_ids: list[int]) -> dict[int, Best]:
     score = case((StudyRow.direction == "maximize", -LeaseRow.value), else_=LeaseRow.value)
     rank = (
         func.row_number()
-        .over(partition_by=LeaseRow.study_id, order_by=(score, LeaseRow.trial_number))
+        .over(
+            partition_by=LeaseRow.study_id,
+            order_by=(score, _LOSS.nulls_last(), LeaseRow.trial_number),
+        )
         .label("rank")
     )
     ranked = (
@@ -165,7 +178,8 @@ def best_of(rt: Runtime, study_ids: list[int]) -> dict[int, Best]:
 
 
 def _best_mean(completed: list[LeaseRow], direction: str) -> Best | None:
-    """Of the configurations evaluated more than once, the best mean (ties: the earliest)."""
+    """Of the configurations evaluated more than once, the best mean (ties: the lower mean
+    validation loss, then the earliest)."""
     groups: dict[str, list[LeaseRow]] = {}
     for row in completed:
         groups.setdefault(_key(row.params), []).append(row)
@@ -175,13 +189,21 @@ def _best_mean(completed: list[LeaseRow], direction: str) -> Best | None:
             continue
         first = min(rows, key=lambda r: r.trial_number or 0)
         mean = sum(float(r.value or 0.0) for r in rows) / len(rows)
-        candidates.append(
-            Best(first.trial_id or 0, first.trial_number or 0, mean, first.params or {}, len(rows))
+        best = Best(
+            first.trial_id or 0, first.trial_number or 0, mean, first.params or {}, len(rows)
         )
+        candidates.append((best, _mean_loss(rows)))
     if not candidates:
         return None
     sign = 1.0 if direction == "minimize" else -1.0
-    return min(candidates, key=lambda b: (sign * b.value, b.number))
+    return min(candidates, key=lambda c: (sign * c[0].value, c[1], c[0].number))[0]
+
+
+def _mean_loss(rows: list[LeaseRow]) -> float:
+    losses = [(row.metrics or {}).get(TIE_BREAK) for row in rows]
+    if any(not isinstance(loss, (int, float)) for loss in losses):
+        return math.inf
+    return sum(float(loss) for loss in losses if loss is not None) / len(losses)
 
 
 def best(rt: Runtime, study: StudyRow) -> Best | None:

@@ -134,3 +134,37 @@ def _next(client: httpx.Client, again: list[dict[str, Any]]) -> bool:
         return False
     again.append(job)
     return True
+
+
+def test_equal_values_are_told_apart_by_the_lower_validation_loss(
+    fresh_api: Callable[..., Api],
+) -> None:
+    """Four trials at 1.000 (as on wine's 27 validation rows): the winner is the one whose
+    last epoch had the lowest val_loss, from its history, or from its last report when
+    the result came without one; a trial with no val_loss comes after all that have one."""
+    server = fresh_api()
+    losses = {0: None, 1: 0.30, 2: 0.08, 3: 0.12}
+    with server.client() as client:
+        study = _study(client, "ties", n_trials=4, epochs=2, priors=False, reevaluate_top=0)
+        jobs = [_lease(client) for _ in losses]
+        for number, job in enumerate(jobs):
+            assert job is not None
+            loss = losses[number]
+            metrics = {"val_accuracy": 1.0} | ({} if loss is None else {"val_loss": loss + 1})
+            r = _call(client, job["trial_id"], "report", epoch=1, value=1.0, metrics=metrics)
+            assert r.status_code == 200, r.text
+            # Trial 3 reports its last epoch; the others' last epoch is in the history only.
+            extra: dict[str, Any] = {}
+            if number == 3:
+                metrics = {"val_accuracy": 1.0, "val_loss": 0.12}
+                r = _call(client, job["trial_id"], "report", epoch=2, value=1.0, metrics=metrics)
+                assert r.status_code == 200, r.text
+            elif loss is not None:
+                extra["history"] = {"val_accuracy": [1.0, 1.0], "val_loss": [loss + 1, loss]}
+            r = _call(client, job["trial_id"], "complete", value=1.0, epochs_run=2, **extra)
+            assert r.status_code == 200, r.text
+        final = _get(server, study["id"])
+        assert final["status"] == "completed", final
+        assert final["best"]["trial_id"] == jobs[2]["trial_id"], final["best"]
+        listed = client.get("/studies").json()
+        assert [s["best"]["trial_id"] for s in listed] == [jobs[2]["trial_id"]]
