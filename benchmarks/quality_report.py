@@ -54,7 +54,23 @@ def _header(doc: dict[str, Any]) -> str:
         f"a method, data set and budget; trials of up to "
         f"{p['epochs']} epochs, batch size 64; {len(p['methods'])} methods: "
         f"{', '.join(f'`{m}`' for m in p['methods'])}; {p['lanes']} searches at once on "
-        f"{doc['machine']['cores']} cores."
+        f"{doc['machine']['cores']} cores.{_parts(doc)}"
+    )
+
+
+def _parts(doc: dict[str, Any]) -> str:
+    """How a joined run (``benchmarks.quality_merge``) was made: one part per budget."""
+    parts = doc.get("parts")
+    if not parts:
+        return ""
+    each = "; ".join(
+        f"budget{'s' if len(p['budgets']) > 1 else ''} {', '.join(map(str, p['budgets']))} "
+        f"on {p['date'][:10]} ({p['duration_s'] / 60:.0f} min)"
+        for p in parts
+    )
+    return (
+        f" Run in {len(parts)} parts, every method of a budget side by side in the same part: "
+        f"{each}."
     )
 
 

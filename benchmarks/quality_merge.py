@@ -1,0 +1,112 @@
+"""Join runs of ``benchmarks.quality`` made apart, one budget each, into one ``quality.json``.
+
+python -m benchmarks.quality_merge PART.json [PART.json ...] [--out DIR]
+
+The full run (four data sets, budgets 100 and 400, five seeds, nine methods) takes about
+five hours on two cores, so ``make bench-quality`` runs it as one part per budget, each
+part in one run of its own (every method of a budget is measured side by side, on the
+same machine and day), and joins the parts here. The parts must agree on the data sets,
+seeds, methods, trial epochs and lanes, and no budget may be in two of them; the joined
+document keeps each part's budgets, date, duration and machine under ``parts``, and its
+summary is computed again from the joined runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR
+from benchmarks.quality import summarise
+
+SAME = ("datasets", "seeds", "methods", "epochs", "lanes")
+
+
+def _parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A document's parts: those of an earlier join, or the document itself."""
+    if "parts" in doc:
+        return list(doc["parts"])
+    return [
+        {
+            "budgets": sorted(doc["params"]["budgets"]),
+            "date": doc["date"],
+            "duration_s": doc["duration_s"],
+            "machine": doc["machine"],
+        }
+    ]
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``quality.json`` document from ``docs``; ``ValueError`` says why they do not
+    fit together."""
+    if not docs:
+        raise ValueError("nothing to join: give at least one quality.json")
+    for doc in docs:
+        if doc.get("benchmark") != "quality" or "datasets" not in doc.get("result", {}):
+            raise ValueError(
+                f"not a run of benchmarks.quality with data sets: the {doc.get('benchmark')!r} "
+                f"run of {doc.get('date')}"
+            )
+    first = docs[0]
+    problems = []
+    for doc in docs:
+        for key in SAME:
+            if doc["params"][key] != first["params"][key]:
+                problems.append(
+                    f"{key} differ: {doc['params'][key]!r} against {first['params'][key]!r}"
+                )
+        if doc["size"] != first["size"]:
+            problems.append(f"sizes differ: {doc['size']!r} against {first['size']!r}")
+    budgets = [b for doc in docs for b in doc["params"]["budgets"]]
+    if twice := sorted({b for b in budgets if budgets.count(b) > 1}):
+        problems.append(f"budget(s) {twice} in more than one part: run each budget once")
+    if problems:
+        raise ValueError("; ".join(dict.fromkeys(problems)))
+    params = {**first["params"], "budgets": sorted(budgets)}
+    runs = [r for doc in docs for r in doc["result"]["runs"]]
+    parts = sorted((p for doc in docs for p in _parts(doc)), key=lambda p: p["budgets"])
+    return {
+        "benchmark": "quality",
+        "size": first["size"],
+        "params": params,
+        "date": max(doc["date"] for doc in docs),
+        "duration_s": round(sum(p["duration_s"] for p in parts), 1),
+        "machine": first["machine"],
+        "parts": parts,
+        "result": {
+            "datasets": first["result"]["datasets"],
+            "runs": runs,
+            "failed": [f for doc in docs for f in doc["result"]["failed"]],
+            "summary": summarise(runs, params),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality_merge", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("parts", nargs="+", type=Path, help="quality.json files, one a budget")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help=f"where quality.json goes ({RESULTS_DIR})"
+    )
+    args = parser.parse_args(argv)
+    try:
+        doc = merge([json.loads(path.read_text()) for path in args.parts])
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"benchmarks.quality_merge: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "quality.json"
+    path.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+    print(
+        f"[quality_merge] budgets {doc['params']['budgets']} from {len(args.parts)} part(s): {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
