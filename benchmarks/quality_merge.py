@@ -1,14 +1,15 @@
-"""Join runs of ``benchmarks.quality`` made apart, one budget each, into one ``quality.json``.
+"""Join runs of ``benchmarks.quality`` made apart into one ``quality.json``.
 
 python -m benchmarks.quality_merge PART.json [PART.json ...] [--out DIR]
 
 The full run (four data sets, budgets 100 and 400, five seeds, nine methods) takes about
-five hours on two cores, so ``make bench-quality`` runs it as one part per budget, each
-part in one run of its own (every method of a budget is measured side by side, on the
-same machine and day), and joins the parts here. The parts must agree on the data sets,
-seeds, methods, trial epochs and lanes, and no budget may be in two of them; the joined
-document keeps each part's budgets, date, duration and machine under ``parts``, and its
-summary is computed again from the joined runs.
+five hours on two cores, longer than a working session, so ``make bench-quality`` runs it
+in parts, one data set at one budget each, and joins them here. Within a part every
+method runs side by side on the same machine and day, so each table of RESULTS.md
+compares methods measured in one run. The parts must agree on the seeds, methods, trial
+epochs and lanes, and no data set and budget may be in two of them; the joined document
+keeps each part's data sets, budgets, date, duration and machine under ``parts``, and
+its summary is computed again from the joined runs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR
-from benchmarks.quality import summarise
+from benchmarks.quality import FULL_DATASETS, summarise
 
-SAME = ("datasets", "seeds", "methods", "epochs", "lanes")
+SAME = ("seeds", "methods", "epochs", "lanes")
+
+
+def _order(name: str) -> tuple[int, str]:
+    """The full run's data sets in its order, others after them by name."""
+    return (FULL_DATASETS.index(name), "") if name in FULL_DATASETS else (len(FULL_DATASETS), name)
 
 
 def _parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,6 +37,7 @@ def _parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
         return list(doc["parts"])
     return [
         {
+            "datasets": [d["name"] for d in doc["result"]["datasets"]],
             "budgets": sorted(doc["params"]["budgets"]),
             "date": doc["date"],
             "duration_s": doc["duration_s"],
@@ -60,14 +67,35 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 )
         if doc["size"] != first["size"]:
             problems.append(f"sizes differ: {doc['size']!r} against {first['size']!r}")
-    budgets = [b for doc in docs for b in doc["params"]["budgets"]]
-    if twice := sorted({b for b in budgets if budgets.count(b) > 1}):
-        problems.append(f"budget(s) {twice} in more than one part: run each budget once")
+    pairs = [
+        (d["name"], b)
+        for doc in docs
+        for d in doc["result"]["datasets"]
+        for b in doc["params"]["budgets"]
+    ]
+    if twice := sorted({pair for pair in pairs if pairs.count(pair) > 1}):
+        problems.append(
+            "in more than one part: "
+            + ", ".join(f"{name} at budget {budget}" for name, budget in twice)
+            + " (run each data set and budget once)"
+        )
     if problems:
         raise ValueError("; ".join(dict.fromkeys(problems)))
-    params = {**first["params"], "budgets": sorted(budgets)}
+    docs = sorted(docs, key=lambda doc: _order(doc["result"]["datasets"][0]["name"]))
+    datasets: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        for d in doc["result"]["datasets"]:
+            datasets.setdefault(d["name"], d)
+    params = {
+        **first["params"],
+        "datasets": list(datasets),
+        "budgets": sorted({b for _, b in pairs}),
+    }
     runs = [r for doc in docs for r in doc["result"]["runs"]]
-    parts = sorted((p for doc in docs for p in _parts(doc)), key=lambda p: p["budgets"])
+    parts = sorted(
+        (p for doc in docs for p in _parts(doc)),
+        key=lambda p: (p["budgets"], [_order(name) for name in p["datasets"]]),
+    )
     return {
         "benchmark": "quality",
         "size": first["size"],
@@ -77,7 +105,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
         "machine": first["machine"],
         "parts": parts,
         "result": {
-            "datasets": first["result"]["datasets"],
+            "datasets": list(datasets.values()),
             "runs": runs,
             "failed": [f for doc in docs for f in doc["result"]["failed"]],
             "summary": summarise(runs, params),

@@ -64,13 +64,14 @@ def _parts(doc: dict[str, Any]) -> str:
     if not parts:
         return ""
     each = "; ".join(
+        f"{', '.join(f'`{name}`' for name in p['datasets'])} at "
         f"budget{'s' if len(p['budgets']) > 1 else ''} {', '.join(map(str, p['budgets']))} "
         f"on {p['date'][:10]} ({p['duration_s'] / 60:.0f} min)"
         for p in parts
     )
     return (
-        f" Run in {len(parts)} parts, every method of a budget side by side in the same part: "
-        f"{each}."
+        f" Run in {len(parts)} parts, every method of a data set and budget side by side in "
+        f"the same part: {each}."
     )
 
 

@@ -20,11 +20,13 @@ from tests.support import REPO, child_env
 METHODS = ["service", "optuna random"]
 
 
-def _part(budget: int, date: str, tests: dict[str, list[float]], **params: Any) -> dict[str, Any]:
+def _part(
+    budget: int, date: str, tests: dict[str, list[float]], dataset: str = "wine", **params: Any
+) -> dict[str, Any]:
     runs = [
         {
             "method": method,
-            "dataset": "wine",
+            "dataset": dataset,
             "budget": budget,
             "seed": seed,
             "metric": "val_accuracy",
@@ -39,9 +41,9 @@ def _part(budget: int, date: str, tests: dict[str, list[float]], **params: Any) 
         for method, values in tests.items()
         for seed, test in enumerate(values)
     ]
-    p = {"datasets": ["wine"], "budgets": [budget], "epochs": 2, "seeds": [0, 1, 2]}
+    p = {"datasets": [dataset], "budgets": [budget], "epochs": 2, "seeds": [0, 1, 2]}
     p |= {"lanes": 3, "methods": METHODS, "summary": True, **params}
-    wine = {"name": "wine", "task": "classification", "metric": "val_accuracy"}
+    described = {"name": dataset, "task": "classification", "metric": "val_accuracy"}
     return {
         "benchmark": "quality",
         "size": "full",
@@ -50,7 +52,7 @@ def _part(budget: int, date: str, tests: dict[str, list[float]], **params: Any) 
         "duration_s": 600.0 * budget,
         "machine": {"cores": 2, "cpu": "test"},
         "result": {
-            "datasets": [{**wine, "direction": "maximize"}],
+            "datasets": [{**described, "direction": "maximize"}],
             "runs": runs,
             "failed": [],
             "summary": quality.summarise(runs, p),
@@ -85,8 +87,8 @@ def test_parts_join_into_one_run_per_budget(tmp_path: Path) -> None:
     assert rows[12, METHODS[1]]["vs_service"]["losses"] == 3  # each budget paired on its own
     lines, head = section(doc, tmp_path)
     text = "\n".join(lines)
-    assert "Run in 2 parts" in text and "budget 6 on 2026-12-03 (60 min)" in text
-    assert "budget 12 on 2026-12-04 (120 min)" in text
+    assert "Run in 2 parts" in text and "`wine` at budget 6 on 2026-12-03 (60 min)" in text
+    assert "`wine` at budget 12 on 2026-12-04 (120 min)" in text
     assert "**`wine`, a budget of 6 epochs:**" in text and "a budget of 12 epochs" in text
     assert head["service_better"] == {METHODS[1]: "2/6"}
     # A later run of one budget joins with the joined document's other part.
@@ -106,7 +108,7 @@ def _strip(doc: dict[str, Any], budget: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("other", "message"),
     [
-        ({"budget": 6}, "budget(s) [6] in more than one part"),
+        ({"budget": 6}, "in more than one part: wine at budget 6 (run each data set and"),
         ({"seeds": [0, 1]}, "seeds differ: [0, 1] against [0, 1, 2]"),
         ({"methods": ["service"]}, "methods differ"),
         ({"epochs": 20}, "epochs differ: 20 against 2"),
@@ -118,6 +120,27 @@ def test_parts_measured_differently_are_refused(other: dict[str, Any], message: 
     second = _part(budget, "2026-12-04T11:00:00+00:00", {"service": [0.9] * 3}, **other)
     with pytest.raises(ValueError, match=re.escape(message)):
         quality_merge.merge([first, second])
+
+
+def test_a_data_set_joins_another_at_the_same_budget() -> None:
+    """A part per data set (how a long budget fits in several sessions): the joined run
+    lists the full run's data sets in its order, whatever the order of the parts."""
+    tests = {"service": [0.9] * 3, METHODS[1]: [0.8] * 3}
+    parts = [
+        _part(12, "2026-12-05T10:00:00+00:00", tests, dataset="diabetes"),
+        _part(12, "2026-12-04T10:00:00+00:00", tests, dataset="digits"),
+        _part(6, "2026-12-03T10:00:00+00:00", tests, dataset="digits"),
+    ]
+    doc = quality_merge.merge(parts)
+    assert doc["params"]["datasets"] == ["digits", "diabetes"]
+    assert doc["params"]["budgets"] == [6, 12]
+    assert [(p["datasets"], p["budgets"]) for p in doc["parts"]] == [
+        (["digits"], [6]),
+        (["digits"], [12]),
+        (["diabetes"], [12]),
+    ]
+    groups = [(r["dataset"], r["budget"]) for r in doc["result"]["summary"]]
+    assert list(dict.fromkeys(groups)) == [("digits", 6), ("digits", 12), ("diabetes", 12)]
 
 
 def test_a_file_that_is_not_a_quality_run_is_refused(tmp_path: Path) -> None:
