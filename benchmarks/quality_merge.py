@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "quality.json"
     path.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
     print(
-        f"[quality_merge] budgets {doc['params']['budgets']} from {len(args.parts)} part(s): {path}"
+        f"[quality_merge] {', '.join(doc['params']['datasets'])} at budgets "
+        f"{doc['params']['budgets']} from {len(args.parts)} part(s): {path}"
     )
     return 0
 

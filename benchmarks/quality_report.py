@@ -61,7 +61,7 @@ def _header(doc: dict[str, Any]) -> str:
 def _parts(doc: dict[str, Any]) -> str:
     """How a joined run (``benchmarks.quality_merge``) was made: one part per budget."""
     parts = doc.get("parts")
-    if not parts:
+    if not parts or len(parts) < 2:
         return ""
     each = "; ".join(
         f"{', '.join(f'`{name}`' for name in p['datasets'])} at "
