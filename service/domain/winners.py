@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -200,10 +201,11 @@ def _best_mean(completed: list[LeaseRow], direction: str) -> Best | None:
 
 
 def _mean_loss(rows: list[LeaseRow]) -> float:
+    """The mean last-epoch validation loss of a configuration's evaluations; infinite when
+    one of them has none, so such a configuration comes after those that have them all."""
     losses = [(row.metrics or {}).get(TIE_BREAK) for row in rows]
-    if any(not isinstance(loss, (int, float)) for loss in losses):
-        return math.inf
-    return sum(float(loss) for loss in losses if loss is not None) / len(losses)
+    numbers = [float(loss) for loss in losses if isinstance(loss, (int, float))]
+    return statistics.fmean(numbers) if len(numbers) == len(losses) else math.inf
 
 
 def best(rt: Runtime, study: StudyRow) -> Best | None:

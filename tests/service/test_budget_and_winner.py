@@ -78,6 +78,55 @@ def test_the_first_trials_are_the_priors_and_priors_false_starts_from_the_sample
     assert not any(t.state == TrialState.WAITING for t in trials)
 
 
+def _history(loss: float | None) -> dict[str, Any]:
+    """A ``complete``'s history whose last epoch had validation loss ``loss`` (none: no
+    history)."""
+    if loss is None:
+        return {}
+    return {"history": {"val_accuracy": [0.5, 0.5, 0.5], "val_loss": [1.0, 0.9, loss]}}
+
+
+def _search_and_reevaluate(
+    client: httpx.Client,
+    name: str,
+    values: list[float],
+    again_values: dict[float, float],
+    losses: dict[float, tuple[float, float]] | None = None,
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A 12-trial study of 3-epoch trials: 9 searched with ``values``, then the top 3 run
+    again, each scoring ``again_values[its first value]``; ``losses[first value]`` are the
+    last-epoch val_loss of its two evaluations. Returns the study's id, the searched jobs,
+    the top 3 and the re-evaluations."""
+    losses = losses or {}
+    study = _study(client, name, n_trials=12, epochs=3, priors=False)
+    assert study["reevaluations"] == 3
+    searched = []
+    for value in values:
+        job = _lease(client)
+        assert job is not None
+        searched.append(job)
+        loss = losses.get(value, (None, None))[0]
+        r = _call(client, job["trial_id"], "complete", value=value, epochs_run=3, **_history(loss))
+        assert r.status_code == 200, r.text
+    top = sorted(searched, key=lambda j: -values[searched.index(j)])[:3]
+    again: list[dict[str, Any]] = []
+    wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
+    while len(again) < 3:
+        assert _next(client, again), again
+    assert _lease(client) is None  # the budget is spent: 9 + 3
+    for job in again:
+        first = values[searched.index(next(t for t in top if t["params"] == job["params"]))]
+        # Never pruned, however bad: judged on all their epochs.
+        for epoch in (1, 2):
+            r = _call(client, job["trial_id"], "report", epoch=epoch, value=0.01)
+            assert r.json() == {"action": "continue"}, r.text
+        loss = losses.get(first, (None, None))[1]
+        score = again_values[first]
+        r = _call(client, job["trial_id"], "complete", value=score, epochs_run=3, **_history(loss))
+        assert r.status_code == 200, r.text
+    return study["id"], searched, top, again
+
+
 def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean_wins(
     fresh_api: Callable[..., Api],
 ) -> None:
@@ -85,36 +134,14 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
     # 12 trials, the last 3 kept (3 <= 12 / 4) for the top 3 configurations run again.
     values = [0.50, 0.91, 0.60, 0.90, 0.55, 0.89, 0.52, 0.51, 0.53]
     with server.client() as client:
-        study = _study(client, "again", n_trials=12, epochs=3, priors=False)
-        assert study["reevaluations"] == 3
-        searched = []
-        for value in values:
-            job = _lease(client)
-            assert job is not None
-            searched.append(job)
-            r = _call(client, job["trial_id"], "complete", value=value, epochs_run=3)
-            assert r.status_code == 200, r.text
-        top = sorted(searched, key=lambda j: -values[searched.index(j)])[:3]
-        again: list[dict[str, Any]] = []
-        wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
-        while len(again) < 3:
-            assert _next(client, again), again
-        assert _lease(client) is None  # the budget is spent: 9 + 3
+        study_id, searched, top, again = _search_and_reevaluate(
+            client, "again", values, {0.91: 0.70, 0.90: 0.92, 0.89: 0.80}
+        )
         assert sorted(json.dumps(j["params"], sort_keys=True) for j in again) == sorted(
             json.dumps(j["params"], sort_keys=True) for j in top
         )
         assert len({j["seed"] for j in again + top}) == 6  # fresh seeds
-        # Never pruned, however bad: judged on all their epochs.
-        scores = {0.91: 0.70, 0.90: 0.92, 0.89: 0.80}
-        for job in again:
-            first = next(t for t in top if t["params"] == job["params"])
-            for epoch in (1, 2):
-                r = _call(client, job["trial_id"], "report", epoch=epoch, value=0.01)
-                assert r.json() == {"action": "continue"}, r.text
-            score = scores[values[searched.index(first)]]
-            r = _call(client, job["trial_id"], "complete", value=score, epochs_run=3)
-            assert r.status_code == 200, r.text
-        final = _get(server, study["id"])
+        final = _get(server, study_id)
     assert final["status"] == "completed" and final["trials"]["complete"] == 12
     assert final["epochs_charged"] == 36
     # 0.90 then 0.92 (mean 0.91) beats 0.91 then 0.70 and 0.89 then 0.80.
@@ -126,6 +153,28 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
     assert sorted(
         t.user_attrs["reevaluates"] for t in optuna_trials if "reevaluates" in t.user_attrs
     ) == sorted(t["number"] for t in top)
+
+
+def test_equal_means_are_told_apart_by_the_lower_mean_validation_loss(
+    fresh_api: Callable[..., Api],
+) -> None:
+    """Two configurations at the same mean (0.875 then 0.625, 0.75 twice): the one whose
+    evaluations' last-epoch val_loss is lower on average wins, although the other came
+    first and had the lower loss on its first evaluation."""
+    server = fresh_api()
+    values = [0.5, 0.875, 0.25, 0.75, 0.375, 0.625, 0.3125, 0.1875, 0.125]
+    with server.client() as client:
+        study_id, searched, _, _ = _search_and_reevaluate(
+            client,
+            "equal-means",
+            values,
+            {0.875: 0.625, 0.75: 0.75, 0.625: 0.5},
+            losses={0.875: (0.20, 0.20), 0.75: (0.30, 0.05), 0.625: (0.01, 0.01)},
+        )
+        final = _get(server, study_id)
+    assert final["status"] == "completed", final
+    assert final["best"]["trial_id"] == searched[values.index(0.75)]["trial_id"], final["best"]
+    assert final["best"]["value"] == 0.75 and final["best"]["evaluations"] == 2
 
 
 def _next(client: httpx.Client, again: list[dict[str, Any]]) -> bool:
