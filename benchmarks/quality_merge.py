@@ -4,7 +4,7 @@ python -m benchmarks.quality_merge PART.json [PART.json ...] [--out DIR]
 
 The full run (four data sets, budgets 100 and 400, five seeds, nine methods) takes about
 five hours on two cores, longer than a working session, so ``make bench-quality`` runs it
-in parts, one data set at one budget each, and joins them here. Within a part every
+in parts, each some data sets at one budget, and joins them here. Within a part every
 method runs side by side on the same machine and day, so each table of RESULTS.md
 compares methods measured in one run. The parts must agree on the seeds, methods, trial
 epochs and lanes, and no data set and budget may be in two of them; the joined document
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality_merge", description=__doc__.strip().splitlines()[0]
     )
-    parser.add_argument("parts", nargs="+", type=Path, help="quality.json files, one a budget")
+    parser.add_argument("parts", nargs="+", type=Path, help="quality.json files, one a part")
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help=f"where quality.json goes ({RESULTS_DIR})"
     )

@@ -59,7 +59,8 @@ def _header(doc: dict[str, Any]) -> str:
 
 
 def _parts(doc: dict[str, Any]) -> str:
-    """How a joined run (``benchmarks.quality_merge``) was made: one part per budget."""
+    """How a joined run (``benchmarks.quality_merge``) was made: its parts, each some data
+    sets at one budget (nothing for a single part)."""
     parts = doc.get("parts")
     if not parts or len(parts) < 2:
         return ""
