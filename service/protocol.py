@@ -84,6 +84,12 @@ class Lease(BaseModel):
     metric: str
     direction: str
     seed: int
+    fold: int = Field(
+        0,
+        ge=0,
+        description="The split to train on: 0 the fixed one, 1 and up a re-evaluation's "
+        "fold of train + validation (``search_space.splits``).",
+    )
     lease_seconds: float
     trial_time_limit_s: float | None
     tensorboard: bool

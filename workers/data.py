@@ -8,10 +8,11 @@
 - Uploaded sets are fetched from the service over HTTP once and cached by content hash.
 
 The split is fixed and seeded (``SPLIT_SEED``), stratified for classification, so every
-trial of every study sees the same rows. Features are standardised with statistics of the
-training split only, then applied to validation and test; regression targets are scaled
-the same way (the notes' advice), and ``Split.to_target_units`` turns scaled errors into the
-target's units.
+trial of every study sees the same rows; a re-evaluation trial's lease names another fold
+of train + validation (``search_space.splits``), the test rows the same. Features are
+standardised with statistics of the training split only, then applied to validation and
+test; regression targets are scaled the same way (the notes' advice), and
+``Split.to_target_units`` turns scaled errors into the target's units.
 """
 
 from __future__ import annotations
@@ -81,16 +82,23 @@ def _standardiser(x_train: Array) -> Callable[[Array], Array]:
 
 
 def split_and_standardise(
-    info: DatasetInfo, x: Array, y: Array, test: tuple[Array, Array] | None = None
+    info: DatasetInfo,
+    x: Array,
+    y: Array,
+    test: tuple[Array, Array] | None = None,
+    *,
+    fold: int = 0,
 ) -> Split:
-    """The fixed split (``search_space.splits``), then standardisation with training
-    statistics. ``test`` is a given test split (Keras's)."""
+    """The split (``search_space.splits``: fold 0 the fixed one), then standardisation with
+    training statistics. ``test`` is a given test split (Keras's)."""
     x = x.reshape(len(x), -1).astype(np.float32)
     classify = info.task == "classification"
     y = y.astype(np.int64) if classify else y.astype(np.float32)
     if test is not None:
         test = (test[0].reshape(len(test[0]), -1).astype(np.float32), test[1].astype(y.dtype))
-    x_train, y_train, x_val, y_val, x_test, y_test = split_rows(x, y, classify=classify, test=test)
+    x_train, y_train, x_val, y_val, x_test, y_test = split_rows(
+        x, y, classify=classify, test=test, fold=fold
+    )
     scale = _standardiser(x_train)
     y_mean, y_std = 0.0, 1.0
     if not classify:
@@ -132,8 +140,8 @@ class DataSource:
         self.allow_downloads = allow_downloads
         self.fetch = fetch
 
-    def load(self, info: DatasetInfo) -> Split:
-        """Load a data set, split and standardised.
+    def load(self, info: DatasetInfo, fold: int = 0) -> Split:
+        """Load a data set, split (``fold``: ``search_space.splits``) and standardised.
 
         Raises:
             DatasetUnavailable: it cannot be had here (not cached and no download, a fetch
@@ -141,13 +149,13 @@ class DataSource:
         """
         if info.source == "sklearn" and info.name in _SKLEARN:
             x, y = _SKLEARN[info.name](return_X_y=True)
-            return split_and_standardise(info, x, y)
+            return split_and_standardise(info, x, y, fold=fold)
         if info.source == "keras":
             (x, y), test = self._keras(info.name)
-            return split_and_standardise(info, x, y, test)
+            return split_and_standardise(info, x, y, test, fold=fold)
         if info.source == "upload":
             with np.load(io.BytesIO(self._uploaded(info)), allow_pickle=False) as npz:
-                return split_and_standardise(info, npz["x"], npz["y"])
+                return split_and_standardise(info, npz["x"], npz["y"], fold=fold)
         raise DatasetUnavailable(f"dataset unavailable: {info.name!r} is not a known data set")
 
     def _keras(self, name: str) -> tuple[tuple[Array, Array], tuple[Array, Array]]:

@@ -104,12 +104,17 @@ class Trainer:
         self.conn = conn
         self.worker_id = worker_id
         self.source = source
-        self._data: dict[tuple[str, str | None], Split] = {}
+        self._data: dict[tuple[str, str | None, int], Split] = {}
 
-    def _dataset(self, info: DatasetInfo) -> Split:
-        key = (info.name, info.sha256)
+    def _dataset(self, info: DatasetInfo, fold: int = 0) -> Split:
+        """The data set split as the job says, cached: the fixed split of each data set
+        (every search trial's), and the last re-evaluation fold (a study's re-evaluation
+        asks for a few, once each per configuration: one more copy at most, not seven)."""
+        key = (info.name, info.sha256, fold)
         if key not in self._data:
-            self._data[key] = self.source.load(info)
+            if fold:
+                self._data = {k: v for k, v in self._data.items() if k[2] == 0}
+            self._data[key] = self.source.load(info, fold)
         return self._data[key]
 
     def serve(self) -> None:
@@ -134,7 +139,7 @@ class Trainer:
 
     def _trial(self, job: Lease, tensorboard_dir: str | None) -> tuple[Any, ...]:
         try:
-            data = self._dataset(job.dataset)
+            data = self._dataset(job.dataset, job.fold)
         except DatasetUnavailable as exc:
             outcome = Outcome("fail", reason=str(exc))
         except Exception as exc:  # unreadable data fails the trial, never the worker

@@ -51,6 +51,7 @@ def _lease(
     *,
     trial_id: int | None = None,
     number: int | None = None,
+    fold: int = 0,
 ) -> Lease:
     """The wire payload of work handed out. The training seed is reproducible for a
     seeded study and distinct per trial."""
@@ -69,6 +70,7 @@ def _lease(
         metric=study.metric,
         direction=study.direction,
         seed=derive_seed(spec.get("seed"), -1 if number is None else number),
+        fold=fold,
         lease_seconds=rt.settings.lease_seconds,
         trial_time_limit_s=spec.get("trial_time_limit_s"),
         tensorboard=bool(spec.get("tensorboard", False)),
@@ -170,6 +172,8 @@ def _claim(
         suggestion.params,
         trial_id=suggestion.trial_id,
         number=suggestion.trial_number,
+        # (read through the Optuna cache, which keeps the running trial for its reports)
+        fold=rt.optuna.fold(suggestion.trial_id),
     )
     return work, True
 

@@ -5,10 +5,13 @@ split. So a study keeps the last ``reevaluate_top x reevaluate_repeats`` trials 
 budget (when that is at most a quarter of it) for its best configurations: once the
 search's trials are done, the feeder queues each of the top ``reevaluate_top`` again,
 ``reevaluate_repeats`` times, as Optuna trials with the user attribute ``reevaluates``
-(the number of the trial it repeats). They train on fresh seeds (a trial's seed follows
-its number), are never pruned, and are charged to the budget like any trial. The winner
+(the number of the trial it repeats) and ``fold``: repeat ``r`` trains on fold ``r + 1``
+of train + validation (``search_space.splits``), so it is judged on other validation rows
+than the ones that picked it, and on a fresh seed (a trial's seed follows its number).
+Every configuration's repeat ``r`` has the same fold: they are compared on the same rows.
+Re-evaluations are never pruned and are charged to the budget like any trial. The winner
 is then the configuration with the best mean over its evaluations; the final model
-retrains it.
+retrains it (on the fixed split).
 
 Equal values are common on a small validation split (every trial at 1.000 on 27 rows):
 they are told apart by the lower validation loss of their last epoch (a margin the
@@ -117,8 +120,9 @@ def queue(rt: Runtime, study: StudyRow) -> int:
     with rt.unit_of_work():
         for row in best.values():
             params = {k: v for k, v in (row.params or {}).items() if k in searched}
-            for _ in range(repeats):
-                rt.optuna.enqueue(study, params, {"reevaluates": row.trial_number})
+            for repeat in range(repeats):
+                attrs = {"reevaluates": row.trial_number, "fold": repeat + 1}
+                rt.optuna.enqueue(study, params, attrs)
     log.info("study %s: its best %d configurations queued again", study.name, len(best))
     return len(best) * repeats
 

@@ -40,6 +40,9 @@ DELETE_ATTEMPTS = 5
 """Tries at deleting an Optuna study before giving up (see ``delete_study``)."""
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+_RERUN_KEEPS = frozenset({"fixed_params", "reevaluates", "fold"})
+"""The user attributes a lost trial's re-run keeps: what it is (a re-evaluation, never
+pruned, on its fold), not what happened to it."""
 
 DuplicateStudy = optuna.exceptions.DuplicatedStudyError
 
@@ -318,6 +321,11 @@ class OptunaAdapter:
             return False
         return bool(study.pruner.prune(study, trial))
 
+    def fold(self, trial_id: int) -> int:
+        """The split a trial trains on: its user attribute ``fold`` (``winners``: a
+        re-evaluation's), else 0, the fixed split."""
+        return int(self.storage.get_trial(trial_id).user_attrs.get("fold", 0))
+
     def enqueue(self, row: StudyRow, params: dict[str, Any], attrs: dict[str, Any]) -> None:
         """Queue a trial of these parameters, first in line (``draw`` takes it)."""
         self._study(row).enqueue_trial(params, user_attrs=attrs)
@@ -364,7 +372,7 @@ class OptunaAdapter:
             params=old.params,
             distributions=old.distributions,
             user_attrs={
-                **{k: v for k, v in old.user_attrs.items() if k == "fixed_params"},
+                **{k: v for k, v in old.user_attrs.items() if k in _RERUN_KEEPS},
                 "hpo_reruns_trial": trial_id,
             },
             system_attrs={},
