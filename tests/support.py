@@ -309,6 +309,7 @@ def trial_lease(
     family: str = "mlp",
     metric: str = "val_accuracy",
     time_limit_s: float | None = None,
+    fold: int = 0,
 ) -> Lease:
     """A trial's lease as the service would hand it out, for training without one."""
     from search_space.catalog import BUILTIN_DATASETS
@@ -329,6 +330,7 @@ def trial_lease(
         metric=metric,
         direction="minimize" if metric.endswith(("loss", "mae")) else "maximize",
         seed=7,
+        fold=fold,
         lease_seconds=60,
         trial_time_limit_s=time_limit_s,
         tensorboard=False,

@@ -141,6 +141,8 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
             json.dumps(j["params"], sort_keys=True) for j in top
         )
         assert len({j["seed"] for j in again + top}) == 6  # fresh seeds
+        # The search on the fixed split, each repeat on the same other fold (the first).
+        assert [j["fold"] for j in top] == [0, 0, 0] and [j["fold"] for j in again] == [1, 1, 1]
         final = _get(server, study_id)
     assert final["status"] == "completed" and final["trials"]["complete"] == 12
     assert final["epochs_charged"] == 36

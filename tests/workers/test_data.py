@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn import datasets as sk_datasets
 
 from search_space.catalog import BUILTIN_DATASETS
+from search_space.splits import FOLDS, split_rows
 from workers.data import DatasetUnavailable, DataSource, load
 
 
@@ -24,6 +26,52 @@ def test_split_is_fixed_stratified_and_disjoint() -> None:
         assert np.all(np.abs(share - 0.1) < 0.02)
     rows = {tuple(r) for r in a.x_train}
     assert not any(tuple(r) in rows for r in a.x_test)
+
+
+def test_a_reevaluation_fold_cuts_train_and_validation_again_and_leaves_test_alone() -> None:
+    """Fold 0 is the fixed split; fold f >= 1 validates on another seventh of the training
+    and validation rows (stratified), the same rows every time; the test rows never move."""
+    x, y = sk_datasets.load_digits(return_X_y=True)
+    fixed = split_rows(x, y, classify=True)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(split_rows(x, y, classify=True, fold=0), fixed, strict=True)
+    )
+    seen = {r.tobytes() for r in np.concatenate([fixed[0], fixed[2]])}
+    vals = []
+    for fold in range(1, FOLDS + 2):
+        x_train, _, x_val, y_val, x_test, y_test = split_rows(x, y, classify=True, fold=fold)
+        assert np.array_equal(x_test, fixed[4]) and np.array_equal(y_test, fixed[5])
+        train, val = {r.tobytes() for r in x_train}, {r.tobytes() for r in x_val}
+        assert train | val == seen and len(x_train) + len(x_val) == len(seen)
+        assert len(y_val) == pytest.approx(len(seen) / FOLDS, abs=2)
+        assert np.all(np.abs(np.bincount(y_val, minlength=10) / len(y_val) - 0.1) < 0.02)
+        vals.append(val)
+    assert len({r.tobytes() for r in fixed[2]} & vals[0]) < len(vals[0]) / 3  # other rows
+    assert all(not (a & b) for i, a in enumerate(vals[:FOLDS]) for b in vals[i + 1 : FOLDS])
+    assert vals[FOLDS] == vals[0]  # fold FOLDS + 1 is fold 1 again
+    # The standardised split follows the fold; regression folds too (unstratified).
+    assert len(
+        DataSource(keras_dir=Path("."), cache_dir=Path("."), allow_downloads=False)
+        .load(BUILTIN_DATASETS["digits"], 3)
+        .y_val
+    ) == len(split_rows(x, y, classify=True, fold=3)[3])
+    xd, yd = sk_datasets.load_diabetes(return_X_y=True)
+    assert len(split_rows(xd, yd, classify=False, fold=1)[3]) == pytest.approx(
+        (len(yd) - len(split_rows(xd, yd, classify=False)[5])) / FOLDS, abs=1
+    )
+
+
+def test_classes_rarer_than_the_folds_are_cut_unstratified() -> None:
+    """Stratifying needs a row of every class in every part: with 5 training and
+    validation rows a class (fewer than ``FOLDS``), fold 1 is cut plainly, not refused."""
+    y = np.repeat([0, 1, 2], 6)
+    x = np.arange(len(y) * 2, dtype=float).reshape(len(y), 2)
+    fixed = split_rows(x, y, classify=True)
+    assert max(np.bincount(np.concatenate([fixed[1], fixed[3]]))) < FOLDS
+    _, y_train, _, y_val, _, y_test = split_rows(x, y, classify=True, fold=1)
+    assert len(y_train) + len(y_val) == len(fixed[1]) + len(fixed[3]) and len(y_val) >= 2
+    assert np.array_equal(y_test, fixed[5])
 
 
 def test_standardised_with_training_statistics_only() -> None:

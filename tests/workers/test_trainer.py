@@ -180,6 +180,24 @@ def test_a_late_prune_or_stop_ends_training_at_the_next_boundary(tmp_path: Path)
     assert not trainer.alive()
 
 
+def test_a_trainer_trains_on_the_fold_its_lease_names(tmp_path: Path) -> None:
+    """A re-evaluation's lease names fold 1: the same seeded configuration then learns
+    from other rows than on the fixed split, and the fixed split again gives what it
+    gave (the trainer keeps both splits apart)."""
+    trainer = Trainer(_options(tmp_path))
+    try:
+        assert trainer.poll_ready(timeout_s=120)
+        histories = []
+        for fold in (0, 1, 0):
+            job = trial_lease(GOOD, epochs=2, fold=fold).model_dump(mode="json")
+            kind, fields = trainer.run(("trial", job, None))
+            assert kind == "outcome" and fields["state"] == "complete", fields
+            histories.append(fields["history"]["loss"])
+    finally:
+        trainer.close()
+    assert histories[0] == histories[2] and histories[1] != histories[0]
+
+
 @pytest.mark.parametrize("limit", ["max_trials", "max_rss_mb"])
 def test_a_trainer_is_replaced_by_a_successor_started_ahead(tmp_path: Path, limit: str) -> None:
     """After HPO_TRAINER_MAX_TRIALS jobs, or once its memory passes HPO_TRAINER_MAX_RSS_MB,
