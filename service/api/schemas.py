@@ -94,15 +94,20 @@ class StudyCreate(BaseModel):
         "the search space (after `enqueue`); false starts from the sampler alone.",
     )
     reevaluate_top: Int = Field(
-        3,
+        2,
         ge=0,
         le=10,
-        description="At the end, train the best this many configurations again on fresh "
-        "seeds and name the best mean the winner (0, or 1, turns it off). Skipped when it "
-        "would take more than a quarter of the budget (trials, or epochs).",
+        description="At the end, train the best this many configurations again, on fresh "
+        "seeds and other folds of train + validation, and name the best mean the winner (0, "
+        "or 1, turns it off). Skipped when it would take more than a quarter of the budget "
+        "(trials, or epochs).",
     )
     reevaluate_repeats: Int = Field(
-        1, ge=1, le=5, description="How many fresh-seed runs each re-evaluated one gets."
+        2,
+        ge=1,
+        le=5,
+        description="How many runs each re-evaluated one gets: run r on fold r (a fresh seed, "
+        "and validation rows the search did not judge it on).",
     )
     sanity_check: Flag = Field(
         True,

@@ -57,7 +57,7 @@ class NewStudy:
     epoch_budget: int | None = None
     priors: bool = True
     reevaluate_top: int = winners.REEVALUATE_TOP
-    reevaluate_repeats: int = 1
+    reevaluate_repeats: int = winners.REEVALUATE_REPEATS
     sanity_check: bool = True
     tensorboard: bool = False
     diagnostics: bool = True

@@ -88,7 +88,7 @@ class StudyRow(Base):
     # charged of it: ``epochs`` per active lease, the epochs it ran per counted result.
     epoch_budget: Mapped[int | None] = mapped_column(Integer)
     epochs_charged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # When its best configurations were queued again on fresh seeds (``reevaluation``).
+    # When its best configurations were queued again, on fresh seeds and folds (``winners``).
     reevaluated_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()

@@ -98,7 +98,9 @@ def _search_and_reevaluate(
     last-epoch val_loss of its two evaluations. Returns the study's id, the searched jobs,
     the top 3 and the re-evaluations."""
     losses = losses or {}
-    study = _study(client, name, n_trials=12, epochs=3, priors=False)
+    study = _study(
+        client, name, n_trials=12, epochs=3, priors=False, reevaluate_top=3, reevaluate_repeats=1
+    )
     assert study["reevaluations"] == 3
     searched = []
     for value in values:
@@ -155,6 +157,36 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
     assert sorted(
         t.user_attrs["reevaluates"] for t in optuna_trials if "reevaluates" in t.user_attrs
     ) == sorted(t["number"] for t in top)
+
+
+def test_by_default_the_best_two_run_again_on_folds_one_and_two(
+    fresh_api: Callable[..., Api],
+) -> None:
+    """The defaults (``winners.REEVALUATE_TOP`` x ``REEVALUATE_REPEATS``): a 16-trial study
+    keeps 4 trials, and its best 2 configurations each train on folds 1 and 2; a study of
+    15 keeps none (4 would be over a quarter of it)."""
+    server = fresh_api()
+    with server.client() as client:
+        fifteen = _study(client, "fifteen", n_trials=15, priors=False)
+        assert fifteen["reevaluations"] == 0
+        assert client.post(f"/studies/{fifteen['id']}/stop").status_code == 200
+        study = _study(client, "sixteen", n_trials=16, epochs=3, priors=False)
+        assert study["reevaluations"] == 4
+        searched = []
+        for value in range(12):
+            job = _lease(client)
+            assert job is not None and job["fold"] == 0
+            searched.append(job)
+            r = _call(client, job["trial_id"], "complete", value=value / 100, epochs_run=3)
+            assert r.status_code == 200, r.text
+        again: list[dict[str, Any]] = []
+        wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
+        while len(again) < 4:
+            assert _next(client, again), again
+    best_two = {json.dumps(j["params"], sort_keys=True) for j in searched[-2:]}
+    assert sorted((json.dumps(j["params"], sort_keys=True), j["fold"]) for j in again) == sorted(
+        (params, fold) for params in best_two for fold in (1, 2)
+    )
 
 
 def test_equal_means_are_told_apart_by_the_lower_mean_validation_loss(
