@@ -17,7 +17,8 @@ message (a tuple) at a time:
   ``("outcome", fields)``, ``("sanity", passed, detail)``, ``("final", value, content)``
   or ``("job_error", unavailable, message)``.
 
-Data sets are loaded once per trainer (the parent fetched uploaded ones into the cache).
+Data sets are loaded once per trainer (the parent fetched uploaded ones into the cache):
+the fixed split of each, and the last re-evaluation fold asked for.
 After a result is sent the trainer frees the model, while the parent hands the result back
 and leases the next job.
 """

@@ -93,21 +93,22 @@ class StudyCreate(BaseModel):
         description="Try the configurations the design notes recommend first, taken into "
         "the search space (after `enqueue`); false starts from the sampler alone.",
     )
-    reevaluate_top: Int = Field(
-        2,
+    reevaluate_top: Int | None = Field(
+        None,
         ge=0,
         le=10,
         description="At the end, train the best this many configurations again, on fresh "
         "seeds and other folds of train + validation, and name the best mean the winner (0, "
         "or 1, turns it off). Skipped when it would take more than a quarter of the budget "
-        "(trials, or epochs).",
+        "(trials, or epochs). Unset: 2 (run twice each) where that fits, else 3 (once each).",
     )
-    reevaluate_repeats: Int = Field(
-        2,
+    reevaluate_repeats: Int | None = Field(
+        None,
         ge=1,
         le=5,
         description="How many runs each re-evaluated one gets: run r on fold r (a fresh seed, "
-        "and validation rows the search did not judge it on).",
+        "and mostly other validation rows than the search judged it on). Unset: 2 where "
+        "that fits a quarter of the budget, else 1.",
     )
     sanity_check: Flag = Field(
         True,

@@ -132,6 +132,7 @@ _NEXT_SUGGESTION = (
         _SUGGESTIONS.c.trial_id,
         _SUGGESTIONS.c.trial_number,
         _SUGGESTIONS.c.params,
+        _SUGGESTIONS.c.priority,
     )
     .where(_SUGGESTIONS.c.study_id == bindparam("study_id"))
     .order_by(_SUGGESTIONS.c.priority.desc(), _SUGGESTIONS.c.id)
@@ -172,8 +173,10 @@ def _claim(
         suggestion.params,
         trial_id=suggestion.trial_id,
         number=suggestion.trial_number,
-        # (read through the Optuna cache, which keeps the running trial for its reports)
-        fold=rt.optuna.fold(suggestion.trial_id),
+        # Only a queued trial or a re-run can be a re-evaluation on another fold (the
+        # sampler's are on the fixed split): read it for those alone, as the trial's
+        # reports will (an Optuna read; the API process has not seen the trial).
+        fold=rt.optuna.fold(suggestion.trial_id) if suggestion.priority > 0 else 0,
     )
     return work, True
 

@@ -56,8 +56,8 @@ class NewStudy:
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     epoch_budget: int | None = None
     priors: bool = True
-    reevaluate_top: int = winners.REEVALUATE_TOP
-    reevaluate_repeats: int = winners.REEVALUATE_REPEATS
+    reevaluate_top: int | None = None  # (None: ``winners.plan`` picks)
+    reevaluate_repeats: int | None = None
     sanity_check: bool = True
     tensorboard: bool = False
     diagnostics: bool = True
@@ -150,9 +150,14 @@ def create(rt: Runtime, body: NewStudy) -> tuple[StudyRow, list[str]]:
         "tensorboard": body.tensorboard,
         "diagnostics": body.diagnostics,
         "priors": priors,
-        "reevaluate_top": body.reevaluate_top,
-        "reevaluate_repeats": body.reevaluate_repeats,
     }
+    spec["reevaluate_top"], spec["reevaluate_repeats"] = winners.plan(
+        body.reevaluate_top,
+        body.reevaluate_repeats,
+        n_trials=body.n_trials,
+        epochs=body.epochs,
+        epoch_budget=body.epoch_budget,
+    )
     with rt.unit_of_work():
         # The row reserves the name (unique) before Optuna's study exists; if creating the
         # Optuna study fails, the row goes again, so nothing half-made stays behind. A

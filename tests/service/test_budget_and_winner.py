@@ -162,14 +162,24 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
 def test_by_default_the_best_two_run_again_on_folds_one_and_two(
     fresh_api: Callable[..., Api],
 ) -> None:
-    """The defaults (``winners.REEVALUATE_TOP`` x ``REEVALUATE_REPEATS``): a 16-trial study
-    keeps 4 trials, and its best 2 configurations each train on folds 1 and 2; a study of
-    15 keeps none (4 would be over a quarter of it)."""
+    """The default plan (``winners.DEFAULT_PLANS``): a 16-trial study keeps 4 trials, its
+    best 2 configurations on folds 1 and 2; a smaller one the best 3 once each, where
+    that fits a quarter of its trials and of its epoch budget."""
     server = fresh_api()
     with server.client() as client:
-        fifteen = _study(client, "fifteen", n_trials=15, priors=False)
-        assert fifteen["reevaluations"] == 0
-        assert client.post(f"/studies/{fifteen['id']}/stop").status_code == 200
+        # 12 to 15 trials: the best 3 once each; fewer, none (unless asked for).
+        for n_trials, kept in ((15, 3), (12, 3), (11, 0)):
+            small = _study(client, f"small-{n_trials}", n_trials=n_trials, priors=False)
+            assert small["reevaluations"] == kept, (n_trials, small)
+            assert client.post(f"/studies/{small['id']}/stop").status_code == 200
+        off = _study(client, "off", n_trials=40, priors=False, reevaluate_top=0)
+        assert off["reevaluations"] == 0
+        assert client.post(f"/studies/{off['id']}/stop").status_code == 200
+        # An epoch budget counts too: 4 trials of 10 epochs fit a quarter of 160, not 150.
+        for budget, kept in ((160, 4), (150, 3)):
+            capped = _study(client, f"b{budget}", n_trials=99, epochs=10, epoch_budget=budget)
+            assert capped["reevaluations"] == kept, (budget, capped)
+            assert client.post(f"/studies/{capped['id']}/stop").status_code == 200
         study = _study(client, "sixteen", n_trials=16, epochs=3, priors=False)
         assert study["reevaluations"] == 4
         searched = []
@@ -183,10 +193,13 @@ def test_by_default_the_best_two_run_again_on_folds_one_and_two(
         wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
         while len(again) < 4:
             assert _next(client, again), again
+    # Fold by fold: both on fold 1, then both on fold 2.
+    assert [j["fold"] for j in again] == [1, 1, 2, 2]
     best_two = {json.dumps(j["params"], sort_keys=True) for j in searched[-2:]}
-    assert sorted((json.dumps(j["params"], sort_keys=True), j["fold"]) for j in again) == sorted(
-        (params, fold) for params in best_two for fold in (1, 2)
-    )
+    for fold in (1, 2):
+        assert {json.dumps(j["params"], sort_keys=True) for j in again if j["fold"] == fold} == (
+            best_two
+        )
 
 
 def test_equal_means_are_told_apart_by_the_lower_mean_validation_loss(

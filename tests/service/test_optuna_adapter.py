@@ -249,3 +249,4 @@ def test_a_lost_reevaluations_rerun_is_still_a_reevaluation_on_its_fold(
     assert bridge.fold(rerun_id) == 2
     rerun = optuna.load_study(study_name="folds", storage=database_url).trials[-1]
     assert rerun._trial_id == rerun_id and rerun.user_attrs["reevaluates"] == 0
+    assert rerun.user_attrs["fold"] == 2  # (as written, not only in this process's copy)

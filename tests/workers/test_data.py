@@ -62,9 +62,10 @@ def test_a_reevaluation_fold_cuts_train_and_validation_again_and_leaves_test_alo
     )
 
 
-def test_classes_rarer_than_the_folds_are_cut_unstratified() -> None:
-    """Stratifying needs a row of every class in every part: with 5 training and
-    validation rows a class (fewer than ``FOLDS``), fold 1 is cut plainly, not refused."""
+def test_classes_rarer_than_the_folds_are_cut_stratified_where_one_class_allows() -> None:
+    """Stratifying needs a class with a row for every part: with 5 training and
+    validation rows a class (fewer than ``FOLDS``), fold 1 is cut plainly, not refused;
+    with one common class beside a rare one, stratified (the common class in every part)."""
     y = np.repeat([0, 1, 2], 6)
     x = np.arange(len(y) * 2, dtype=float).reshape(len(y), 2)
     fixed = split_rows(x, y, classify=True)
@@ -72,6 +73,13 @@ def test_classes_rarer_than_the_folds_are_cut_unstratified() -> None:
     _, y_train, _, y_val, _, y_test = split_rows(x, y, classify=True, fold=1)
     assert len(y_train) + len(y_val) == len(fixed[1]) + len(fixed[3]) and len(y_val) >= 2
     assert np.array_equal(y_test, fixed[5])
+    y = np.array([0] * 100 + [1] * 5)
+    x = np.arange(len(y), dtype=float).reshape(len(y), 1)
+    fixed = split_rows(x, y, classify=True)
+    zeros = int((fixed[1] == 0).sum() + (fixed[3] == 0).sum())
+    for fold in range(1, FOLDS + 1):  # the 0s shared out evenly over the parts
+        y_val = split_rows(x, y, classify=True, fold=fold)[3]
+        assert int((y_val == 0).sum()) in (zeros // FOLDS, zeros // FOLDS + 1), fold
 
 
 def test_standardised_with_training_statistics_only() -> None:
