@@ -62,7 +62,7 @@ bench: $(VENV)/.installed-bench
 
 # Search quality against the peers at an equal budget, in parts: one run per budget of the
 # data sets in QUALITY_DATASETS (all four: budget 100 took 61 minutes on 2 cores, budget
-# 400 about 4 hours, wine alone 38 minutes), each kept in benchmarks/results/quality-parts/, then every part there
+# 400 about 4 hours, wine alone 47 minutes), each kept in benchmarks/results/quality-parts/, then every part there
 # joined into results/quality.json and RESULTS.md. Budget 400 fits a shorter sitting split
 # by data set: `make bench-quality QUALITY_BUDGETS=400 QUALITY_DATASETS=digits,wine`, then
 # the same with breast_cancer,diabetes. A data set and budget measured twice is refused
