@@ -110,7 +110,7 @@ class Trainer:
     def _dataset(self, info: DatasetInfo, fold: int = 0) -> Split:
         """The data set split as the job says, cached: the fixed split of each data set
         (every search trial's), and the last re-evaluation fold (a study's re-evaluation
-        asks for a few, once each per configuration: one more copy at most, not seven)."""
+        goes fold by fold: one more copy at most, not seven)."""
         key = (info.name, info.sha256, fold)
         if key not in self._data:
             if fold:
