@@ -33,7 +33,8 @@ GOOD_WITHIN = 0.02
 
 
 def _study(api: Any, tmp: Path, body: dict[str, Any], workers: int) -> dict[str, Any]:
-    """Run ``body`` to its last result with ``workers`` worker processes; the trials."""
+    """Run ``body`` to its last result with ``workers`` worker processes; the search's
+    trials (not the re-evaluations of its best, which repeat them on other folds)."""
     study = create_study(api, **body)
     procs = [start_worker(api.url, tmp / f"{body['name']}-w{i}.log") for i in range(workers)]
     try:
@@ -42,7 +43,8 @@ def _study(api: Any, tmp: Path, body: dict[str, Any], workers: int) -> dict[str,
         for p in procs:
             stop(p)
     with user_client(api) as c:
-        trials: list[dict[str, Any]] = c.get(f"/studies/{study['id']}/trials").json()
+        listed: list[dict[str, Any]] = c.get(f"/studies/{study['id']}/trials").json()
+        trials = [t for t in listed if t["reevaluates"] is None]
         report: dict[str, Any] = c.get(f"/studies/{study['id']}/report").json()
     return {"id": study["id"], "trials": trials, "report": report}
 

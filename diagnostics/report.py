@@ -66,8 +66,14 @@ class Trial:
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
-    """Optuna's fANOVA importances (seeded) over the completed trials; empty until two
-    completed trials differ."""
+    """Optuna's fANOVA importances (seeded) over the search's completed trials (not the
+    re-evaluations, user attribute ``reevaluates``: the same configurations again on other
+    rows); empty until two completed trials differ."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    searched = [t for t in done if "reevaluates" not in t.user_attrs]
+    if len(searched) < len(done):
+        study = optuna.create_study(directions=study.directions)  # (in memory)
+        study.add_trials(searched)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

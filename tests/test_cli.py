@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from service.cli.render import trial_rows
+from service.client import TrialOut
 from tests.support import Api, child_env, free_port, hpo, start_worker, stop
 
 ANSI = re.compile(r"\x1b\[")
@@ -209,3 +211,33 @@ def test_ctrl_c_while_waiting_exits_130(api: Api, tmp_path: Path) -> None:
         waiting.stdout.close()
         if waiting.stderr is not None:
             waiting.stderr.close()
+
+
+def test_trials_say_which_trial_a_reevaluation_repeats_and_on_which_fold() -> None:
+    """``hpo trials`` grows a ``repeats`` column once a study has re-evaluations."""
+
+    def trial(number: int, **again: Any) -> TrialOut:
+        return TrialOut.model_validate(
+            {
+                "trial_id": number + 1,
+                "number": number,
+                "state": "complete",
+                "params": {"dropout_rate": 0.2},
+                "value": 0.9,
+                "reason": None,
+                "epochs_run": 3,
+                "worker_id": "w1",
+                "started_at": "2026-12-04T00:00:00Z",
+                "finished_at": None,
+                "duration_s": None,
+                **again,
+            }
+        )
+
+    searched = [trial(0), trial(1)]
+    header, _rows = trial_rows(searched, ["dropout_rate"])
+    assert "repeats" not in header
+    header, rows = trial_rows([*searched, trial(2, reevaluates=1, fold=2)], ["dropout_rate"])
+    at = header.index("repeats")
+    assert [row[at] for row in rows] == [None, None, "#1, fold 2"]
+    assert header[at + 1] == "dropout_rate" and rows[2][at + 1] == 0.2

@@ -226,6 +226,16 @@ class TrialOut(BaseModel):
         default_factory=list,
         description="What the worker's probe found wrong (codes: README, 'Findings').",
     )
+    reevaluates: int | None = Field(
+        None,
+        description="A re-evaluation of the best configurations: the number of the trial "
+        "it repeats (README, 'Search quality'); null for a search trial.",
+    )
+    fold: int = Field(
+        0,
+        description="The split it trained on: 0 the fixed split; a re-evaluation's fold "
+        "1 and up of train + validation.",
+    )
 
 
 class ValueFindings(BaseModel):

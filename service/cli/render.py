@@ -247,11 +247,18 @@ def varying_params(trials: Sequence[TrialOut], searched: Iterable[str] = ()) -> 
     return out
 
 
+def _repeats(trial: TrialOut) -> str | None:
+    return None if trial.reevaluates is None else f"#{trial.reevaluates}, fold {trial.fold}"
+
+
 def trial_rows(
     trials: Sequence[TrialOut], params: Sequence[str]
 ) -> tuple[list[str], list[list[object]]]:
-    """The header and rows of ``hpo trials``."""
-    header = ["#", "state", "value", "epochs", "time", *params, "findings", "reason"]
+    """The header and rows of ``hpo trials``; a column ``repeats`` once the study has
+    re-evaluated its best (the trial each re-evaluation repeats, and its fold)."""
+    again = any(t.reevaluates is not None for t in trials)
+    header = ["#", "state", "value", "epochs", "time", *(["repeats"] if again else [])]
+    header += [*params, "findings", "reason"]
     rows = [
         [
             t.number,
@@ -259,6 +266,7 @@ def trial_rows(
             t.value,
             t.epochs_run,
             None if t.duration_s is None else f"{t.duration_s:.1f}s",
+            *([_repeats(t)] if again else []),
             *(t.params.get(p) for p in params),
             ",".join(f.code for f in t.findings) or None,
             t.reason,

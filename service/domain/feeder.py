@@ -89,9 +89,22 @@ def discard(rt: Runtime, study: StudyRow, reason: str = STOPPED_REASON) -> int:
 
 
 def suggestion(
-    study: StudyRow, trial_id: int, number: int, params: dict[str, Any], *, priority: int = 0
+    study: StudyRow,
+    trial_id: int,
+    number: int,
+    params: dict[str, Any],
+    *,
+    priority: int = 0,
+    fold: int = 0,
+    reevaluates: int | None = None,
 ) -> SuggestionRow:
-    return SuggestionRow(**_suggested(study, trial_id, number, params, priority))
+    """A queued trial or a re-run, handed out before the sampler's; a re-evaluation
+    (``winners``) with its ``fold`` and the number of the trial it ``reevaluates``."""
+    return SuggestionRow(
+        **_suggested(study, trial_id, number, params, priority),
+        fold=fold,
+        reevaluates=reevaluates,
+    )
 
 
 def _suggested(
@@ -321,8 +334,13 @@ class Feeder:
             study, writing=self.rt.unit_of_work, then=record
         )
         if queued:  # (a waiting trial, which Optuna's own ``ask`` wrote)
+            # A prior or a re-evaluation: which one, read here off the request path.
+            fold, reevaluates = self.rt.optuna.reevaluation(trial_id)
+            row = suggestion(
+                study, trial_id, number, params, priority=QUEUED, fold=fold, reevaluates=reevaluates
+            )
             with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
-                s.add(suggestion(study, trial_id, number, params, priority=QUEUED))
+                s.add(row)
         # (No notify: the leases that wait are in the API process; they look every 20 ms.)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:

@@ -132,7 +132,8 @@ _NEXT_SUGGESTION = (
         _SUGGESTIONS.c.trial_id,
         _SUGGESTIONS.c.trial_number,
         _SUGGESTIONS.c.params,
-        _SUGGESTIONS.c.priority,
+        _SUGGESTIONS.c.fold,
+        _SUGGESTIONS.c.reevaluates,
     )
     .where(_SUGGESTIONS.c.study_id == bindparam("study_id"))
     .order_by(_SUGGESTIONS.c.priority.desc(), _SUGGESTIONS.c.id)
@@ -173,10 +174,7 @@ def _claim(
         suggestion.params,
         trial_id=suggestion.trial_id,
         number=suggestion.trial_number,
-        # Only a queued trial or a re-run can be a re-evaluation on another fold (the
-        # sampler's are on the fixed split): read it for those alone, as the trial's
-        # reports will (an Optuna read; the API process has not seen the trial).
-        fold=rt.optuna.fold(suggestion.trial_id) if suggestion.priority > 0 else 0,
+        fold=suggestion.fold,
     )
     return work, True
 
@@ -205,6 +203,8 @@ def _claim_in(
             "trial_id": suggestion.trial_id,
             "trial_number": suggestion.trial_number,
             "params": suggestion.params,
+            "fold": suggestion.fold,
+            "reevaluates": suggestion.reevaluates,
             "epochs_run": 0,
             "deadline": now + timedelta(seconds=rt.settings.lease_seconds),
             "created_at": now,

@@ -287,6 +287,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         if row.state not in LIVE_STATES:
             return
         trial_id, params, worker, epochs = row.trial_id, row.params, row.worker_id, row.epochs_run
+        fold, reevaluates = row.fold, row.reevaluates  # (a re-evaluation's re-run is one)
     if row.kind != JobKind.TRIAL:
         jobs.give_back(rt, row, state, reason)
         return
@@ -332,7 +333,10 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
                 )
             )
             if rerun is not None and params is not None:
-                s.add(feeder.suggestion(study, *rerun, params, priority=feeder.RERUN))
+                again = feeder.suggestion(
+                    study, *rerun, params, priority=feeder.RERUN, fold=fold, reevaluates=reevaluates
+                )
+                s.add(again)
     if changed.rowcount != 1:  # another process settled it first; its slot is back
         if rerun is not None:
             rt.optuna.discard(study, rerun[0], "a re-run not needed: settled elsewhere")

@@ -59,7 +59,13 @@ def _trial(row: LeaseRow, searched: set[str]) -> reporting.Trial:
 def build(rt: Runtime, study_id: int) -> tuple[StudyRow, dict[str, Any]]:
     row = studies.get(rt, study_id)
     searched = set(row.spec.get("search_space") or {})
-    trials = [_trial(t, searched) for t in studies.trials(rt, study_id) if t.state in _RESULTS]
+    # The search's trials: a re-evaluation repeats one on another fold, so it would count
+    # a configuration twice and judge it on other rows.
+    trials = [
+        _trial(t, searched)
+        for t in studies.trials(rt, study_id)
+        if t.state in _RESULTS and t.reevaluates is None
+    ]
     importance = rt.optuna.importances(row) if row.optuna_study_id is not None else {}
     return row, reporting.build(
         name=row.name,

@@ -321,10 +321,13 @@ class OptunaAdapter:
             return False
         return bool(study.pruner.prune(study, trial))
 
-    def fold(self, trial_id: int) -> int:
-        """The split a trial trains on: its user attribute ``fold`` (``winners``: a
-        re-evaluation's), else 0, the fixed split."""
-        return int(self.storage.get_trial(trial_id).user_attrs.get("fold", 0))
+    def reevaluation(self, trial_id: int) -> tuple[int, int | None]:
+        """What a queued trial is (``winners``): (the split it trains on, the number of
+        the trial it repeats), from its user attributes ``fold`` and ``reevaluates``;
+        (0, None) for any other trial: the fixed split, no repeat."""
+        attrs = self.storage.get_trial(trial_id).user_attrs
+        of = attrs.get("reevaluates")
+        return int(attrs.get("fold", 0)), None if of is None else int(of)
 
     def enqueue(self, row: StudyRow, params: dict[str, Any], attrs: dict[str, Any]) -> None:
         """Queue a trial of these parameters, first in line (``draw`` takes it)."""

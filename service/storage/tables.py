@@ -129,6 +129,10 @@ class LeaseRow(Base):
     metrics: Mapped[dict[str, float] | None] = mapped_column(JSON)
     # What the worker's probe found (diagnostics.codes), as ``Finding`` records.
     findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # A re-evaluation (``service.domain.winners``): the split it trains on (0, the fixed
+    # split, for every other trial) and the number of the trial it repeats.
+    fold: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reevaluates: Mapped[int | None] = mapped_column(Integer)
     deadline: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -213,6 +217,10 @@ class SuggestionRow(Base):
     # Handed out first when higher: 1 for a lost trial's re-run and the trials queued at
     # submission, 0 for the sampler's.
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # A re-evaluation (``service.domain.winners``): the split it trains on (0, the fixed
+    # split, for every other trial) and the number of the trial it repeats.
+    fold: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reevaluates: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column()
 
 

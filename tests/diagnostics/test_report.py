@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnostics.report import Trial, build
+import optuna
+
+from diagnostics.report import Trial, build, importances
 
 SPACE = {
     "optimizer": {"choices": ["adam", "sgd", "adadelta"]},
@@ -92,3 +94,28 @@ def test_without_importance_nothing_is_narrowed_on_outcomes_alone() -> None:
     spec = report["suggested_spec"]
     assert spec["search_space"]["optimizer"] == SPACE["optimizer"]
     assert spec["search_space"]["learning_rate"] == SPACE["learning_rate"]
+
+
+def test_importances_leave_out_the_reevaluations() -> None:
+    """A re-evaluation repeats a configuration on another fold (``winners``): fANOVA
+    judges the search's trials alone, as if the repeats were not there."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    y = optuna.distributions.FloatDistribution(0.0, 1.0)
+
+    def trial(i: int, value: float, **attrs: Any) -> optuna.trial.FrozenTrial:
+        params = {"x": (i * 0.37) % 1, "y": (i * 0.61) % 1}
+        return optuna.trial.create_trial(
+            params=params, distributions={"x": x, "y": y}, value=value, user_attrs=attrs
+        )
+
+    searched = [trial(i, (i * 0.37) % 1) for i in range(12)]  # the value follows x alone
+    alone = optuna.create_study(direction="maximize")
+    alone.add_trials(searched)
+    both = optuna.create_study(direction="maximize")
+    both.add_trials(searched)
+    # The best 2 again, scored as y would have it: counted, they would make y matter.
+    for i in (8, 5):
+        both.add_trial(trial(i, 10 * ((i * 0.61) % 1), reevaluates=i, fold=1))
+    assert importances(alone)["x"] > 0.8
+    assert importances(both) == importances(alone)

@@ -146,6 +146,18 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
         # The search on the fixed split, each repeat on the same other fold (the first).
         assert [j["fold"] for j in top] == [0, 0, 0] and [j["fold"] for j in again] == [1, 1, 1]
         final = _get(server, study_id)
+        listed = {t["trial_id"]: t for t in client.get(f"/studies/{study_id}/trials").json()}
+        report = client.get(f"/studies/{study_id}/report").json()
+    # The trial list says which trials are re-evaluations, of which trial, on which fold;
+    # the report judges the search's 9 (a re-evaluation would count a configuration twice).
+    assert [
+        (listed[j["trial_id"]]["reevaluates"], listed[j["trial_id"]]["fold"]) for j in searched
+    ] == [(None, 0)] * 9
+    assert sorted(listed[j["trial_id"]]["reevaluates"] for j in again) == sorted(
+        t["number"] for t in top
+    )
+    assert {listed[j["trial_id"]]["fold"] for j in again} == {1}
+    assert report["trials"] == 9
     assert final["status"] == "completed" and final["trials"]["complete"] == 12
     assert final["epochs_charged"] == 36
     # 0.90 then 0.92 (mean 0.91) beats 0.91 then 0.70 and 0.89 then 0.80.
@@ -193,6 +205,16 @@ def test_by_default_the_best_two_run_again_on_folds_one_and_two(
         wait_for(lambda: _next(client, again), 20, "the re-evaluations to be queued")
         while len(again) < 4:
             assert _next(client, again), again
+        # A re-evaluation given back runs again as one: same parameters, same fold.
+        given_back = again[3]
+        r = _call(client, given_back["trial_id"], "release", reason="host going down")
+        assert r.status_code == 200, r.text
+        rerun = _lease(client)
+        listed = {t["trial_id"]: t for t in client.get(f"/studies/{study['id']}/trials").json()}
+    assert rerun is not None and rerun["params"] == given_back["params"]
+    assert rerun["fold"] == 2 and rerun["trial_id"] != given_back["trial_id"]
+    assert listed[rerun["trial_id"]]["reevaluates"] == listed[given_back["trial_id"]]["reevaluates"]
+    assert listed[rerun["trial_id"]]["reevaluates"] in {j["number"] for j in searched[-2:]}
     # Fold by fold: both on fold 1, then both on fold 2.
     assert [j["fold"] for j in again] == [1, 1, 2, 2]
     best_two = {json.dumps(j["params"], sort_keys=True) for j in searched[-2:]}

@@ -232,21 +232,21 @@ def test_the_grid_still_refuses_continuous_ranges_and_too_many_points() -> None:
 def test_a_lost_reevaluations_rerun_is_still_a_reevaluation_on_its_fold(
     bridge: OptunaAdapter, database_url: str
 ) -> None:
-    """``winners.queue`` marks a re-evaluation with ``reevaluates`` and ``fold``; the lease
-    reads the fold (``OptunaAdapter.fold``), and a lost one's re-run keeps both (else it
-    would train on the fixed split, and could be pruned)."""
+    """``winners.queue`` marks a re-evaluation with ``reevaluates`` and ``fold``; the feeder
+    reads both (``OptunaAdapter.reevaluation``) for its suggestion, and a lost one's re-run
+    keeps both (else it would train on the fixed split, and could be pruned)."""
     search = {"dropout_rate": SEARCHED["dropout_rate"]}
     row = _row(bridge, "folds", search_space=search, fixed=FIXED)
     searched_id = bridge.draw(row, writing=nullcontext)[0]
-    assert bridge.fold(searched_id) == 0  # a search trial: the fixed split
+    assert bridge.reevaluation(searched_id) == (0, None)  # a search trial: the fixed split
     params = bridge.storage.get_trial(searched_id).params
     bridge.enqueue(row, params, {"reevaluates": 0, "fold": 2})
     again_id, _number, again_params, queued = bridge.draw(row, writing=nullcontext)
     assert queued and {k: again_params[k] for k in params} == params
-    assert bridge.fold(again_id) == 2
+    assert bridge.reevaluation(again_id) == (2, 0)
     bridge.finish(row, again_id, "fail")
     rerun_id, _number = bridge.rerun(row, again_id)
-    assert bridge.fold(rerun_id) == 2
+    assert bridge.reevaluation(rerun_id) == (2, 0)
     rerun = optuna.load_study(study_name="folds", storage=database_url).trials[-1]
     assert rerun._trial_id == rerun_id and rerun.user_attrs["reevaluates"] == 0
     assert rerun.user_attrs["fold"] == 2  # (as written, not only in this process's copy)

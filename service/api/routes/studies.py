@@ -117,6 +117,8 @@ def _trial_out(row: LeaseRow) -> TrialOut:
         finished_at=row.finished_at,
         duration_s=duration,
         findings=row.findings or [],
+        fold=row.fold,
+        reevaluates=row.reevaluates,
     )
 
 
