@@ -147,10 +147,13 @@ def build(
     trials: Sequence[Trial],
     importance: Mapping[str, float],
     resubmit: Mapping[str, Any],
+    winner: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """The report: ``importances``, ``findings`` (per code, and per parameter value),
     ``advice`` and ``suggested_spec`` (``resubmit`` with the space narrowed: a body for
-    ``POST /studies``)."""
+    ``POST /studies``). ``winner``: the study's own (number, value) where that is not
+    simply its best trial (a re-evaluated study's best mean, ``service.domain.winners``);
+    it is the report's ``best``, and the next study starts from it."""
     space: dict[str, Any] = dict(spec.get("search_space") or {})
     judged = [t for t in trials if t.state in ("complete", "pruned", "fail")]
     codes = Counter(c for t in judged for c in t.codes)
@@ -163,6 +166,10 @@ def build(
     for t in complete:
         if best is None or _better(t.value, best.value, direction):  # type: ignore[arg-type]
             best = t
+    best_value = None if best is None else best.value
+    chosen = None if winner is None else next((t for t in complete if t.number == winner[0]), None)
+    if winner is not None and chosen is not None:
+        best, best_value = chosen, winner[1]
     groups = _groups(judged, space)
     for g in groups:
         n = len(g.trials)
@@ -269,7 +276,7 @@ def build(
         "trials": len(judged),
         "best": None
         if best is None
-        else {"number": best.number, "value": best.value, "params": best.params},
+        else {"number": best.number, "value": best_value, "params": best.params},
         "importances": dict(importance),
         "findings": {
             "by_code": dict(codes.most_common()),

@@ -239,5 +239,5 @@ def test_trials_say_which_trial_a_reevaluation_repeats_and_on_which_fold() -> No
     assert "repeats" not in header
     header, rows = trial_rows([*searched, trial(2, reevaluates=1, fold=2)], ["dropout_rate"])
     at = header.index("repeats")
-    assert [row[at] for row in rows] == [None, None, "#1, fold 2"]
+    assert [row[at] for row in rows] == [None, None, "#1/fold2"]  # (one word: awk splits)
     assert header[at + 1] == "dropout_rate" and rows[2][at + 1] == 0.2

@@ -18,6 +18,7 @@ branch_labels = None
 depends_on = None
 
 _TABLES = ("hpo_suggestions", "hpo_leases")
+_ATTRIBUTES = "trial_user_attributes"  # Optuna's table: trial_id, key, value_json
 
 
 def upgrade() -> None:
@@ -26,6 +27,20 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("fold", sa.Integer(), nullable=False, server_default="0"))
             batch.add_column(sa.Column("reevaluates", sa.Integer(), nullable=True))
+    # The re-evaluations already queued or running keep their fold (and stay marked as
+    # re-evaluations), from the user attributes Optuna holds for them. A new database has
+    # no Optuna tables yet (``hpo migrate`` creates them after these).
+    if _ATTRIBUTES not in sa.inspect(op.get_bind()).get_table_names():
+        return
+    for table in _TABLES:
+        for column in ("fold", "reevaluates"):
+            attribute = (
+                f"FROM {_ATTRIBUTES} a WHERE a.trial_id = {table}.trial_id AND a.key = '{column}'"
+            )
+            op.execute(
+                f"UPDATE {table} SET {column} = (SELECT CAST(a.value_json AS INTEGER) "
+                f"{attribute}) WHERE EXISTS (SELECT 1 {attribute})"
+            )
 
 
 def downgrade() -> None:

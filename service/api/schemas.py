@@ -229,7 +229,8 @@ class TrialOut(BaseModel):
     reevaluates: int | None = Field(
         None,
         description="A re-evaluation of the best configurations: the number of the trial "
-        "it repeats (README, 'Search quality'); null for a search trial.",
+        "it repeats (README, 'Where a search starts, and which trial wins'); null for a "
+        "search trial.",
     )
     fold: int = Field(
         0,

@@ -248,7 +248,7 @@ def varying_params(trials: Sequence[TrialOut], searched: Iterable[str] = ()) -> 
 
 
 def _repeats(trial: TrialOut) -> str | None:
-    return None if trial.reevaluates is None else f"#{trial.reevaluates}, fold {trial.fold}"
+    return None if trial.reevaluates is None else f"#{trial.reevaluates}/fold{trial.fold}"
 
 
 def trial_rows(

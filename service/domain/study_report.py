@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from diagnostics import report as reporting
-from service.domain import studies
+from service.domain import studies, winners
 from service.errors import Conflict
 from service.states import LeaseState, SanityState
 from service.storage.runtime import Runtime
@@ -67,6 +67,7 @@ def build(rt: Runtime, study_id: int) -> tuple[StudyRow, dict[str, Any]]:
         if t.state in _RESULTS and t.reevaluates is None
     ]
     importance = rt.optuna.importances(row) if row.optuna_study_id is not None else {}
+    won = winners.best(rt, row)  # (a re-evaluated study's best mean, not its best trial)
     return row, reporting.build(
         name=row.name,
         spec=row.spec,
@@ -74,6 +75,7 @@ def build(rt: Runtime, study_id: int) -> tuple[StudyRow, dict[str, Any]]:
         trials=trials,
         importance=importance,
         resubmit=resubmission(row),
+        winner=None if won is None else (won.number, won.value),
     )
 
 

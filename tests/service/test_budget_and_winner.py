@@ -158,6 +158,11 @@ def test_the_best_are_run_again_unpruned_counted_in_the_budget_and_the_best_mean
     )
     assert {listed[j["trial_id"]]["fold"] for j in again} == {1}
     assert report["trials"] == 9
+    # Its best is the study's winner, the best mean, and the next study starts from it.
+    won = searched[values.index(0.90)]
+    assert report["best"]["number"] == won["number"] and abs(report["best"]["value"] - 0.91) < 1e-9
+    (first,) = report["suggested_spec"]["enqueue"]
+    assert first and all(won["params"][k] == v for k, v in first.items())
     assert final["status"] == "completed" and final["trials"]["complete"] == 12
     assert final["epochs_charged"] == 36
     # 0.90 then 0.92 (mean 0.91) beats 0.91 then 0.70 and 0.89 then 0.80.

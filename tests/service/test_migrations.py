@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import optuna
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -14,6 +15,7 @@ from sqlalchemy import inspect
 from service.storage.engine import VERSION_TABLE, make_engine, schema_revisions
 from service.storage.migrate import migrate
 from service.storage.tables import Base
+from tests.service.conftest import BACKENDS
 from tests.support import Postgres, child_env, hpo
 
 
@@ -151,3 +153,66 @@ def test_migrate_is_quiet_unless_debugging(tmp_path: Path) -> None:
         done = _hpo("migrate", database_url=f"sqlite:///{tmp_path / level}.db", log_level=level)
         assert done.returncode == 0, done.stderr
         assert ("alembic" in done.stderr) is expect_alembic, done.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrading_to_0009_keeps_the_fold_of_reevaluations_in_flight(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Revision 0009 puts ``fold`` and ``reevaluates`` on suggestions and leases; the
+    re-evaluations queued or running at the upgrade take theirs from Optuna's user
+    attributes (else one would train on the fixed split, and its re-run too)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from service.storage.engine import alembic_config
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    command.upgrade(alembic_config(url), "0008")
+    study = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for attrs in ({}, {"reevaluates": 0, "fold": 2}):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": 0.5}, distributions={"x": x}, value=0.9, user_attrs=attrs
+            )
+        )
+    searched, again = (t._trial_id for t in study.trials)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO hpo_studies (id, name, optuna_study_id, status, dataset, n_trials, "
+                "epochs, metric, direction, spec, slots_used, created_at) VALUES (1, 'old', 1, "
+                "'running', 'digits', 9, 3, 'val_accuracy', 'maximize', '{}', 2, "
+                "'2026-12-01 00:00:00')"
+            )
+        )
+        for trial_id, number in ((searched, 0), (again, 1)):
+            conn.execute(
+                text(
+                    "INSERT INTO hpo_leases (study_id, kind, trial_id, trial_number, worker_id, "
+                    "state, params, epochs_run, deadline, created_at) VALUES (1, 'trial', :t, "
+                    ":n, 'w', 'active', '{}', 0, '2026-12-01 00:00:00', '2026-12-01 00:00:00')"
+                ),
+                {"t": trial_id, "n": number},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO hpo_suggestions (study_id, trial_id, trial_number, params, "
+                "priority, created_at) VALUES (1, :t, 1, '{}', 1, '2026-12-01 00:00:00')"
+            ),
+            {"t": again},
+        )
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as conn:
+        leases = conn.execute(
+            text("SELECT trial_id, fold, reevaluates FROM hpo_leases ORDER BY trial_id")
+        ).all()
+        suggested = conn.execute(text("SELECT fold, reevaluates FROM hpo_suggestions")).all()
+    engine.dispose()
+    assert [tuple(r) for r in leases] == [(searched, 0, None), (again, 2, 0)]
+    assert [tuple(r) for r in suggested] == [(2, 0)]
