@@ -28,8 +28,9 @@ from service.api.routes import datasets, health, jobs, studies, trials, workers
 from service.config import Settings, get_settings
 from service.domain import studies as study_rows
 from service.domain import workers_seen
-from service.domain.feeder import Feeder, SamplerProcess
+from service.domain.feeder import Feeder
 from service.domain.reports import reap_expired
+from service.domain.sampler_process import SamplerProcess
 from service.errors import Invalid, ServiceError
 from service.storage.runtime import Runtime
 

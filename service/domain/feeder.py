@@ -22,8 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import threading
 import time
 import uuid
@@ -34,8 +32,6 @@ from typing import Any, cast
 from sqlalchemy import Connection, CursorResult, Table, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service import logs
-from service.config import Settings
 from service.domain import winners, workers_seen
 from service.states import LIVE_STATES, OPEN_STATUSES, JobKind, SanityState, StudyStatus
 from service.storage.runtime import Runtime
@@ -356,58 +352,3 @@ class Feeder:
                 .values(status=StudyStatus.FAILED, reason=reason[:2000], finished_at=utcnow())
             )
         log.error("study %s failed: %s", study.name, reason)
-
-
-# --- the sampler process ------------------------------------------------------------------
-
-
-def _sample_until_told(settings: Settings, wanted: Any, stop: Any, parent: int) -> None:
-    """The sampler process: feed until told to stop, or until the API process that started
-    it is gone (a killed API must not leave a sampler renewing its claims)."""
-    logs.setup(settings.log_level, settings.log_format)
-    rt = Runtime.open(settings)
-    rt.wanted = wanted
-    feeder = Feeder(rt)
-    feeder.start()
-    try:
-        while not stop.wait(0.5) and os.getppid() == parent:
-            pass
-    finally:
-        feeder.stop()
-        rt.close()
-
-
-class SamplerProcess:
-    """The process that samples for an API process, so Optuna's sampler (tens of
-    milliseconds of CPU a suggestion at thousands of trials) never holds the GIL the
-    request threads need. Started, watched and stopped by the API process; restarted if
-    it dies."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._ctx = multiprocessing.get_context("spawn")  # no threads or sockets inherited
-        rt.wanted = self._ctx.Event()  # a lease wakes the sampler across the process line
-        self._stop = self._ctx.Event()
-        self._process: Any = None
-
-    def start(self) -> None:
-        self._process = self._ctx.Process(
-            target=_sample_until_told,
-            args=(self.rt.settings, self.rt.wanted, self._stop, os.getpid()),
-            name="hpo-sampler",
-            daemon=True,
-        )
-        self._process.start()
-
-    def ensure_alive(self) -> None:
-        if self._process is not None and not self._process.is_alive():
-            log.error("the sampler process exited %s; starting another", self._process.exitcode)
-            self.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.rt.wanted.set()
-        if self._process is not None:
-            self._process.join(timeout=30)
-            if self._process.is_alive():
-                self._process.kill()
