@@ -67,6 +67,8 @@ bench: $(VENV)/.installed-bench
 # by data set: `make bench-quality QUALITY_BUDGETS=400 QUALITY_DATASETS=digits,wine`, then
 # the same with breast_cancer,diabetes. A data set and budget measured twice is refused
 # when the parts are joined: remove the older part's folder.
+# Each named configuration is retrained --retrains times (5); parts made with fewer are
+# brought up by `python -m benchmarks.quality_rescore PART.json ...`.
 QUALITY_BUDGETS ?= 100 400
 QUALITY_DATASETS ?= digits,wine,breast_cancer,diabetes
 QUALITY_PARTS := benchmarks/results/quality-parts

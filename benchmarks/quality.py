@@ -31,16 +31,20 @@ tells it pruned, KerasTuner scores what it trained); the service only starts a t
 fits, so it may leave up to ``epochs - 1`` epochs unused (the *epochs used* column). The
 objective is the data set's default: validation accuracy, maximised, for classification;
 validation MAE (in the target's units), minimised, for regression. The best configuration
-each method names is then retrained on train + validation and scored once on the test
-split, by the same code for all (``workers.jobs.train_final``, what the service's final
-model does): test accuracy, or test MAE.
+each method names is then retrained on train + validation and scored on the test split,
+by the same code for all (``workers.jobs.train_final``, what the service's final model
+does): test accuracy, or test MAE. It is retrained ``retrains`` times (5 in the full run),
+from the seeds ``benchmarks.quality_summary.retrain_seeds`` gives, the same for every
+method of a search seed, and its test score is their mean: one retraining would score one
+initialisation's luck with the configuration (``benchmarks.quality_summary`` says more).
 
 Each search runs in a process of its own, three at a time on the two cores (two at a time
 left a third of the CPU idle while runs waited on HTTP, the database and process starts),
 TensorFlow on one thread each; so the wall times compare the methods with each other, not
 with a quiet machine. The summary gives, per data set, budget and method, mean and sd over
 the seeds, and for every method but ``service`` the paired count of the seeds on which
-``service`` scored strictly better on test (ties apart).
+``service`` scored strictly better on test (ties apart): over the mean of the retrainings,
+and over the first alone.
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -65,9 +68,18 @@ from benchmarks.quality_methods import (
     SERVICE,
     service_changes,
 )
+from benchmarks.quality_summary import summarise, summary_lines
 from service.errors import ServiceError
 
-__all__ = ["ABLATED_PRUNER", "ABLATIONS", "METHODS", "PEERS", "SERVICE", "SIZES"]
+__all__ = [
+    "ABLATED_PRUNER",
+    "ABLATIONS",
+    "METHODS",
+    "PEERS",
+    "SERVICE",
+    "SIZES",
+    "summarise",
+]
 
 FULL_DATASETS = ["digits", "wine", "breast_cancer", "diabetes"]
 SIZES: dict[str, dict[str, Any]] = {
@@ -77,6 +89,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "epochs": 2,
         "seeds": [0],
         "lanes": 3,
+        "retrains": 2,
         "methods": METHODS,
     },
     "full": {
@@ -85,6 +98,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "epochs": 20,
         "seeds": [0, 1, 2, 3, 4],
         "lanes": 3,
+        "retrains": 5,
         "methods": METHODS,
     },
 }
@@ -139,6 +153,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "methods": (_methods, f"a comma-separated subset of: {', '.join(METHODS)}"),
     "epochs": (int, "the epochs of a trial at most"),
     "lanes": (int, "how many searches run at once"),
+    "retrains": (int, "how many times each named configuration is retrained and tested"),
     "summary": (bool, "print, last, one JSON line per method, data set and budget"),
 }
 
@@ -158,6 +173,8 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
     problems = []
     if not p["seeds"]:
         problems.append("--seeds must be at least 1")
+    if p["retrains"] < 1:
+        problems.append(f"--retrains must be at least 1, not {p['retrains']}")
     if min(p["budgets"]) < p["epochs"]:
         problems.append(f"a budget ({min(p['budgets'])}) below one trial's {p['epochs']} epochs")
     for spec in p["datasets"]:
@@ -168,85 +185,6 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise SystemExit("benchmarks.quality: " + "; ".join(problems))
     return p
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
-def _wins(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[str, int]:
-    """On how many seeds ``service`` scored strictly better on test than this method, in
-    the task's direction; equal scores are ties (seeds where either has no run are left
-    out)."""
-    theirs = {r["seed"]: r["test"] for r in mine}
-    wins = ties = losses = 0
-    for r in service:
-        if r["seed"] not in theirs:
-            continue
-        ours, other = r["test"], theirs[r["seed"]]
-        if ours == other:
-            ties += 1
-        elif (ours < other) if r["direction"] == "minimize" else (ours > other):
-            wins += 1
-        else:
-            losses += 1
-    return {"wins": wins, "ties": ties, "losses": losses, "paired": wins + ties + losses}
-
-
-def summarise(runs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per data set, budget and method that has runs: mean ± sd over the seeds,
-    and (but for ``service``) the paired wins of ``service`` over the method."""
-    rows = []
-    names = list(dict.fromkeys(r["dataset"] for r in runs))
-    for dataset in names:
-        for budget in sorted(params["budgets"]):
-            here = [r for r in runs if r["dataset"] == dataset and r["budget"] == budget]
-            service = [r for r in here if r["method"] == SERVICE]
-            for method in params["methods"]:
-                mine = sorted((r for r in here if r["method"] == method), key=lambda r: r["seed"])
-                if not mine:
-                    continue
-                pruned = [r["pruned"] for r in mine if r["pruned"] is not None]
-                rows.append(
-                    {
-                        "method": method,
-                        "dataset": dataset,
-                        "budget": budget,
-                        "metric": mine[0]["metric"],
-                        "direction": mine[0]["direction"],
-                        "runs": len(mine),
-                        "seeds": [r["seed"] for r in mine],
-                        "best_val": _stats([r["best_val"] for r in mine]),
-                        "test": _stats([r["test"] for r in mine]),
-                        "epochs_used": _stats([r["epochs_used"] for r in mine]),
-                        "trials": _stats([r["trials"] for r in mine]),
-                        "pruned": _stats(pruned) if pruned else None,
-                        "wall_s": _stats([r["wall_s"] for r in mine]),
-                        "vs_service": None if method == SERVICE else _wins(mine, service),
-                    }
-                )
-    return rows
-
-
-def summary_lines(result: dict[str, Any]) -> list[str]:
-    """``--summary``: one JSON object a line per method, data set and budget."""
-    return [
-        json.dumps(
-            {
-                "method": row["method"],
-                "dataset": row["dataset"],
-                "budget": row["budget"],
-                "seeds": row["runs"],
-                "mean_test": row["test"]["mean"],
-                "sd_test": row["test"]["sd"],
-                "direction": row["direction"],
-            }
-        )
-        for row in result["summary"]
-    ]
 
 
 def _progress(done: int, total: int, r: dict[str, Any]) -> str:
@@ -265,7 +203,14 @@ def run(size: str, params: dict[str, Any], tmp: Path) -> dict[str, Any]:
         for spec in params["datasets"]
     ]
     jobs = [
-        {"method": m, "dataset": d.to_json(), "seed": s, "budget": b, "epochs": params["epochs"]}
+        {
+            "method": m,
+            "dataset": d.to_json(),
+            "seed": s,
+            "budget": b,
+            "epochs": params["epochs"],
+            "retrains": params["retrains"],
+        }
         for b in sorted(params["budgets"], reverse=True)  # the longest first
         for d in datasets
         for s in params["seeds"]
@@ -353,8 +298,9 @@ def _one_main(folder: Path) -> int:
         job["budget"],
         job["epochs"],
         folder,
+        retrains=job["retrains"],
     )
-    if not all(math.isfinite(result[k]) for k in ("best_val", "test")):
+    if not all(math.isfinite(v) for v in (result["best_val"], *result["tests"])):
         raise ArithmeticError(f"a non-finite score: {result}")
     (folder / "result.json").write_text(json.dumps(result, indent=2))
     return 0

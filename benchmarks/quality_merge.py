@@ -7,7 +7,8 @@ five hours on two cores, longer than a working session, so ``make bench-quality`
 in parts, each some data sets at one budget, and joins them here. Within a part every
 method runs side by side on the same machine and day, so each table of RESULTS.md
 compares methods measured in one run. The parts must agree on the seeds, methods, trial
-epochs and lanes, and no data set and budget may be in two of them; the joined document
+epochs, lanes and retrainings (``benchmarks.quality_rescore`` brings an older part to
+more), and no data set and budget may be in two of them; the joined document
 keeps each part's data sets, budgets, date, duration and machine under ``parts``, and
 its summary is computed again from the joined runs.
 """
@@ -23,7 +24,9 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR
 from benchmarks.quality import FULL_DATASETS, summarise
 
-SAME = ("seeds", "methods", "epochs", "lanes")
+SAME = ("seeds", "methods", "epochs", "lanes", "retrains")
+RETRAINS_BEFORE = 1
+"""The retrainings of a part from before ``retrains``: one."""
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -35,15 +38,18 @@ def _parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """A document's parts: those of an earlier join, or the document itself."""
     if "parts" in doc:
         return list(doc["parts"])
-    return [
-        {
-            "datasets": [d["name"] for d in doc["result"]["datasets"]],
-            "budgets": sorted(doc["params"]["budgets"]),
-            "date": doc["date"],
-            "duration_s": doc["duration_s"],
-            "machine": doc["machine"],
-        }
-    ]
+    part = {
+        "datasets": [d["name"] for d in doc["result"]["datasets"]],
+        "budgets": sorted(doc["params"]["budgets"]),
+        "date": doc["date"],
+        "duration_s": doc["duration_s"],
+        "machine": doc["machine"],
+    }
+    return [part | ({"rescored": doc["rescored"]} if "rescored" in doc else {})]
+
+
+def _param(doc: dict[str, Any], key: str) -> Any:
+    return doc["params"].get(key, RETRAINS_BEFORE) if key == "retrains" else doc["params"][key]
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,10 +67,10 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     problems = []
     for doc in docs:
         for key in SAME:
-            if doc["params"][key] != first["params"][key]:
-                problems.append(
-                    f"{key} differ: {doc['params'][key]!r} against {first['params'][key]!r}"
-                )
+            mine, theirs = _param(doc, key), _param(first, key)
+            if mine != theirs:
+                hint = " (benchmarks.quality_rescore retrains a part more)" * (key == "retrains")
+                problems.append(f"{key} differ: {mine!r} against {theirs!r}{hint}")
         if doc["size"] != first["size"]:
             problems.append(f"sizes differ: {doc['size']!r} against {first['size']!r}")
     pairs = [
@@ -88,6 +94,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
             datasets.setdefault(d["name"], d)
     params = {
         **first["params"],
+        "retrains": _param(first, "retrains"),
         "datasets": list(datasets),
         "budgets": sorted({b for _, b in pairs}),
     }

@@ -12,6 +12,7 @@ TensorFlow loads in ``one``, after it has been told to keep quiet and use one th
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,17 +123,34 @@ def assignment(
     )
 
 
+def tested(
+    params: dict[str, Any], epochs: int, seeds: list[int], data: Split, objective: Objective
+) -> list[float]:
+    """The test scores of ``params`` retrained on train + validation from each of ``seeds``
+    (``workers.jobs.train_final``, what the service's final model does)."""
+    from workers.jobs import train_final
+
+    return [train_final(assignment(params, epochs, s, data, objective), data)[0] for s in seeds]
+
+
 def one(
-    method: str, dataset: Dataset, seed: int, budget_epochs: int, epochs: int, tmp: Path
+    method: str,
+    dataset: Dataset,
+    seed: int,
+    budget_epochs: int,
+    epochs: int,
+    tmp: Path,
+    *,
+    retrains: int = 1,
 ) -> dict[str, Any]:
-    """One search: the method's best, the test score of that configuration retrained on
-    train + validation (``workers.jobs.train_final``, what the service's final model
-    does), the epochs it used and its wall time (the search only: not the process start)."""
+    """One search: the method's best, the test scores of that configuration retrained
+    ``retrains`` times (``tested``; ``test`` is their mean), the epochs it used and its
+    wall time (the search only: not the process start)."""
     quiet_tensorflow()
     pin_tensorflow(1)
     from benchmarks.quality_peers import search_keras_tuner, search_optuna
     from benchmarks.quality_service import search_service
-    from workers.jobs import train_final
+    from benchmarks.quality_summary import retrain_seeds
 
     data = load_dataset(dataset)
     objective = Objective.of(data.info.task)
@@ -150,8 +168,7 @@ def one(
     else:
         raise ValueError(f"unknown method {method!r}")
     wall = found.pop("wall_s", time.perf_counter() - started)
-    job = assignment(found["best_params"], epochs, seed, data, objective)
-    test, _ = train_final(job, data)
+    tests = tested(found["best_params"], epochs, retrain_seeds(seed, retrains), data, objective)
     return {
         "method": method,
         "dataset": dataset.name,
@@ -160,7 +177,8 @@ def one(
         "metric": objective.metric,
         "direction": objective.direction,
         **found,
-        "test": test,
+        "test": statistics.fmean(tests),
+        "tests": tests,
         "epochs_used": budget.used,
         "wall_s": round(wall, 2),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,8 @@ def test_quality_runs_every_method_on_the_same_budget(bench: Path) -> None:
             assert run["epochs_charged"] == run["epochs_used"], run
         assert run["trials"] * epochs >= run["epochs_used"]
         assert 0 <= run["best_val"] <= 1 and 0 < run["test"] <= 1
+        assert len(run["tests"]) == params["retrains"]
+        assert run["test"] == statistics.fmean(run["tests"])
         assert {"learning_rate", "optimizer", "kernel_initializer"} <= set(run["best_params"])
     summary = res["summary"]
     assert [(r["dataset"], r["budget"], r["method"]) for r in summary] == keys
@@ -203,6 +206,50 @@ def test_quality_runs_every_method_on_the_same_budget(bench: Path) -> None:
     section = text[text.index("## 3. Search quality") : text.index("## 4.")]
     assert "**Run:** `wine` (test accuracy, higher is better)" in section
     assert "**Ablations.**" in section and "without priors" in section
+    assert "each named configuration retrained 2 times" in section
+    assert "on one retraining" in section
+
+
+def test_a_part_is_retrained_more_without_searching_again(bench: Path, tmp_path: Path) -> None:
+    """``benchmarks.quality_rescore`` brings a part of one retraining to two: the first is
+    done again and matches, the second is what the run itself made (retraining is
+    deterministic for its seed); a part whose score it cannot reproduce is left as it was."""
+    made = result(bench, "quality")
+    one = json.loads(json.dumps(made))
+    del one["params"]["retrains"]
+    for run in one["result"]["runs"]:
+        run["test"] = run.pop("tests")[0]  # as a run from before retrains was stored
+    one["result"]["summary"] = quality.summarise(one["result"]["runs"], one["params"])
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(one))
+
+    def rescore() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "benchmarks.quality_rescore", str(path), "--retrains", "2"],
+            cwd=REPO,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    done = rescore()
+    assert done.returncode == 0, done.stderr[-4000:]
+    again = json.loads(path.read_text())
+    assert again["params"]["retrains"] == 2 and again["rescored"]["retrains"] == 2
+    assert [r["tests"] for r in again["result"]["runs"]] == [
+        r["tests"] for r in made["result"]["runs"]
+    ]
+    assert again["result"]["summary"] == made["result"]["summary"]
+    assert rescore().returncode == 0 and json.loads(path.read_text()) == again  # nothing to do
+    # A score the code does not give again: nothing is written.
+    tampered = json.loads(json.dumps(one))
+    tampered["result"]["runs"][0]["test"] += 0.5
+    path.write_text(json.dumps(tampered))
+    done = rescore()
+    assert done.returncode == 2
+    assert f"not the {tampered['result']['runs'][0]['test']!r} the part holds" in done.stderr
+    assert json.loads(path.read_text()) == tampered
 
 
 def _runs(direction: str, tests: dict[str, list[float]]) -> list[dict[str, Any]]:
@@ -294,6 +341,13 @@ def test_quality_flags_summary_and_paired_wins(
     runs = _runs("maximize", {"service": [0.9, 0.8], "optuna random": [0.8, 0.9]})
     rows = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})
     assert rows[1]["vs_service"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
+    # Paired on the mean of the retrainings, and apart on the first (the search's seed).
+    runs = _runs("maximize", {"service": [0.8, 0.8], "optuna random": [0.8, 0.9]})
+    runs[0]["tests"], runs[2]["tests"] = [0.9, 0.7], [0.7, 0.9]  # seed 0: service, the peer
+    rows = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})
+    assert rows[1]["vs_service"] == {"wins": 0, "ties": 1, "losses": 1, "paired": 2}
+    assert rows[1]["vs_service_once"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
+    assert rows[0]["test_once"]["mean"] == pytest.approx(0.85)
     # A variant of the service names study fields (values as JSON), after the methods.
     variant = "service pruner=hyperband reevaluate_top=2"
     assert quality._methods(f"{variant},optuna random") == ["optuna random", variant]

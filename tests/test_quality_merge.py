@@ -91,9 +91,16 @@ def test_parts_join_into_one_run_per_budget(tmp_path: Path) -> None:
     assert "`wine` at budget 12 on 2026-12-04 (120 min)" in text
     assert "**`wine`, a budget of 6 epochs:**" in text and "a budget of 12 epochs" in text
     assert head["service_better"] == {METHODS[1]: "2/6"}
+    assert "each named configuration retrained once" in text
     # A later run of one budget joins with the joined document's other part.
     again = quality_merge.merge([_strip(doc, 12), long])
     assert [p["budgets"] for p in again["parts"]] == [[6], [12]]
+    # A part retrained more later says so, and joins parts retrained as often.
+    short["params"]["retrains"] = long["params"]["retrains"] = 3
+    short["rescored"] = {"date": "2026-12-05T09:00:00+00:00", "duration_s": 300.0, "retrains": 3}
+    text = "\n".join(section(quality_merge.merge([short, long]), tmp_path)[0])
+    assert "each named configuration retrained 3 times" in text
+    assert "retrained to 3 on 2026-12-05 by `benchmarks.quality_rescore`, 5 min" in text
 
 
 def _strip(doc: dict[str, Any], budget: int) -> dict[str, Any]:
@@ -112,6 +119,7 @@ def _strip(doc: dict[str, Any], budget: int) -> dict[str, Any]:
         ({"seeds": [0, 1]}, "seeds differ: [0, 1] against [0, 1, 2]"),
         ({"methods": ["service"]}, "methods differ"),
         ({"epochs": 20}, "epochs differ: 20 against 2"),
+        ({"retrains": 5}, "retrains differ: 5 against 1 (benchmarks.quality_rescore retrains"),
     ],
 )
 def test_parts_measured_differently_are_refused(other: dict[str, Any], message: str) -> None:

@@ -1,0 +1,157 @@
+"""Retrain the configurations a quality run's parts name more times, without searching again.
+
+python -m benchmarks.quality_rescore PART.json [PART.json ...] [--retrains N] [--jobs J]
+
+A search of ``benchmarks.quality`` is deterministic for its seed (TensorFlow on one thread,
+every sampler and tuner seeded), so the configuration a part's run names is the one the
+search would name again: raising ``retrains`` needs only the retrainings. Each run that
+has fewer than N has its first retraining done again, which must give the score the part
+holds to the last digit (else the part was not made by this code with these libraries,
+and it is left as it was, exit 2); then the missing retrainings are added
+(``benchmarks.quality_summary.retrain_seeds``), the run's ``test`` becomes their mean and
+the part's summary is computed again. The part keeps its date, duration and machine;
+``rescored`` says when, how long it took and to how many retrainings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.quality_summary import retrain_seeds, summarise
+
+_loaded: dict[str, Any] = {}
+
+
+def _start() -> None:
+    from benchmarks.common import pin_tensorflow, quiet_tensorflow
+
+    quiet_tensorflow()
+    pin_tensorflow(1)
+
+
+def _retrain(dataset: dict[str, Any], params: dict[str, Any], epochs: int, seed: int) -> float:
+    """One retraining's test score, in a process of the pool (each data set loaded once)."""
+    from benchmarks import quality_data
+    from benchmarks.quality_methods import tested
+
+    key = json.dumps(dataset, sort_keys=True)
+    if key not in _loaded:
+        _loaded[key] = quality_data.load(quality_data.Dataset(**dataset))
+    data = _loaded[key]
+    objective = quality_data.Objective.of(data.info.task)
+    return tested(params, epochs, [seed], data, objective)[0]
+
+
+def _dataset(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    d = next(d for d in doc["result"]["datasets"] if d["name"] == name)
+    return {"name": d["name"], "path": d.get("path"), "label": d.get("label")}
+
+
+def _needed(doc: dict[str, Any], retrains: int) -> list[tuple[int, int, int]]:
+    """(run index, retraining index, seed) of every retraining ``doc`` lacks, with the
+    first of each such run again (to check it)."""
+    wanted = []
+    for i, run in enumerate(doc["result"]["runs"]):
+        have = len(run.get("tests", [run["test"]]))
+        if have > retrains:
+            raise ValueError(
+                f"{run['method']} on {run['dataset']} seed {run['seed']} already has {have} "
+                f"retrainings: asking for {retrains} would throw measurements away"
+            )
+        if have < retrains:
+            seeds = retrain_seeds(run["seed"], retrains)
+            wanted += [(i, k, seeds[k]) for k in [0, *range(have, retrains)]]
+    return wanted
+
+
+def rescore(paths: list[Path], retrains: int, jobs: int) -> list[str]:
+    """Bring every part to ``retrains`` retrainings; the problems of the parts left as
+    they were."""
+    docs = [json.loads(path.read_text()) for path in paths]
+    plans = [_needed(doc, retrains) for doc in docs]
+    total = sum(len(plan) for plan in plans)
+    print(f"[quality_rescore] {total} retrainings in {len(paths)} part(s), {jobs} at once")
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    problems = []
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start) as pool:
+        futures: list[list[Future[float]]] = [
+            [
+                pool.submit(
+                    _retrain,
+                    _dataset(doc, doc["result"]["runs"][i]["dataset"]),
+                    doc["result"]["runs"][i]["best_params"],
+                    doc["params"]["epochs"],
+                    seed,
+                )
+                for i, _, seed in plan
+            ]
+            for doc, plan in zip(docs, plans, strict=True)
+        ]
+        for path, doc, plan, done in zip(paths, docs, plans, futures, strict=True):
+            if not plan:
+                continue
+            scores = [f.result() for f in done]
+            runs = doc["result"]["runs"]
+            added: dict[int, list[float]] = {}
+            for (i, k, _), score in zip(plan, scores, strict=True):
+                run = runs[i]
+                first = run.get("tests", [run["test"]])[0]
+                if k == 0 and score != first:
+                    problems.append(
+                        f"{path}: {run['method']} on {run['dataset']} seed {run['seed']} "
+                        f"retrains to {score!r}, not the {first!r} the part holds"
+                    )
+                elif k > 0:
+                    added.setdefault(i, []).append(score)
+            if any(p.startswith(f"{path}:") for p in problems):
+                continue
+            for i, more in added.items():
+                tests = [*runs[i].get("tests", [runs[i]["test"]]), *more]
+                runs[i] |= {"test": statistics.fmean(tests), "tests": tests}
+            doc["params"]["retrains"] = retrains
+            doc["result"]["summary"] = summarise(runs, doc["params"])
+            doc["rescored"] = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - started, 1),
+                "retrains": retrains,
+            }
+            scratch = path.with_suffix(".json.new")
+            scratch.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+            scratch.replace(path)
+            print(f"[quality_rescore] {path}: {len(plan)} retrainings", flush=True)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality_rescore",
+        description=__doc__.strip().splitlines()[0],
+    )
+    parser.add_argument("parts", nargs="+", type=Path, help="quality.json files of parts")
+    parser.add_argument("--retrains", type=int, default=5, help="retrainings a run (5)")
+    parser.add_argument("--jobs", type=int, default=2, help="retrainings at once (2)")
+    args = parser.parse_args(argv)
+    if args.retrains < 1 or args.jobs < 1:
+        parser.error("--retrains and --jobs are at least 1")
+    try:
+        problems = rescore(args.parts, args.retrains, args.jobs)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"benchmarks.quality_rescore: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"benchmarks.quality_rescore: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
