@@ -27,7 +27,7 @@ def _score(direction: str) -> tuple[str, str, int]:
 def _wins(row: dict[str, Any], key: str = "vs_service") -> tuple[str, str]:
     """'service better on' and 'ties' cells of a row (``vs_service_once``: on the first
     retraining alone)."""
-    vs = row.get(key)
+    vs = row.get(key) or row["vs_service"]  # a run from before retrains: the same
     if vs is None:
         return "-", "-"
     if not vs["paired"]:  # no run of the service to pair with

@@ -7,10 +7,12 @@ every sampler and tuner seeded), so the configuration a part's run names is the 
 search would name again: raising ``retrains`` needs only the retrainings. Each run that
 has fewer than N has its first retraining done again, which must give the score the part
 holds to the last digit (else the part was not made by this code with these libraries,
-and it is left as it was, exit 2); then the missing retrainings are added
+and it is left as it was, exit 2: so are the parts a retraining fails in); then the
+missing retrainings are added
 (``benchmarks.quality_summary.retrain_seeds``), the run's ``test`` becomes their mean and
-the part's summary is computed again. The part keeps its date, duration and machine;
-``rescored`` says when, how long it took and to how many retrainings.
+the part's summary is computed again. Parts are done one after another; each keeps its
+date, duration and machine, and ``rescored`` says when, how long it took and to how many
+retrainings.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ def _retrain(dataset: dict[str, Any], params: dict[str, Any], epochs: int, seed:
 
 def _dataset(doc: dict[str, Any], name: str) -> dict[str, Any]:
     d = next(d for d in doc["result"]["datasets"] if d["name"] == name)
-    return {"name": d["name"], "path": d.get("path"), "label": d.get("label")}
+    return {k: d.get(k) for k in ("name", "path", "label", "task")}
 
 
 def _needed(doc: dict[str, Any], retrains: int) -> list[tuple[int, int, int]]:
@@ -73,62 +75,69 @@ def _needed(doc: dict[str, Any], retrains: int) -> list[tuple[int, int, int]]:
     return wanted
 
 
-def rescore(paths: list[Path], retrains: int, jobs: int) -> list[str]:
-    """Bring every part to ``retrains`` retrainings; the problems of the parts left as
-    they were."""
-    docs = [json.loads(path.read_text()) for path in paths]
-    plans = [_needed(doc, retrains) for doc in docs]
-    total = sum(len(plan) for plan in plans)
-    print(f"[quality_rescore] {total} retrainings in {len(paths)} part(s), {jobs} at once")
+def _part(pool: ProcessPoolExecutor, path: Path, retrains: int) -> str | None:
+    """Bring one part to ``retrains`` retrainings and write it; or say why it is left as
+    it was."""
     started = time.perf_counter()
+    doc = json.loads(path.read_text())
+    plan = _needed(doc, retrains)
+    if not plan:
+        print(f"[quality_rescore] {path}: already retrained {retrains} times", flush=True)
+        return None
+    runs = doc["result"]["runs"]
+    jobs = [
+        (_dataset(doc, runs[i]["dataset"]), runs[i]["best_params"], doc["params"]["epochs"], seed)
+        for i, _, seed in plan
+    ]
+    print(f"[quality_rescore] {path}: {len(plan)} retrainings", flush=True)
+    futures = [pool.submit(_retrain, *job) for job in jobs]
+    try:
+        scores = [f.result() for f in futures]
+    except Exception as exc:  # a retraining that fails (a non-finite loss): this part stays
+        for f in futures:
+            f.cancel()
+        return f"{path}: a retraining failed: {exc!r}"
+    added: dict[int, list[float]] = {}
+    for (i, k, _), score in zip(plan, scores, strict=True):
+        run = runs[i]
+        first = run.get("tests", [run["test"]])[0]
+        if k == 0 and score != first:
+            return (
+                f"{path}: {run['method']} on {run['dataset']} seed {run['seed']} retrains to "
+                f"{score!r}, not the {first!r} the part holds"
+            )
+        if k > 0:
+            added.setdefault(i, []).append(score)
+    for i, more in added.items():
+        tests = [*runs[i].get("tests", [runs[i]["test"]]), *more]
+        runs[i] |= {"test": statistics.fmean(tests), "tests": tests}
+    doc["params"]["retrains"] = retrains
+    doc["result"]["summary"] = summarise(runs, doc["params"])
+    doc["rescored"] = {  # the latest rescore (an earlier one's is in the git history)
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "retrains": retrains,
+    }
+    scratch = path.with_suffix(".json.new")
+    scratch.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+    scratch.replace(path)
+    print(f"[quality_rescore] {path}: written", flush=True)
+    return None
+
+
+def rescore(paths: list[Path], retrains: int, jobs: int) -> list[str]:
+    """Bring every part to ``retrains`` retrainings, one part after another (each part's
+    ``duration_s`` is its own); the problems of the parts left as they were."""
     context = multiprocessing.get_context("spawn")
     problems = []
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start) as pool:
-        futures: list[list[Future[float]]] = [
-            [
-                pool.submit(
-                    _retrain,
-                    _dataset(doc, doc["result"]["runs"][i]["dataset"]),
-                    doc["result"]["runs"][i]["best_params"],
-                    doc["params"]["epochs"],
-                    seed,
-                )
-                for i, _, seed in plan
-            ]
-            for doc, plan in zip(docs, plans, strict=True)
-        ]
-        for path, doc, plan, done in zip(paths, docs, plans, futures, strict=True):
-            if not plan:
-                continue
-            scores = [f.result() for f in done]
-            runs = doc["result"]["runs"]
-            added: dict[int, list[float]] = {}
-            for (i, k, _), score in zip(plan, scores, strict=True):
-                run = runs[i]
-                first = run.get("tests", [run["test"]])[0]
-                if k == 0 and score != first:
-                    problems.append(
-                        f"{path}: {run['method']} on {run['dataset']} seed {run['seed']} "
-                        f"retrains to {score!r}, not the {first!r} the part holds"
-                    )
-                elif k > 0:
-                    added.setdefault(i, []).append(score)
-            if any(p.startswith(f"{path}:") for p in problems):
-                continue
-            for i, more in added.items():
-                tests = [*runs[i].get("tests", [runs[i]["test"]]), *more]
-                runs[i] |= {"test": statistics.fmean(tests), "tests": tests}
-            doc["params"]["retrains"] = retrains
-            doc["result"]["summary"] = summarise(runs, doc["params"])
-            doc["rescored"] = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "duration_s": round(time.perf_counter() - started, 1),
-                "retrains": retrains,
-            }
-            scratch = path.with_suffix(".json.new")
-            scratch.write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
-            scratch.replace(path)
-            print(f"[quality_rescore] {path}: {len(plan)} retrainings", flush=True)
+        for path in paths:
+            try:
+                problem = _part(pool, path, retrains)
+            except (OSError, ValueError, KeyError, StopIteration) as exc:
+                problem = f"{path}: {exc!r}"
+            if problem is not None:
+                problems.append(problem)
     return problems
 
 
@@ -143,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.retrains < 1 or args.jobs < 1:
         parser.error("--retrains and --jobs are at least 1")
-    try:
-        problems = rescore(args.parts, args.retrains, args.jobs)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"benchmarks.quality_rescore: {exc}", file=sys.stderr)
-        return 2
+    problems = rescore(args.parts, args.retrains, args.jobs)
     for problem in problems:
         print(f"benchmarks.quality_rescore: {problem}", file=sys.stderr)
     return 2 if problems else 0

@@ -23,7 +23,7 @@ from benchmarks.quality_methods import SERVICE
 
 RETRAIN_SEED_STEP = 1000
 """Retraining ``k`` of search seed ``s`` starts from seed ``s + k * RETRAIN_SEED_STEP``,
-so the retrainings of different search seeds never share a seed."""
+so the retrainings of different search seeds (below the step) never share a seed."""
 
 Score = Callable[[dict[str, Any]], float]
 

@@ -223,9 +223,10 @@ def test_a_part_is_retrained_more_without_searching_again(bench: Path, tmp_path:
     path = tmp_path / "quality.json"
     path.write_text(json.dumps(one))
 
-    def rescore() -> subprocess.CompletedProcess[str]:
+    def rescore(*more: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "benchmarks.quality_rescore", str(path), "--retrains", "2"],
+            [sys.executable, "-m", "benchmarks.quality_rescore", "--retrains", "2"]
+            + [str(p) for p in (path, *more)],
             cwd=REPO,
             env=child_env(),
             capture_output=True,
@@ -242,14 +243,18 @@ def test_a_part_is_retrained_more_without_searching_again(bench: Path, tmp_path:
     ]
     assert again["result"]["summary"] == made["result"]["summary"]
     assert rescore().returncode == 0 and json.loads(path.read_text()) == again  # nothing to do
-    # A score the code does not give again: nothing is written.
+    # A score the code does not give again: that part is left as it was, the next is done.
     tampered = json.loads(json.dumps(one))
     tampered["result"]["runs"][0]["test"] += 0.5
     path.write_text(json.dumps(tampered))
-    done = rescore()
+    other = tmp_path / "other" / "quality.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(one))
+    done = rescore(other)
     assert done.returncode == 2
     assert f"not the {tampered['result']['runs'][0]['test']!r} the part holds" in done.stderr
     assert json.loads(path.read_text()) == tampered
+    assert json.loads(other.read_text())["result"]["summary"] == made["result"]["summary"]
 
 
 def _runs(direction: str, tests: dict[str, list[float]]) -> list[dict[str, Any]]:
