@@ -32,10 +32,12 @@ from benchmarks.quality_summary import retrain_seeds, summarise
 
 _loaded: dict[str, Any] = {}
 RECYCLE = 40
-"""Retrainings a pool process does before a fresh one takes over: a process that has
-built hundreds of models holds gigabytes and retrains more than twice as slowly (3.8 GiB
-and about 5 s a `wine` retraining after 700, against 2.2 s for `breast_cancer` in a
-fresh one beside it); a fresh one costs one TensorFlow import, about 6 s."""
+"""Retrainings a pool process does before fresh ones take over: a process that has built
+hundreds of models holds gigabytes and retrains more than twice as slowly (3.8 GiB and
+about 5 s a `wine` retraining after 700, against 2.2 s for `breast_cancer` in a fresh one
+beside it); a fresh one costs one TensorFlow import, about 6 s. A new pool for each batch,
+not ``max_tasks_per_child``: with it Python 3.11's pool hung once its first processes
+had exited."""
 
 
 def _start() -> None:
@@ -80,7 +82,25 @@ def _needed(doc: dict[str, Any], retrains: int) -> list[tuple[int, int, int]]:
     return wanted
 
 
-def _part(pool: ProcessPoolExecutor, path: Path, retrains: int) -> str | None:
+def _scores(jobs: list[tuple[Any, ...]], processes: int) -> list[float]:
+    """Each job's retraining, ``processes`` at once, in fresh pools of ``RECYCLE`` jobs
+    a process."""
+    context = multiprocessing.get_context("spawn")
+    batch = RECYCLE * processes
+    scores: list[float] = []
+    for at in range(0, len(jobs), batch):
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_start) as pool:
+            futures = [pool.submit(_retrain, *job) for job in jobs[at : at + batch]]
+            try:
+                scores += [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    return scores
+
+
+def _part(path: Path, retrains: int, processes: int) -> str | None:
     """Bring one part to ``retrains`` retrainings and write it; or say why it is left as
     it was."""
     started = time.perf_counter()
@@ -95,12 +115,9 @@ def _part(pool: ProcessPoolExecutor, path: Path, retrains: int) -> str | None:
         for i, _, seed in plan
     ]
     print(f"[quality_rescore] {path}: {len(plan)} retrainings", flush=True)
-    futures = [pool.submit(_retrain, *job) for job in jobs]
     try:
-        scores = [f.result() for f in futures]
+        scores = _scores(jobs, processes)
     except Exception as exc:  # a retraining that fails (a non-finite loss): this part stays
-        for f in futures:
-            f.cancel()
         return f"{path}: a retraining failed: {exc!r}"
     added: dict[int, list[float]] = {}
     for (i, k, _), score in zip(plan, scores, strict=True):
@@ -133,18 +150,14 @@ def _part(pool: ProcessPoolExecutor, path: Path, retrains: int) -> str | None:
 def rescore(paths: list[Path], retrains: int, jobs: int) -> list[str]:
     """Bring every part to ``retrains`` retrainings, one part after another (each part's
     ``duration_s`` is its own); the problems of the parts left as they were."""
-    context = multiprocessing.get_context("spawn")
     problems = []
-    with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_start, max_tasks_per_child=RECYCLE
-    ) as pool:
-        for path in paths:
-            try:
-                problem = _part(pool, path, retrains)
-            except (OSError, ValueError, KeyError, StopIteration) as exc:
-                problem = f"{path}: {exc!r}"
-            if problem is not None:
-                problems.append(problem)
+    for path in paths:
+        try:
+            problem = _part(path, retrains, jobs)
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            problem = f"{path}: {exc!r}"
+        if problem is not None:
+            problems.append(problem)
     return problems
 
 
