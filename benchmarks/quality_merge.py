@@ -23,10 +23,9 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.quality import FULL_DATASETS, summarise
+from benchmarks.quality_summary import RETRAINS_BEFORE
 
 SAME = ("seeds", "methods", "epochs", "lanes", "retrains")
-RETRAINS_BEFORE = 1
-"""The retrainings of a part from before ``retrains``: one."""
 
 
 def _order(name: str) -> tuple[int, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality_methods import ABLATIONS, SERVICE
+from benchmarks.quality_summary import RETRAINS_BEFORE
 from benchmarks.report import _plt, _pm, _save, _table
 
 ABLATION_TITLES = {
@@ -61,7 +62,7 @@ def _header(doc: dict[str, Any]) -> str:
 
 
 def _retrains(doc: dict[str, Any]) -> int:
-    return int(doc["params"].get("retrains", 1))
+    return int(doc["params"].get("retrains", RETRAINS_BEFORE))
 
 
 def _times(n: int) -> str:

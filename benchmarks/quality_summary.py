@@ -25,6 +25,9 @@ RETRAIN_SEED_STEP = 1000
 """Retraining ``k`` of search seed ``s`` starts from seed ``s + k * RETRAIN_SEED_STEP``,
 so the retrainings of different search seeds (below the step) never share a seed."""
 
+RETRAINS_BEFORE = 1
+"""The retrainings of a run from before ``retrains``: one."""
+
 Score = Callable[[dict[str, Any]], float]
 
 
