@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality_summary import retrain_seeds, summarise
+from benchmarks.quality_summary import retrain_seeds, retrainings, summarise
 
 _loaded: dict[str, Any] = {}
 RECYCLE = 40
@@ -70,7 +70,7 @@ def _needed(doc: dict[str, Any], retrains: int) -> list[tuple[int, int, int]]:
     first of each such run again (to check it)."""
     wanted = []
     for i, run in enumerate(doc["result"]["runs"]):
-        have = len(run.get("tests", [run["test"]]))
+        have = len(retrainings(run))
         if have > retrains:
             raise ValueError(
                 f"{run['method']} on {run['dataset']} seed {run['seed']} already has {have} "
@@ -122,7 +122,7 @@ def _part(path: Path, retrains: int, processes: int) -> str | None:
     added: dict[int, list[float]] = {}
     for (i, k, _), score in zip(plan, scores, strict=True):
         run = runs[i]
-        first = run.get("tests", [run["test"]])[0]
+        first = retrainings(run)[0]
         if k == 0 and score != first:
             return (
                 f"{path}: {run['method']} on {run['dataset']} seed {run['seed']} retrains to "
@@ -131,7 +131,7 @@ def _part(path: Path, retrains: int, processes: int) -> str | None:
         if k > 0:
             added.setdefault(i, []).append(score)
     for i, more in added.items():
-        tests = [*runs[i].get("tests", [runs[i]["test"]]), *more]
+        tests = [*retrainings(runs[i]), *more]
         runs[i] |= {"test": statistics.fmean(tests), "tests": tests}
     doc["params"]["retrains"] = retrains
     doc["result"]["summary"] = summarise(runs, doc["params"])

@@ -36,9 +36,14 @@ def retrain_seeds(seed: int, retrains: int) -> list[int]:
     return [seed + k * RETRAIN_SEED_STEP for k in range(retrains)]
 
 
+def retrainings(run: dict[str, Any]) -> list[float]:
+    """A run's test scores, one a retraining (a run from before retrains: its one)."""
+    return list(run.get("tests", [run["test"]]))
+
+
 def once(run: dict[str, Any]) -> float:
     """A run's first retraining (the search's own seed): its only one before retrains."""
-    return float(run.get("tests", [run["test"]])[0])
+    return float(retrainings(run)[0])
 
 
 def mean(run: dict[str, Any]) -> float:
