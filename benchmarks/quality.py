@@ -1,7 +1,7 @@
 """Search quality at an equal budget of epochs: the service against Optuna and KerasTuner.
 
 python -m benchmarks.quality [--size smoke|full] [--dataset NAME|FILE [--label COLUMN]
-    [--task classification|regression]] [--budget EPOCHS] [--seeds N]
+    [--task classification|regression]] [--budget EPOCHS] [--seeds N|A-B]
     [--methods M1,M2,...] [--summary]
 
 Every method searches the same space (the service's default one,
@@ -118,6 +118,19 @@ def _budgets(text: str) -> list[int]:
     return budgets
 
 
+def _seeds(text: str) -> int | list[int]:
+    """``N`` (seeds 0 to N - 1) or ``A-B`` (A to B: a pilot's seeds, apart from the full
+    run's, to choose a default on before the full run confirms it)."""
+    first, dash, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last) + 1)) if dash else int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"a number of seeds or a range A-B: {text!r}") from exc
+    if dash and not seeds:
+        raise argparse.ArgumentTypeError(f"an empty range of seeds: {text!r}")
+    return seeds
+
+
 def _task(text: str) -> str:
     if text not in ("classification", "regression"):
         raise argparse.ArgumentTypeError(f"classification or regression, not {text!r}")
@@ -149,7 +162,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
         "whole-number or text labels classify, fractional ones regress)",
     ),
     "budget": (_budgets, "the epochs each search may train; comma-separated for several"),
-    "seeds": (int, "how many seeds, 0 to N - 1"),
+    "seeds": (_seeds, "how many seeds, 0 to N - 1, or a range A-B (for a pilot)"),
     "methods": (_methods, f"a comma-separated subset of: {', '.join(METHODS)}"),
     "epochs": (int, "the epochs of a trial at most"),
     "lanes": (int, "how many searches run at once"),
@@ -160,8 +173,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
 
 def prepare(params: dict[str, Any]) -> dict[str, Any]:
     """The run's parameters from the size's and the flags' (``--dataset`` and
-    ``--budget`` replace the lists, ``--seeds N`` is seeds 0 to N - 1); each data set is
-    checked here, before any search starts."""
+    ``--budget`` replace the lists, ``--seeds N`` is seeds 0 to N - 1, ``A-B`` a range);
+    each data set is checked here, before any search starts."""
     p = dict(params)
     if "dataset" in p:
         p["datasets"] = p.pop("dataset")

@@ -5,6 +5,7 @@ is that each benchmark measured what it says it measures."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -353,6 +354,12 @@ def test_quality_flags_summary_and_paired_wins(
     assert rows[1]["vs_service"] == {"wins": 0, "ties": 1, "losses": 1, "paired": 2}
     assert rows[1]["vs_service_once"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
     assert rows[0]["test_once"]["mean"] == pytest.approx(0.85)
+    # A pilot's seeds are a range apart from the full run's 0 to N - 1.
+    pilot = quality.prepare({**quality.SIZES["smoke"], "seeds": quality._seeds("5-7")})
+    assert pilot["seeds"] == [5, 6, 7]
+    assert quality._seeds("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="empty range"):
+        quality._seeds("7-5")
     # A variant of the service names study fields (values as JSON), after the methods.
     variant = "service pruner=hyperband reevaluate_top=2"
     assert quality._methods(f"{variant},optuna random") == ["optuna random", variant]
