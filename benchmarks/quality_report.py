@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality_methods import ABLATIONS, SERVICE
-from benchmarks.quality_summary import RETRAINS_BEFORE
+from benchmarks.quality_summary import RESOLVED_SE, RETRAINS_BEFORE
 from benchmarks.report import _plt, _pm, _save, _table
 
 ABLATION_TITLES = {
@@ -34,6 +34,18 @@ def _wins(row: dict[str, Any], key: str = "vs_service") -> tuple[str, str]:
     if not vs["paired"]:  # no run of the service to pair with
         return "n/a", "n/a"
     return f"{vs['wins']}/{vs['paired']}", str(vs["ties"])
+
+
+def _ahead(row: dict[str, Any], digits: int) -> str:
+    """The 'service ahead' cell: the paired mean lead ± its standard error, in bold when
+    resolved (``quality_summary.RESOLVED_SE``)."""
+    ahead = row.get("service_ahead")  # none in a summary from before it
+    if ahead is None:
+        return "-"
+    if ahead["se"] is None:
+        return f"{ahead['mean']:+.{digits}f}"
+    cell = f"{ahead['mean']:+.{digits}f} ± {ahead['se']:.{digits}f}"
+    return f"**{cell}**" if ahead["resolved"] else cell
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -114,7 +126,11 @@ def _method_text() -> str:
         "(KerasTuner takes a trial's best epoch, the others its last). Mean ± sd over the "
         "seeds. *Service better*: on how many seeds `service` scored strictly better on "
         "test than the method (paired by seed), ties apart; *on one retraining*: the same "
-        "over the first retraining alone (from the search's seed). *Wall*: the search "
+        "over the first retraining alone (from the search's seed). *Service ahead*: the "
+        "mean over the seeds of the service's test score minus the method's (the method's "
+        "minus the service's for an MAE: positive is the service better), ± its standard "
+        f"error; in bold where it is at least {RESOLVED_SE:g} standard errors, so not "
+        "likely chance; a lead within that is one these seeds cannot settle. *Wall*: the search "
         "alone. The method is the docstring of `benchmarks/quality.py`."
     )
 
@@ -136,6 +152,7 @@ def _table_of(rows: list[dict[str, Any]]) -> list[str]:
                 wins,
                 ties,
                 _wins(r, "vs_service_once")[0],
+                _ahead(r, digits + 1),
             ]
         )
     return _table(
@@ -150,6 +167,7 @@ def _table_of(rows: list[dict[str, Any]]) -> list[str]:
             "service better",
             "ties",
             "on one retraining",
+            "service ahead",
         ],
         body,
     )
@@ -191,20 +209,40 @@ def _overall(summary: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
         if r["vs_service"] is None or not r["vs_service"]["paired"]:
             continue
         vs, once = r["vs_service"], r.get("vs_service_once") or r["vs_service"]
-        t = totals.setdefault(r["method"], [0, 0, 0, 0])
+        t = totals.setdefault(r["method"], [0, 0, 0, 0, 0, 0, 0])
         t[0], t[1], t[2] = t[0] + vs["wins"], t[1] + vs["ties"], t[2] + vs["paired"]
         t[3] += once["wins"]
+        ahead = r.get("service_ahead")
+        if ahead is not None:
+            t[4] += 1
+            t[5] += ahead["resolved"] and ahead["mean"] > 0
+            t[6] += ahead["resolved"] and ahead["mean"] < 0
     if not totals:
         return [], {}
-    rows = [[m, f"{w}/{n}", str(t), f"{o}/{n}"] for m, (w, t, n, o) in totals.items()]
+    rows = [
+        [m, f"{w}/{n}", str(t), f"{o}/{n}", f"{up}/{g}" if g else "-", f"{down}/{g}" if g else "-"]
+        for m, (w, t, n, o, g, up, down) in totals.items()
+    ]
     lines = [
         "",
         "**Over every data set and budget**, the seeds on which `service` scored strictly "
-        "better on test than each method:",
+        "better on test than each method, and the data sets and budgets on which its mean "
+        f"lead or deficit is at least {RESOLVED_SE:g} standard errors (the rest are not "
+        "settled by these seeds):",
         "",
-        *_table(["method", "service better", "ties", "on one retraining"], rows),
+        *_table(
+            [
+                "method",
+                "service better",
+                "ties",
+                "on one retraining",
+                "service ahead, settled",
+                "service behind, settled",
+            ],
+            rows,
+        ),
     ]
-    return lines, {m: f"{w}/{n}" for m, (w, _, n, _) in totals.items()}
+    return lines, {m: f"{t[0]}/{t[2]}" for m, t in totals.items()}
 
 
 def _figure(summary: list[dict[str, Any]], names: list[str], out: Path) -> list[str]:

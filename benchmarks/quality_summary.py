@@ -10,7 +10,13 @@ One retraining scores the configuration and one initialisation's luck together; 
 27-row test split a single row decides, and most seeds tie. The mean of several scores
 the configuration, which is what a method chooses. The summary keeps both: ``test`` and
 ``vs_service`` over the mean, ``test_once`` and ``vs_service_once`` over the first
-retraining alone."""
+retraining alone.
+
+``service_ahead`` says whether a difference is more than the seeds' noise: the mean over
+the paired seeds of how far ``service`` was ahead of the method (its test score minus the
+method's, the other way round for a score to minimise: positive is the service better),
+with that mean's standard error. A lead within two standard errors is one this many
+seeds cannot tell from chance."""
 
 from __future__ import annotations
 
@@ -78,6 +84,26 @@ def _wins(
     return {"wins": wins, "ties": ties, "losses": losses, "paired": wins + ties + losses}
 
 
+RESOLVED_SE = 2.0
+"""A lead counts as resolved when it is at least this many standard errors."""
+
+
+def _ahead(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How far ``service`` was ahead of this method on test, paired by seed: the mean of
+    the differences (positive: the service better), its standard error (None below two
+    pairs), and whether it is resolved (at least ``RESOLVED_SE`` standard errors, and not
+    zero)."""
+    theirs = {r["seed"]: mean(r) for r in mine}
+    sign = -1.0 if service and service[0]["direction"] == "minimize" else 1.0
+    diffs = [sign * (mean(r) - theirs[r["seed"]]) for r in service if r["seed"] in theirs]
+    if not diffs:
+        return None
+    ahead = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    resolved = se is not None and ahead != 0 and abs(ahead) >= RESOLVED_SE * se
+    return {"mean": ahead, "se": se, "paired": len(diffs), "resolved": resolved}
+
+
 def summarise(runs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per data set, budget and method that has runs: mean ± sd over the seeds,
     and (but for ``service``) the paired wins of ``service`` over the method."""
@@ -111,6 +137,7 @@ def summarise(runs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[s
                         "wall_s": _stats([r["wall_s"] for r in mine]),
                         "vs_service": _wins(mine, service) if peer else None,
                         "vs_service_once": _wins(mine, service, once) if peer else None,
+                        "service_ahead": _ahead(mine, service) if peer else None,
                     }
                 )
     return rows

@@ -322,6 +322,13 @@ def test_quality_flags_summary_and_paired_wins(
     doc = json.loads((tmp_path / "quality.json").read_text())
     peer = doc["result"]["summary"][1]
     assert peer["vs_service"] == {"wins": 1, "ties": 1, "losses": 1, "paired": 3}
+    # Ahead by +5, 0, -5 MAE: no lead on the mean, and none settled.
+    assert peer["service_ahead"] == {
+        "mean": 0.0,
+        "se": pytest.approx(5 / 3**0.5),
+        "paired": 3,
+        "resolved": False,
+    }
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line) for line in lines[-2:]] == [
         {
@@ -347,6 +354,18 @@ def test_quality_flags_summary_and_paired_wins(
     runs = _runs("maximize", {"service": [0.9, 0.8], "optuna random": [0.8, 0.9]})
     rows = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})
     assert rows[1]["vs_service"] == {"wins": 1, "ties": 0, "losses": 1, "paired": 2}
+    # A lead of at least two standard errors is settled, in the task's direction.
+    runs = _runs("minimize", {"service": [40.0, 41.0, 40.0], "optuna random": [44.0, 44.0, 45.0]})
+    ahead = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})[1][
+        "service_ahead"
+    ]
+    assert ahead["mean"] == pytest.approx(4.0) and ahead["se"] == pytest.approx(1 / 3**0.5)
+    assert ahead["resolved"] is True
+    runs = _runs("maximize", {"service": [0.9, 0.8, 0.9], "optuna random": [0.8, 0.9, 0.8]})
+    ahead = quality.summarise(runs, {"budgets": [6], "methods": ["service", "optuna random"]})[1][
+        "service_ahead"
+    ]
+    assert ahead["mean"] == pytest.approx(0.1 / 3) and ahead["resolved"] is False
     # Paired on the mean of the retrainings, and apart on the first (the search's seed).
     runs = _runs("maximize", {"service": [0.8, 0.8], "optuna random": [0.8, 0.9]})
     runs[0]["tests"], runs[2]["tests"] = [0.9, 0.7], [0.7, 0.9]  # seed 0: service, the peer

@@ -91,6 +91,9 @@ def test_parts_join_into_one_run_per_budget(tmp_path: Path) -> None:
     assert "`wine` at budget 12 on 2026-12-04 (120 min)" in text
     assert "**`wine`, a budget of 6 epochs:**" in text and "a budget of 12 epochs" in text
     assert head["service_better"] == {METHODS[1]: "2/6"}
+    # Behind by 0.2 on every seed at budget 12: a deficit the seeds settle, in bold.
+    assert rows[12, METHODS[1]]["service_ahead"]["resolved"] is True
+    assert "| **-0.2000 ± 0.0000** |" in text and "service behind, settled" in text
     assert "each named configuration retrained once" in text
     # A later run of one budget joins with the joined document's other part.
     again = quality_merge.merge([_strip(doc, 12), long])
