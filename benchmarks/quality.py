@@ -68,7 +68,7 @@ from benchmarks.quality_methods import (
     SERVICE,
     service_changes,
 )
-from benchmarks.quality_summary import summarise, summary_lines
+from benchmarks.quality_summary import RETRAIN_SEED_STEP, summarise, summary_lines
 from service.errors import ServiceError
 
 __all__ = [
@@ -123,7 +123,13 @@ def _seeds(text: str) -> int | list[int]:
     run's, to choose a default on before the full run confirms it)."""
     first, dash, last = text.partition("-")
     try:
-        seeds = list(range(int(first), int(last) + 1)) if dash else int(text)
+        low, high = (int(first), int(last)) if dash else (0, int(text) - 1)
+        if high >= RETRAIN_SEED_STEP:  # (and no list of a billion seeds is made)
+            raise argparse.ArgumentTypeError(
+                f"seeds below {RETRAIN_SEED_STEP} (their retrainings' seeds are s + k * "
+                f"{RETRAIN_SEED_STEP}), not {text!r}"
+            )
+        seeds = list(range(low, high + 1)) if dash else int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"a number of seeds or a range A-B: {text!r}") from exc
     if dash and not seeds:
@@ -186,6 +192,7 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
     problems = []
     if not p["seeds"]:
         problems.append("--seeds must be at least 1")
+
     if p["retrains"] < 1:
         problems.append(f"--retrains must be at least 1, not {p['retrains']}")
     if min(p["budgets"]) < p["epochs"]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality_methods import ABLATIONS, SERVICE
-from benchmarks.quality_summary import RESOLVED_SE, RETRAINS_BEFORE
+from benchmarks.quality_summary import LEVEL, RETRAINS_BEFORE
 from benchmarks.report import _plt, _pm, _save, _table
 
 ABLATION_TITLES = {
@@ -38,7 +38,7 @@ def _wins(row: dict[str, Any], key: str = "vs_service") -> tuple[str, str]:
 
 def _ahead(row: dict[str, Any], digits: int) -> str:
     """The 'service ahead' cell: the paired mean lead ± its standard error, in bold when
-    resolved (``quality_summary.RESOLVED_SE``)."""
+    a paired t test settles it (``quality_summary.LEVEL``)."""
     ahead = row.get("service_ahead")  # none in a summary from before it
     if ahead is None:
         return "-"
@@ -129,8 +129,9 @@ def _method_text() -> str:
         "over the first retraining alone (from the search's seed). *Service ahead*: the "
         "mean over the seeds of the service's test score minus the method's (the method's "
         "minus the service's for an MAE: positive is the service better), ± its standard "
-        f"error; in bold where it is at least {RESOLVED_SE:g} standard errors, so not "
-        "likely chance; a lead within that is one these seeds cannot settle. *Wall*: the search "
+        f"error; in bold where a paired t test settles it (two-sided, p < {LEVEL:g}: with 5 "
+        "seeds, 2.78 standard errors). A lead not in bold is one these seeds cannot tell "
+        "from chance. *Wall*: the search "
         "alone. The method is the docstring of `benchmarks/quality.py`."
     )
 
@@ -227,7 +228,7 @@ def _overall(summary: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
         "",
         "**Over every data set and budget**, the seeds on which `service` scored strictly "
         "better on test than each method, and the data sets and budgets on which its mean "
-        f"lead or deficit is at least {RESOLVED_SE:g} standard errors (the rest are not "
+        f"lead or deficit is settled by a paired t test (p < {LEVEL:g}; the rest are not "
         "settled by these seeds):",
         "",
         *_table(

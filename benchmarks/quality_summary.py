@@ -15,8 +15,9 @@ retraining alone.
 ``service_ahead`` says whether a difference is more than the seeds' noise: the mean over
 the paired seeds of how far ``service`` was ahead of the method (its test score minus the
 method's, the other way round for a score to minimise: positive is the service better),
-with that mean's standard error. A lead within two standard errors is one this many
-seeds cannot tell from chance."""
+with that mean's standard error, and whether a paired t test settles it (two-sided, at
+``LEVEL``: with 5 seeds, a lead of 2.78 standard errors). A lead it does not settle is
+one this many seeds cannot tell from chance."""
 
 from __future__ import annotations
 
@@ -84,15 +85,24 @@ def _wins(
     return {"wins": wins, "ties": ties, "losses": losses, "paired": wins + ties + losses}
 
 
-RESOLVED_SE = 2.0
-"""A lead counts as resolved when it is at least this many standard errors."""
+LEVEL = 0.05
+"""The two-sided significance at which a paired t test settles a lead."""
+
+
+def critical(pairs: int) -> float:
+    """How many standard errors a mean of ``pairs`` paired differences must be from 0 for
+    the t test to settle it at ``LEVEL`` (Student's t with ``pairs - 1`` degrees of
+    freedom; scipy is imported here, not for every user of the summary)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - LEVEL / 2, pairs - 1))
 
 
 def _ahead(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How far ``service`` was ahead of this method on test, paired by seed: the mean of
     the differences (positive: the service better), its standard error (None below two
-    pairs), and whether it is resolved (at least ``RESOLVED_SE`` standard errors, and not
-    zero)."""
+    pairs), and whether it is resolved (not zero, and at least ``critical`` standard
+    errors; differences all equal and not zero settle it too)."""
     theirs = {r["seed"]: mean(r) for r in mine}
     sign = -1.0 if service and service[0]["direction"] == "minimize" else 1.0
     diffs = [sign * (mean(r) - theirs[r["seed"]]) for r in service if r["seed"] in theirs]
@@ -100,7 +110,7 @@ def _ahead(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[st
         return None
     ahead = statistics.fmean(diffs)
     se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
-    resolved = se is not None and ahead != 0 and abs(ahead) >= RESOLVED_SE * se
+    resolved = se is not None and ahead != 0 and abs(ahead) >= critical(len(diffs)) * se
     return {"mean": ahead, "se": se, "paired": len(diffs), "resolved": resolved}
 
 

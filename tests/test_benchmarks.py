@@ -379,6 +379,9 @@ def test_quality_flags_summary_and_paired_wins(
     assert quality._seeds("3") == 3
     with pytest.raises(argparse.ArgumentTypeError, match="empty range"):
         quality._seeds("7-5")
+    for beyond in ("1000-1004", "1001", "0-1000000000000"):  # would share retraining seeds
+        with pytest.raises(argparse.ArgumentTypeError, match="seeds below 1000"):
+            quality._seeds(beyond)
     # A variant of the service names study fields (values as JSON), after the methods.
     variant = "service pruner=hyperband reevaluate_top=2"
     assert quality._methods(f"{variant},optuna random") == ["optuna random", variant]
