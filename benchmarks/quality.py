@@ -192,7 +192,6 @@ def prepare(params: dict[str, Any]) -> dict[str, Any]:
     problems = []
     if not p["seeds"]:
         problems.append("--seeds must be at least 1")
-
     if p["retrains"] < 1:
         problems.append(f"--retrains must be at least 1, not {p['retrains']}")
     if min(p["budgets"]) < p["epochs"]:
