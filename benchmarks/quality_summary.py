@@ -64,18 +64,23 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def _paired(
+    mine: list[dict[str, Any]], service: list[dict[str, Any]], score: Score
+) -> list[tuple[dict[str, Any], float, float]]:
+    """Each run of ``service`` whose seed this method also ran, with the service's score
+    and the method's on that seed."""
+    theirs = {r["seed"]: score(r) for r in mine}
+    return [(r, score(r), theirs[r["seed"]]) for r in service if r["seed"] in theirs]
+
+
 def _wins(
     mine: list[dict[str, Any]], service: list[dict[str, Any]], score: Score = mean
 ) -> dict[str, int]:
     """On how many seeds ``service`` scored strictly better on test than this method, in
     the task's direction; equal scores are ties (seeds where either has no run are left
     out)."""
-    theirs = {r["seed"]: score(r) for r in mine}
     wins = ties = losses = 0
-    for r in service:
-        if r["seed"] not in theirs:
-            continue
-        ours, other = score(r), theirs[r["seed"]]
+    for r, ours, other in _paired(mine, service, score):
         if ours == other:
             ties += 1
         elif (ours < other) if r["direction"] == "minimize" else (ours > other):
@@ -103,9 +108,10 @@ def _ahead(mine: list[dict[str, Any]], service: list[dict[str, Any]]) -> dict[st
     the differences (positive: the service better), its standard error (None below two
     pairs), and whether it is resolved (not zero, and at least ``critical`` standard
     errors; differences all equal and not zero settle it too)."""
-    theirs = {r["seed"]: mean(r) for r in mine}
-    sign = -1.0 if service and service[0]["direction"] == "minimize" else 1.0
-    diffs = [sign * (mean(r) - theirs[r["seed"]]) for r in service if r["seed"] in theirs]
+    diffs = [
+        (other - ours) if r["direction"] == "minimize" else (ours - other)
+        for r, ours, other in _paired(mine, service, mean)
+    ]
     if not diffs:
         return None
     ahead = statistics.fmean(diffs)
