@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality_methods import ABLATIONS, SERVICE
-from benchmarks.quality_summary import LEVEL, RETRAINS_BEFORE
+from benchmarks.quality_summary import LEVEL, RETRAINS_BEFORE, critical
 from benchmarks.report import _plt, _pm, _save, _table
 
 ABLATION_TITLES = {
@@ -130,8 +130,8 @@ def _method_text() -> str:
         "mean over the seeds of the service's test score minus the method's (the method's "
         "minus the service's for an MAE: positive is the service better), ± its standard "
         f"error; in bold where a paired t test settles it (two-sided, p < {LEVEL:g}: with 5 "
-        "seeds, 2.78 standard errors). A lead not in bold is one these seeds cannot tell "
-        "from chance. *Wall*: the search "
+        f"seeds, {critical(5):.2f} standard errors). A lead not in bold is one these seeds "
+        "cannot tell from chance. *Wall*: the search "
         "alone. The method is the docstring of `benchmarks/quality.py`."
     )
 
