@@ -89,9 +89,8 @@ def _timed_client() -> type:
 
 def bare_fit(job: Any, data: Any) -> tuple[float, float]:
     """Build, compile and fit the trial's model with nothing around it: (total s, fit s)."""
-    import keras
-
     from search_space.keras_builder import schedule_callbacks
+    from workers.keras_memory import free_memory
     from workers.training import compiled_model
 
     t0 = time.perf_counter()
@@ -108,7 +107,7 @@ def bare_fit(job: Any, data: Any) -> tuple[float, float]:
         callbacks=schedule_callbacks(job.params),
     )
     t2 = time.perf_counter()
-    keras.backend.clear_session(free_memory=True)
+    free_memory()
     return t2 - t0, t2 - t1
 
 

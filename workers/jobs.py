@@ -17,6 +17,7 @@ with tensorflow_import():
     import keras
 
     from search_space.keras_builder import schedule_callbacks
+    from workers.keras_memory import free_memory
     from workers.training import compiled_model
 
 SANITY_ROWS = 32
@@ -55,7 +56,7 @@ def sanity_check(job: Lease, data: Split) -> tuple[bool, str]:
     )
     epochs = len(history.history["loss"])
     scores = model.evaluate(x, y, batch_size=n, verbose=0, return_dict=True)
-    keras.backend.clear_session(free_memory=True)
+    free_memory()
     config = ", ".join(f"{k}={v}" for k, v in job.params.items())
     if classify:
         score, passed = float(scores["accuracy"]), scores["accuracy"] >= SANITY_MIN_ACCURACY
@@ -100,5 +101,5 @@ def train_final(job: Lease, data: Split) -> tuple[float, bytes]:
         path = Path(tmp) / "best.keras"
         model.save(path)  # architecture, weights and optimizer state
         content = path.read_bytes()
-    keras.backend.clear_session(free_memory=True)
+    free_memory()
     return value, content

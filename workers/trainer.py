@@ -48,9 +48,8 @@ from workers.data import DatasetUnavailable, DataSource, Split
 from workers.quiet import tensorflow_import
 
 with tensorflow_import():
-    import keras
-
     from workers.jobs import sanity_check, train_final
+    from workers.keras_memory import free_memory
     from workers.training import Outcome, configure_tensorflow, train_trial
 
 log = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ class Trainer:
                 reply = self._trial(job, message[2]) if kind == "trial" else self._job(job)
                 self.conn.send(reply)
                 # Free the model while the parent hands the result back and leases again.
-                keras.backend.clear_session(free_memory=True)
+                free_memory()
 
     def _trial(self, job: Lease, tensorboard_dir: str | None) -> tuple[Any, ...]:
         try:

@@ -29,6 +29,7 @@ with tensorflow_import():  # TensorFlow loads here (its start-up lines: ``worker
     from diagnostics.probe import Probe
     from search_space.keras_builder import build_model, build_optimizer, schedule_callbacks
     from search_space.size import param_value
+    from workers import keras_memory
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def train_trial(
 
     ``report`` returns the service's answer to an epoch; ``answer`` is polled between
     batches for one that arrived later (a report that did not wait). ``on_start`` runs
-    when ``fit`` begins. ``free_memory=False`` leaves ``keras.backend.clear_session`` to
+    when ``fit`` begins. ``free_memory=False`` leaves ``keras_memory.free_memory`` to
     the caller (the trainer runs it after sending the outcome)."""
     reporter = _EpochReporter(
         job.metric,
@@ -251,7 +252,7 @@ def train_trial(
         if free_memory:
             # Free the graph, the model and the optimizer before the next trial (this also
             # runs the garbage collector: one collection, not two).
-            keras.backend.clear_session(free_memory=True)
+            keras_memory.free_memory()
     outcome = reporter.outcome or Outcome("complete", value=reporter.last_value)
     outcome.epochs_run = reporter.epochs_run
     outcome.history = history

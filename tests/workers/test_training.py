@@ -10,6 +10,7 @@ import pytest
 
 from search_space.catalog import BUILTIN_DATASETS
 from tests.support import GOOD_TRIAL, trial_lease
+from workers import keras_memory
 from workers.data import DataSource, Split, load
 from workers.training import train_trial
 
@@ -46,6 +47,16 @@ def test_same_seed_same_result(digits: Split) -> None:
     a = train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue")
     b = train_trial(_job(GOOD, epochs=2), digits, lambda *_: "continue")
     assert a.history == b.history
+
+
+def test_a_trial_leaves_no_traced_gradient_behind(digits: Split) -> None:
+    """Each traced training step registers a custom gradient in TensorFlow's global
+    registry, which holds the step's whole graph (``workers.keras_memory``); freeing the
+    trial drops it, so the registry is where it was after any number of trials."""
+    for _ in range(2):
+        outcome = train_trial(_job(GOOD, epochs=1), digits, lambda *_: "continue")
+        assert outcome.state == "complete"
+        assert keras_memory.traced_gradients() == 0
 
 
 def test_non_finite_loss_fails_the_trial_at_once(digits: Split) -> None:
