@@ -47,7 +47,7 @@ class WorkerSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     trainer_max_trials: int = Field(
-        default=100,
+        default=1000,
         ge=1,
         description="Jobs a trainer process runs before a fresh one replaces it.",
     )
