@@ -718,15 +718,39 @@ SECTIONS = {
 }
 
 
+def _machines(docs: dict[str, Any]) -> list[str]:
+    """A paragraph per machine and versions the sections ran on, naming the sections when
+    they ran on more than one (sections are rerun one at a time, sometimes on a new host)."""
+    groups: dict[str, list[str]] = {}
+    for name, doc in docs.items():
+        m, v = doc["machine"], doc["machine"]["versions"]
+        text = (
+            f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}. "
+            f"Python {v['python']}, TensorFlow {v['tensorflow']}, Keras {v['keras']}, Optuna "
+            f"{v['optuna']}, FastAPI {v['fastapi']}, uvicorn {v['uvicorn']}, SQLAlchemy "
+            f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
+            f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on)."
+        )
+        number = SECTIONS[name][0].split(".")[0] if name in SECTIONS else name
+        groups.setdefault(text, []).append(number)
+    if len(groups) == 1:
+        return ["", f"On {next(iter(groups))}"]
+    return [
+        line
+        for text, numbers in groups.items()
+        for line in (
+            "",
+            f"Section{'s' if len(numbers) > 1 else ''} {', '.join(sorted(numbers))} on {text}",
+        )
+    ]
+
+
 def write(results: Path, out: Path) -> dict[str, Any]:
     """RESULTS.md and the PNGs in ``out``; returns the headline figures by benchmark."""
     docs = _load(results)
     if not docs:
         raise SystemExit(f"no benchmark results in {results}")
     out.mkdir(parents=True, exist_ok=True)
-    first = next(iter(docs.values()))
-    m = first["machine"]
-    v = m["versions"]
     sizes = sorted({d["size"] for d in docs.values()})
     dates = sorted(d["date"] for d in docs.values())
     total_min = sum(d["duration_s"] for d in docs.values()) / 60
@@ -737,13 +761,8 @@ def write(results: Path, out: Path) -> dict[str, Any]:
         f"`make bench-quality`, `make bench-advice`, `make fuzz` and `make soak` "
         f"(size {', '.join(sizes)}; "
         f"{total_min:.1f} minutes in all; each "
-        f"section says when its run ended) on {m['cpu']}, "
-        f"{m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['os']}.",
-        "",
-        f"Python {v['python']}, TensorFlow {v['tensorflow']}, Keras {v['keras']}, Optuna "
-        f"{v['optuna']}, FastAPI {v['fastapi']}, uvicorn {v['uvicorn']}, SQLAlchemy "
-        f"{v['sqlalchemy']}, psycopg {v['psycopg']}, KerasTuner {v['keras-tuner']}, NumPy "
-        f"{v['numpy']}, SQLite {v['sqlite']}, PostgreSQL {v['postgresql']} (fsync on).",
+        f"section says when its run ended).",
+        *_machines(docs),
         "",
         "Regenerate with `make bench` (every section but search quality, advice, fuzzing "
         "and the soak), `make bench-quality`, `make bench-advice`, `make fuzz` and `make "
