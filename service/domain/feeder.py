@@ -31,6 +31,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, Table, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from service.domain import winners, workers_seen
 from service.states import LIVE_STATES, OPEN_STATUSES, JobKind, SanityState, StudyStatus
@@ -55,8 +56,16 @@ the notes' priors, re-evaluations), then sampled ones (0)."""
 STOPPED_REASON = "a suggestion never handed out: the study was stopped"
 
 
-def _why_closed(study: StudyRow) -> str:
-    return f"a suggestion never handed out: the study is {study.status}"
+def _why_closed(status: str | None) -> str:
+    return f"a suggestion never handed out: the study is {status}"
+
+
+class _Closed(Exception):
+    """The study was stopped (or ended) while this process sampled for it."""
+
+
+def _status_now(conn: Connection | Session, study_id: int) -> str | None:
+    return conn.execute(select(StudyRow.status).where(StudyRow.id == study_id)).scalar()
 
 
 def feedable(study: StudyRow) -> bool:
@@ -189,7 +198,7 @@ class Feeder:
                     self._refresh(study)
             return
         for study in closed:
-            discard(self.rt, study, _why_closed(study))
+            discard(self.rt, study, _why_closed(study.status))
         open_ids = {study.id for study in studies if feedable(study)}
         for study_id in list(self._owned):
             if study_id not in open_ids:
@@ -313,6 +322,8 @@ class Feeder:
                 return
             try:
                 self._suggest(study)
+            except _Closed:  # stopped since this tick read it: its stop failed the rest
+                return
             except Exception as exc:
                 self._failed(study, exc)
                 return
@@ -321,7 +332,11 @@ class Feeder:
     def _suggest(self, study: StudyRow) -> None:
         def record(conn: Connection, trial_id: int, number: int, params: dict[str, Any]) -> None:
             # (in the transaction that writes the trial: on SQLite this process holds the
-            # database's one write lock once per suggestion, and briefly)
+            # database's one write lock once per suggestion, and briefly). A study stopped
+            # since this tick read it gets neither the trial nor its row: raising rolls
+            # both back (on SQLite no stop can commit inside this write transaction).
+            if _status_now(conn, study.id) not in OPEN_STATUSES:
+                raise _Closed
             conn.execute(
                 _SUGGESTIONS.insert().values(_suggested(study, trial_id, number, params, 0))
             )
@@ -337,6 +352,13 @@ class Feeder:
             )
             with self.rt.unit_of_work(), self.rt.sessions.begin() as s:
                 s.add(row)
+        # A stop reads the rows to discard after it commits its status; a row committed
+        # after that read is this process's to discard, and it sees the status now.
+        with self.rt.sessions() as s:
+            status = _status_now(s, study.id)
+        if status not in OPEN_STATUSES:
+            discard(self.rt, study, _why_closed(status))
+            raise _Closed
         # (No notify: the leases that wait are in the API process; they look every 20 ms.)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:

@@ -18,6 +18,11 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import Engine, create_engine, text
 
+from service.config import Settings
+from service.domain.feeder import Feeder
+from service.states import OPEN_STATUSES
+from service.storage.runtime import Runtime
+from service.storage.tables import StudyRow
 from tests.service.test_leases import _call, _lease, _study
 from tests.support import AUTH, Api, Postgres, start_api, stop, wait_for
 
@@ -98,6 +103,35 @@ def test_a_stopped_study_hands_out_nothing_and_its_suggestions_fail(
         for trial_id in buffered:
             assert frozen[trial_id].state == TrialState.FAIL
             assert frozen[trial_id].user_attrs["hpo_outcome"] == "discarded"
+
+
+@pytest.mark.parametrize("drawn", ["sampled", "queued"])
+def test_a_study_stopped_while_its_sampler_draws_keeps_no_suggestion(
+    db: tuple[Api, Engine], drawn: str
+) -> None:
+    """The race a stop runs with the sampler, played in order: the sampler has read the
+    study open, the stop commits and discards the buffer, then the sampler tops it up.
+    What it draws must be rolled back or discarded at once: no suggestion row, and no
+    trial left RUNNING (CI once saw three rows there just after the stop). The next
+    three after the first three are sampled, or queued by the study's ``enqueue``."""
+    server, engine = db
+    rates = [0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002]  # 3 buffered, 3 drawn after
+    queued = [{"learning_rate": r} for r in rates] if drawn == "queued" else []
+    with server.client() as client:
+        study = _study(client, "raced", n_trials=10, enqueue=queued, priors=drawn == "sampled")
+        wait_for(lambda: len(_buffered(engine, study["id"])) == 3, 20, "3 suggestions")
+        rt = Runtime.open(Settings(database_url=server.database_url))
+        try:
+            with rt.sessions() as s:
+                stale = s.get(StudyRow, study["id"])
+            assert stale is not None and stale.status in OPEN_STATUSES
+            assert client.post(f"/studies/{study['id']}/stop").status_code == 200
+            Feeder(rt)._top_up(stale, live_workers=1)
+        finally:
+            rt.close()
+    assert _buffered(engine, study["id"]) == {}
+    states = _optuna_states(server, "raced")
+    assert TrialState.RUNNING not in states.values(), states
 
 
 def test_twelve_racing_threads_get_exactly_the_budget(db: tuple[Api, Engine]) -> None:
