@@ -45,9 +45,15 @@ if _registry_at_import is None:  # a TensorFlow whose internals moved: nothing t
     log.warning("TensorFlow's gradient registry was not found: trainers will grow a little a job")
 
 
+def _traced(registry: dict[str, object]) -> list[str]:
+    """The custom gradients registered since import: the traced steps' own."""
+    return [k for k in registry if k.startswith(_PREFIX) and k not in _KEPT]
+
+
 def traced_gradients() -> int:
     """How many custom gradients later jobs registered and were not dropped (tests)."""
-    return sum(1 for k in _registry() or {} if k.startswith(_PREFIX) and k not in _KEPT)
+    registry = _registry()
+    return 0 if registry is None else len(_traced(registry))
 
 
 def free_memory() -> None:
@@ -55,6 +61,6 @@ def free_memory() -> None:
     (and run the garbage collector once, as ``clear_session(free_memory=True)`` does)."""
     registry = _registry()
     if registry is not None:
-        for name in [k for k in registry if k.startswith(_PREFIX) and k not in _KEPT]:
+        for name in _traced(registry):
             del registry[name]
     keras.backend.clear_session(free_memory=True)
