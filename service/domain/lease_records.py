@@ -1,6 +1,11 @@
 """A trial's lease as the protocol's calls find it and record its result: the lookup
-(with what a call needs of its study), the study's row lock, and a counted result written
-exactly once in the caller's transaction (``service.domain.reports`` drives them)."""
+(with what a call needs of its study), and a counted result written exactly once in the
+caller's transaction (``service.domain.reports`` drives them).
+
+Lock order (PostgreSQL): a transaction writes the rows of its trial, lease and worker
+first and the study's row last, so none deadlocks, and the study's row, which every
+lease and result of the study updates, is held for the fewest statements: from its
+UPDATE to the commit."""
 
 from __future__ import annotations
 
@@ -53,7 +58,6 @@ _LOOK_TRIAL = _LOOK.where(
     _LEASES.c.trial_id == bindparam("trial_id"), _LEASES.c.kind == JobKind.TRIAL
 )
 # The hot path's statements, built once (building one cost about as much as running it).
-_LOCK_STUDY = select(_STUDIES.c.id).where(_STUDIES.c.id == bindparam("study_id")).with_for_update()
 _RESULT = (
     _LEASES.update()
     .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.state.in_(LIVE_STATES))
@@ -64,8 +68,8 @@ _RESULT = (
         epochs_run=bindparam("new_epochs_run"),
         finished_at=bindparam("new_finished_at", type_=_LEASES.c.finished_at.type),
     )
+    .returning(_LEASES.c.created_at)
 )
-_STARTED = select(_LEASES.c.created_at).where(_LEASES.c.id == bindparam("lease_id"))
 _COUNTED = (
     select(func.count())
     .select_from(_LEASES)
@@ -119,13 +123,6 @@ def gone(row: LeaseRow | Held | Outcome) -> Conflict:
     )
 
 
-def lock_study(conn: Connection, study_id: int) -> None:
-    """Lock the study's row (PostgreSQL): two processes recording the last two results
-    must not each count the other's as missing (SQLite has the process lock). Every
-    transaction that writes a study's leases takes it first, so they never deadlock."""
-    conn.execute(_LOCK_STUDY, {"study_id": study_id})
-
-
 class Outcome(NamedTuple):
     """How a trial's lease ended, as a protocol call answers it."""
 
@@ -135,10 +132,9 @@ class Outcome(NamedTuple):
     reason: str | None
 
 
-def count_result(
+def end_lease(
     conn: Connection,
     lease_id: int,
-    study: StudyRow,
     state: str,
     *,
     value: float | None,
@@ -146,13 +142,11 @@ def count_result(
     epochs_run: int,
     now: datetime,
 ) -> datetime | None:
-    """Record a counted result (complete, pruned, fail) on a live lease, in the caller's
-        transaction (which holds the study's lock), exactly once: the UPDATE is conditional,
-        so a racing reaper or retry changes nothing. Completes the study when its
-        ``n_trials`` results are in, or when its epoch budget has no room for another trial
-    and none runs. Returns when the lease started, or None when it was not
-        live any more (nothing written)."""
-    changed = conn.execute(
+    r"""End a live lease with a counted result, in the caller's transaction, exactly once:
+    the UPDATE is conditional, so a racing reaper or retry changes nothing. Returns when
+    the lease started, or None when it was not live any more (nothing written). The
+    caller ``count``\ s it, last."""
+    started: datetime | None = conn.execute(
         _RESULT,
         {
             "lease_id": lease_id,
@@ -162,32 +156,42 @@ def count_result(
             "new_epochs_run": epochs_run,
             "new_finished_at": now,
         },
-    )
-    if changed.rowcount != 1:
-        return None
-    started: datetime | None = conn.scalar(_STARTED, {"lease_id": lease_id})
-    of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
+    ).scalar()
+    return started
+
+
+def count(conn: Connection, study: StudyRow, epochs_run: int, now: datetime) -> None:
+    """Count a result ``end_lease`` wrote, as the last writes of the caller's transaction:
+    charge the epochs it ran, and complete the study when its ``n_trials`` results are
+    in, or when its epoch budget has no room for another trial and none runs.
+
+    The charge's UPDATE locks the study's row until the commit (PostgreSQL; SQLite has
+    the process lock), so the count after it sees every result committed before: two
+    processes recording the last two results never each miss the other's."""
     # The lease was charged the study's epochs; the result is charged what it ran.
     delta = min(epochs_run, study.epochs) - study.epochs
     conn.execute(_CHARGE_RAN, {"study_id": study.id, "delta": delta})
     counted = conn.scalar(_COUNTED, {"study_id": study.id})
-    if (counted or 0) >= study.n_trials or conn.scalar(_BUDGET_SPENT, {"study_id": study.id}):
-        # Done: retrain the best configuration, if any trial completed.
-        any_complete = conn.scalar(
-            select(func.count())
-            .select_from(_LEASES)
-            .where(*of_study, _LEASES.c.state == LeaseState.COMPLETE)
+    if (counted or 0) < study.n_trials and (
+        study.epoch_budget is None or not conn.scalar(_BUDGET_SPENT, {"study_id": study.id})
+    ):
+        return
+    # Done: retrain the best configuration, if any trial completed.
+    of_study = (_LEASES.c.study_id == study.id, _LEASES.c.kind == JobKind.TRIAL)
+    any_complete = conn.scalar(
+        select(func.count())
+        .select_from(_LEASES)
+        .where(*of_study, _LEASES.c.state == LeaseState.COMPLETE)
+    )
+    conn.execute(
+        _STUDIES.update()
+        .where(_STUDIES.c.id == study.id, _STUDIES.c.status == StudyStatus.RUNNING)
+        .values(
+            status=StudyStatus.COMPLETED,
+            finished_at=now,
+            final_state=FinalState.PENDING if any_complete else FinalState.NONE,
         )
-        conn.execute(
-            _STUDIES.update()
-            .where(_STUDIES.c.id == study.id, _STUDIES.c.status == StudyStatus.RUNNING)
-            .values(
-                status=StudyStatus.COMPLETED,
-                finished_at=now,
-                final_state=FinalState.PENDING if any_complete else FinalState.NONE,
-            )
-        )
-    return started or now
+    )
 
 
 def recorded(
@@ -224,14 +228,15 @@ def record(
     reason: str | None,
     epochs_run: int,
 ) -> bool:
-    """``count_result`` in a transaction of its own (a result Optuna already holds,
-    adopted); returns whether this call recorded it."""
+    """``end_lease`` and ``count`` in a transaction of their own (a result Optuna
+    already holds, adopted); returns whether this call recorded it."""
     now = utcnow()
     with rt.write() as conn:
-        lock_study(conn, study.id)
-        started = count_result(
-            conn, lease_id, study, state, value=value, reason=reason, epochs_run=epochs_run, now=now
+        started = end_lease(
+            conn, lease_id, state, value=value, reason=reason, epochs_run=epochs_run, now=now
         )
+        if started is not None:
+            count(conn, study, epochs_run, now)
     if started is None:
         return False
     recorded(rt, lease_id, study, state, value=value, reason=reason, started=started, now=now)

@@ -118,14 +118,6 @@ _TAKE_SLOT = (
         ),
     )
 )
-_GIVE_SLOT = (
-    _STUDIES.update()
-    .where(_STUDIES.c.id == bindparam("study_id"))
-    .values(
-        slots_used=_STUDIES.c.slots_used - 1,
-        epochs_charged=_STUDIES.c.epochs_charged - _STUDIES.c.epochs,
-    )
-)
 _NEXT_SUGGESTION = (
     select(
         _SUGGESTIONS.c.id,
@@ -144,24 +136,49 @@ _TAKE_SUGGESTION = _SUGGESTIONS.delete().where(_SUGGESTIONS.c.id == bindparam("s
 _NEW_LEASE = _LEASES.insert().returning(_LEASES.c.id)
 
 
+class _SlotGone(Exception):
+    """The study's last slot went to another lease since the candidates were read (or
+    the study closed): roll back this claim of it, and try the other studies."""
+
+    def __init__(self, study_id: int) -> None:
+        self.study_id = study_id
+
+
 def _claim(
     rt: Runtime, worker_id: str, host: str | None, pid: int | None
 ) -> tuple[Lease | None, bool]:
     """Claim a suggestion of the oldest open study with budget left, in one transaction:
-    take a slot (conditional UPDATE), take the suggestion (deleted: handed out once), write
-    the active lease. Returns (the lease or None, whether some study has budget left)."""
+    take the suggestion (deleted: handed out once), write the active lease, then take a
+    slot (conditional UPDATE). Returns (the lease or None, whether some study has budget
+    left).
+
+    The slot comes last on purpose. Its UPDATE locks the study's row until the commit,
+    and every lease and every result of the study takes that lock (PostgreSQL): taken
+    first, it was held across the claim's other statements, and under 32 workers most of
+    a lease's time was the wait for it. Every transaction of the service takes the study's
+    row after the rows of the trial, lease and worker it writes, so none deadlock."""
     now = utcnow()
-    claimed = None
-    with rt.write() as conn:
-        candidates = conn.execute(_CANDIDATES).all()
-        for study_id, created_at in candidates:
-            claimed = _claim_in(rt, conn, study_id, worker_id, now)
-            if claimed is not None:
-                study = (study_id, created_at)
-                remember = workers_seen.seen_in(
-                    rt, conn, worker_id, host=host, pid=pid, job_id=claimed[0]
-                )
-                break
+    passed: set[int] = set()
+    while True:
+        claimed = None
+        try:
+            with rt.write() as conn:
+                candidates = [c for c in conn.execute(_CANDIDATES).all() if c[0] not in passed]
+                for study_id, created_at in candidates:
+                    claimed = _claim_in(rt, conn, study_id, worker_id, now)
+                    if claimed is not None:
+                        study = (study_id, created_at)
+                        remember = workers_seen.seen_in(
+                            rt, conn, worker_id, host=host, pid=pid, job_id=claimed[0]
+                        )
+                        taken = conn.execute(_TAKE_SLOT, {"study_id": study_id, "now": now})
+                        if taken.rowcount != 1:
+                            raise _SlotGone(study_id)
+                        break
+        except _SlotGone as gone:  # (rolled back: the suggestion is there for the next)
+            passed.add(gone.study_id)
+            continue
+        break
     if claimed is None:
         return None, bool(candidates)
     remember()
@@ -182,15 +199,11 @@ def _claim(
 def _claim_in(
     rt: Runtime, conn: Connection, study_id: int, worker_id: str, now: datetime
 ) -> tuple[int, Any] | None:
-    """In the caller's transaction: one slot and one suggestion of the study, and the
-    lease row; (lease id, the suggestion), or None (no slot, or no suggestion ready)."""
-    # The study row first, then the suggestion: the order stopping a study takes.
-    taken = conn.execute(_TAKE_SLOT, {"study_id": study_id, "now": now})
-    if taken.rowcount != 1:
-        return None  # another lease took the last slot first
+    """In the caller's transaction: one suggestion of the study, taken, and the lease
+    row; (lease id, the suggestion), or None (no suggestion ready: nothing written). The
+    caller takes the slot."""
     suggestion = conn.execute(_NEXT_SUGGESTION, {"study_id": study_id}).first()
-    if suggestion is None:  # none ready yet: give the slot back
-        conn.execute(_GIVE_SLOT, {"study_id": study_id})
+    if suggestion is None:
         return None
     conn.execute(_TAKE_SUGGESTION, {"suggestion_id": suggestion.id})
     lease_id = conn.execute(

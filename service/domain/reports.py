@@ -26,9 +26,9 @@ from service.domain import feeder, jobs, workers_seen
 from service.domain.findings import judged
 from service.domain.lease_records import (
     Outcome,
-    count_result,
+    count,
+    end_lease,
     gone,
-    lock_study,
     look,
     record,
     recorded,
@@ -184,13 +184,12 @@ def _finish(
             rt.optuna.attach_history(trial_id, history)
     now = utcnow()
     try:
-        with rt.write() as conn:
-            lock_study(conn, study.id)
+        with rt.write() as conn:  # (the study's row last: see ``lease_records``)
             end = rt.optuna.end_trial(conn, trial_id, state, value=value, attrs=attrs)
             if end is None:  # the reaper (here or elsewhere) ended the trial first
                 raise _NotLive
-            started = count_result(
-                conn, held.id, study, state, value=value, reason=reason, epochs_run=epochs, now=now
+            started = end_lease(
+                conn, held.id, state, value=value, reason=reason, epochs_run=epochs, now=now
             )
             if started is None:
                 raise _NotLive
@@ -201,6 +200,7 @@ def _finish(
             if extra:
                 conn.execute(_LEASES.update().where(_LEASES.c.id == held.id), extra)
             remember = workers_seen.seen_in(rt, conn, worker_id, job_id=None)
+            count(conn, study, epochs, now)
     except _NotLive:
         # The reaper settles (or settled) the lease from Optuna's record; this call is
         # answered as too late unless that record is this result.
@@ -313,8 +313,7 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         # The same parameters, next in line: a RUNNING trial of their own, recorded as a
         # suggestion (handed out first) in the transaction that gives the slot back.
         rerun = rt.optuna.rerun(study, trial_id)
-    with rt.sessions.begin() as s:
-        lock_study(s.connection(), study.id)
+    with rt.sessions.begin() as s:  # (the lease's row, then the study's)
         changed = cast(
             CursorResult[Any],
             s.execute(

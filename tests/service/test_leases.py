@@ -6,14 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import optuna
+import psycopg
 import pytest
 from optuna.trial import TrialState
 
-from tests.support import Api, wait_for
+from tests.support import Api, Postgres, start_api, stop, wait_for
 
 WORKER = {"worker": {"id": "w1", "host": "test", "pid": 1}}
 
@@ -572,3 +574,99 @@ def test_a_finding_the_service_would_refuse_never_costs_the_result(server: Api) 
     with server.client() as client:
         (trial,) = client.get(f"/studies/{job.study_id}/trials").json()
     assert [f["code"] for f in trial["findings"]] == ["not_learning"]
+
+
+@pytest.mark.slow
+def test_the_last_two_results_complete_the_study_whichever_is_counted_first(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Two results of a two-trial study arrive together, at two API processes. A result
+    takes the study's row last (so the row is held for the fewest statements); the one
+    counted second must see the first, or neither completes the study. Holding the row
+    here makes both calls queue for it with their results written, every time."""
+    server = start_api(tmp_path, database_url=postgres.new_database(), processes=2)
+    try:
+        with server.client() as client:
+            study = _study(client, "last-two", n_trials=2)
+            jobs = [_lease(client, worker=w) for w in ("w1", "w2")]
+        url = server.database_url.replace("postgresql+psycopg", "postgresql")
+        answers: list[int] = []
+
+        def complete(job: dict[str, Any], worker: str) -> None:
+            with server.client() as c:
+                answers.append(
+                    _call(
+                        c, job["trial_id"], "complete", worker, value=0.5, epochs_run=4
+                    ).status_code
+                )
+
+        with (
+            psycopg.connect(url, autocommit=False) as holder,
+            psycopg.connect(url, autocommit=True) as look,
+        ):
+            holder.execute("SELECT id FROM hpo_studies WHERE id = %s FOR UPDATE", (study["id"],))
+            pairs = zip(jobs, ("w1", "w2"), strict=True)
+            calls = [threading.Thread(target=complete, args=pair) for pair in pairs]
+            for t in calls:
+                t.start()
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            queued = lambda: look.execute(waiting).fetchone()[0] == 2  # noqa: E731
+            wait_for(queued, 30, "both results to queue for the study's row")
+            holder.rollback()
+        for t in calls:
+            t.join()
+        assert answers == [200, 200]
+        with server.client() as client:
+            got = client.get(f"/studies/{study['id']}").json()
+        assert got["status"] == "completed", got
+        assert got["trials"]["complete"] == 2
+    finally:
+        stop(server.process)
+
+
+@pytest.mark.slow
+def test_a_claim_that_finds_the_slot_gone_takes_nothing(postgres: Postgres, tmp_path: Path) -> None:
+    """A lease takes its suggestion and writes its lease row before it takes the study's
+    slot (the row every lease and result locks: it is held from there to the commit).
+    When the slot is gone by then (here the study closes while the lease queues for its
+    row), the claim is rolled back whole: no lease, and the suggestion is still there."""
+    server = start_api(tmp_path, database_url=postgres.new_database())
+    try:
+        with server.client() as client:
+            study = _study(client, "slot-gone", n_trials=3)
+        url = server.database_url.replace("postgresql+psycopg", "postgresql")
+        ready = "SELECT count(*) FROM hpo_suggestions WHERE study_id = %s"
+        answers: list[int] = []
+
+        def lease() -> None:
+            with server.client() as c:
+                answers.append(c.post("/trials/lease", json={"worker": {"id": "w1"}}).status_code)
+
+        with (
+            psycopg.connect(url, autocommit=False) as holder,
+            psycopg.connect(url, autocommit=True) as look,
+        ):
+            wait_for(lambda: _one(look, ready, study["id"]) > 0, 30, "a suggestion")
+            suggested = _one(look, ready, study["id"])
+            holder.execute("SELECT id FROM hpo_studies WHERE id = %s FOR UPDATE", (study["id"],))
+            call = threading.Thread(target=lease)
+            call.start()
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            wait_for(lambda: _one(look, waiting) == 1, 30, "the lease to queue for the row")
+            holder.execute(
+                "UPDATE hpo_studies SET status = 'stopped' WHERE id = %s", (study["id"],)
+            )
+            holder.commit()
+            call.join()
+            assert answers == [204]
+            leases = "SELECT count(*) FROM hpo_leases WHERE study_id = %s"
+            assert _one(look, leases, study["id"]) == 0
+            assert _one(look, ready, study["id"]) == suggested
+    finally:
+        stop(server.process)
+
+
+def _one(conn: psycopg.Connection[Any], query: str, *args: Any) -> int:
+    row = conn.execute(query, args).fetchone()
+    assert row is not None
+    return int(row[0])
