@@ -208,6 +208,15 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
             _f(r["ms"]["p50"], 1),
             _f(r["ms"]["p95"], 1),
             _f(r["per_s"], 1),
+            *(
+                [
+                    _f(r["service_ms"]["p50"], 1),
+                    _f(r["service_per_s"], 1),
+                    _f(r["service_per_s"] / r["per_s"], 2),
+                ]
+                if "service_ms" in r
+                else ["", "", ""]
+            ),
         ]
         for r in res["sampler"]
     ]
@@ -296,10 +305,22 @@ def feeding(doc: dict[str, Any], out: Path) -> tuple[list[str], dict[str, Any]]:
             sat_rows,
         ),
         "",
-        "**The sampler alone**, at each size (the copy grows by its draws):",
+        "**The sampler alone**, at each size (the copy grows by its draws): Optuna's "
+        "`TPESampler()`, and beside it the service's `FastTPESampler` (the same suggestions, "
+        "its bookkeeping in numpy; `service/storage/fast_tpe.py`) on a second copy.",
         "",
         *_table(
-            ["database", "trials", "draws", "ms p50", "ms p95", "suggestions/s"],
+            [
+                "database",
+                "trials",
+                "draws",
+                "ms p50",
+                "ms p95",
+                "suggestions/s",
+                "service's ms p50",
+                "service's suggestions/s",
+                "service's / Optuna's",
+            ],
             sampler_rows,
         ),
     ]

@@ -104,6 +104,8 @@ def test_feeding_measures_each_part_on_both_databases(bench: Path) -> None:
         assert row["trials_in_copy"] == row["trials"]
         assert row["draws"] == params["sampler_draws"] and row["per_s"] > 0
         _ordered(row["ms"])
+        assert row["service_per_s"] > 0  # (the service's own sampler, beside it)
+        _ordered(row["service_ms"])
 
     # Under load: every worker ran trials with reports, service then Optuna on one study;
     # each cycle of one adds a trial the other starts with.
