@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         description="How long a lease waits for a suggestion when a study has budget "
         "left but none ready (it is being sampled), before answering 204.",
     )
+    lease_look_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="A lease waiting for a suggestion is woken when its API process's "
+        "sampler makes one; besides, it looks in the database this often (for one that "
+        "another API process's sampler made).",
+    )
     artifact_dir: Path = Field(
         default=Path("./artifacts"),
         description="Optuna's artifact store: each trial's history.json, the best models.",

@@ -359,7 +359,7 @@ class Feeder:
         if status not in OPEN_STATUSES:
             discard(self.rt, study, _why_closed(status))
             raise _Closed
-        # (No notify: the leases that wait are in the API process; they look every 20 ms.)
+        self.rt.fed_one()  # one waiting lease claims it (across the process line)
 
     def _failed(self, study: StudyRow, exc: Exception) -> None:
         failures = self._failures[study.id] = self._failures.get(study.id, 0) + 1

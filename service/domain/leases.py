@@ -38,9 +38,6 @@ from service.storage.tables import LeaseRow, StudyRow, SuggestionRow, utcnow
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.02
-"""How often a lease that waits for a suggestion looks for one."""
-
 
 def _lease(
     rt: Runtime,
@@ -241,6 +238,8 @@ def lease(
             with rt.sessions() as s:
                 study = s.get_one(StudyRow, job.study_id)
             return _lease(rt, JobKind(job.kind), job.id, study, job.params or {})
+        with rt.suggested:
+            fed = rt.fed  # (a suggestion committed after this wakes the wait below)
         work, budget_left = _claim(rt, worker_id, host, pid)
         rt.wanted.set()  # the feeder tops up what was taken, or samples what is missing
         if work is not None:
@@ -256,12 +255,20 @@ def lease(
         left = deadline - time.monotonic()
         if not budget_left or left <= 0:
             return None
-        # The sampler process writes suggestions to the database: look every 20 ms with
-        # one cheap query outside the write lock (woken at once when this process records
-        # one itself, a re-run), and claim again once there is one.
+        # Wait for a suggestion without polling: each one this process's sampler commits
+        # (or a re-run this process queues) wakes one waiting lease, which claims again.
+        # Every ``lease_look_s`` the lease also looks with one cheap query, outside the write
+        # lock: for a suggestion another API process's sampler made (PostgreSQL), or one
+        # whose wake-up went to a lease that had already been served.
         while time.monotonic() < deadline:
             with rt.suggested:
-                rt.suggested.wait(min(max(deadline - time.monotonic(), 0), POLL_S))
+                if rt.fed != fed:  # committed while the claim looked: claim again
+                    break
+                left = min(max(deadline - time.monotonic(), 0), rt.settings.lease_look_s)
+                woken = rt.suggested.wait(left)
+                fed = rt.fed  # (the look below sees what came before)
+            if woken:
+                break
             with rt.sessions() as s:
                 if s.scalar(select(SuggestionRow.id).limit(1)) is not None:
                     break

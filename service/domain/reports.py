@@ -340,8 +340,8 @@ def _give_back(rt: Runtime, row_id: int, state: str, reason: str) -> None:
         if rerun is not None:
             rt.optuna.discard(study, rerun[0], "a re-run not needed: settled elsewhere")
         return
-    with rt.suggested:
-        rt.suggested.notify_all()
+    if rerun is not None:
+        rt.fed_one()  # a lease waiting for a suggestion takes the re-run
     rt.wanted.set()  # the feeder tops up what the freed slot allows
     log.warning(
         "trial %s of %s %s: %s",

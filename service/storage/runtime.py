@@ -31,12 +31,16 @@ class Runtime:
     # PostgreSQL needs no process lock: leasing is a conditional UPDATE (a row lock).
     _lock: threading.RLock | None = field(default=None)
     metrics: Any = None  # service.api.metrics.Metrics, attached by the app
-    # The feeder (service.domain.feeder) and the leases signal each other in a process:
-    # ``wanted`` wakes the feeder (a suggestion was taken, a slot given back), and
-    # ``suggested`` wakes the leases waiting for a suggestion.
-    # (a multiprocessing.Event when the feeder samples in a process of its own)
+    # The feeder (service.domain.feeder) and the leases signal each other: ``wanted``
+    # wakes the feeder (a suggestion was taken, a slot given back; a multiprocessing
+    # Event when the feeder samples in a process of its own), and ``suggested`` wakes the
+    # leases waiting for a suggestion, ``fed`` counting the wake-ups (see ``fed_one``).
     wanted: Any = field(default_factory=threading.Event)
     suggested: threading.Condition = field(default_factory=threading.Condition)
+    fed: int = 0
+    # The sampler process releases this semaphore once per suggestion it commits; a
+    # thread of the API process turns each release into ``fed_one`` (sampler_process.py).
+    fed_across: Any = None
     # What ``service.domain.workers_seen`` last wrote of each worker, and when.
     seen: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # Studies as created, by (id, created_at): see ``as_created``.
@@ -88,6 +92,15 @@ class Runtime:
                 return row  # (deleted and re-created meanwhile, or still being created)
             self._created[key] = row
         return row
+
+    def fed_one(self) -> None:
+        """A suggestion (or a re-run) was committed: wake one lease waiting for one."""
+        if self.fed_across is not None:  # (in the sampler process: tell the API process)
+            self.fed_across.release()
+            return
+        with self.suggested:
+            self.fed += 1
+            self.suggested.notify()
 
     def close(self) -> None:
         self.optuna.close()

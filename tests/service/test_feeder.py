@@ -19,7 +19,9 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine, create_engine, text
 
 from service.config import Settings
+from service.domain import leases
 from service.domain.feeder import Feeder
+from service.domain.sampler_process import SamplerProcess
 from service.states import OPEN_STATUSES
 from service.storage.runtime import Runtime
 from service.storage.tables import StudyRow
@@ -230,3 +232,35 @@ def test_another_process_takes_the_sampling_over_when_its_owner_is_killed(
             if server is not None and server.process.poll() is None:
                 stop(server.process)
         engine.dispose()
+
+
+def test_a_waiting_lease_is_woken_by_the_suggestion_not_by_polling(
+    db: tuple[Api, Engine],
+) -> None:
+    """A lease that finds the buffer empty waits; the suggestion the sampler process
+    commits wakes it (across the process line). Here its look at the database is set to
+    every 10 minutes and its wait to a minute, so only the wake-up serves it within the
+    join's 30 s. The API is stopped first, so this process's sampler is the only one,
+    started once the lease waits."""
+    server, engine = db
+    with server.client() as client:
+        study = _study(client, "woken", n_trials=10)
+        wait_for(lambda: len(_buffered(engine, study["id"])) == 3, 20, "3 suggestions")
+    stop(server.process)
+    settings = Settings(database_url=server.database_url, lease_wait_s=60, lease_look_s=600)
+    rt = Runtime.open(settings)
+    sampler = SamplerProcess(rt)
+    try:
+        for _ in range(3):  # (the buffer the API filled)
+            assert leases.lease(rt, "w1") is not None
+        got: list[Any] = []
+        waiting = threading.Thread(target=lambda: got.append(leases.lease(rt, "w2")))
+        waiting.start()
+        wait_for(lambda: len(rt.suggested._waiters) == 1, 20, "the lease to wait")  # type: ignore[attr-defined]
+        sampler.start()
+        waiting.join(timeout=30)
+        assert not waiting.is_alive(), "the lease was never woken"
+        assert got and got[0] is not None and got[0].study_id == study["id"]
+    finally:
+        sampler.stop()
+        rt.close()

@@ -609,7 +609,10 @@ def test_the_last_two_results_complete_the_study_whichever_is_counted_first(
             calls = [threading.Thread(target=complete, args=pair) for pair in pairs]
             for t in calls:
                 t.start()
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
             queued = lambda: look.execute(waiting).fetchone()[0] == 2  # noqa: E731
             wait_for(queued, 30, "both results to queue for the study's row")
             holder.rollback()
@@ -651,7 +654,10 @@ def test_a_claim_that_finds_the_slot_gone_takes_nothing(postgres: Postgres, tmp_
             holder.execute("SELECT id FROM hpo_studies WHERE id = %s FOR UPDATE", (study["id"],))
             call = threading.Thread(target=lease)
             call.start()
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
             wait_for(lambda: _one(look, waiting) == 1, 30, "the lease to queue for the row")
             holder.execute(
                 "UPDATE hpo_studies SET status = 'stopped' WHERE id = %s", (study["id"],)
