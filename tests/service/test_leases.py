@@ -576,6 +576,11 @@ def test_a_finding_the_service_would_refuse_never_costs_the_result(server: Api) 
     assert [f["code"] for f in trial["findings"]] == ["not_learning"]
 
 
+HOLD_STUDY = "SELECT id FROM hpo_studies WHERE id = %s FOR NO KEY UPDATE"
+"""The lock the service's own UPDATE of a study's row takes: it blocks those UPDATEs,
+not the inserts that reference the row (a suggestion, a lease)."""
+
+
 @pytest.mark.slow
 def test_the_last_two_results_complete_the_study_whichever_is_counted_first(
     postgres: Postgres, tmp_path: Path
@@ -604,7 +609,7 @@ def test_the_last_two_results_complete_the_study_whichever_is_counted_first(
             psycopg.connect(url, autocommit=False) as holder,
             psycopg.connect(url, autocommit=True) as look,
         ):
-            holder.execute("SELECT id FROM hpo_studies WHERE id = %s FOR UPDATE", (study["id"],))
+            holder.execute(HOLD_STUDY, (study["id"],))
             pairs = zip(jobs, ("w1", "w2"), strict=True)
             calls = [threading.Thread(target=complete, args=pair) for pair in pairs]
             for t in calls:
@@ -649,9 +654,11 @@ def test_a_claim_that_finds_the_slot_gone_takes_nothing(postgres: Postgres, tmp_
             psycopg.connect(url, autocommit=False) as holder,
             psycopg.connect(url, autocommit=True) as look,
         ):
-            wait_for(lambda: _one(look, ready, study["id"]) > 0, 30, "a suggestion")
+            # A full buffer (one for the first worker, two ahead): the sampler writes
+            # nothing while the row is held, so the lease is the one that waits.
+            wait_for(lambda: _one(look, ready, study["id"]) == 3, 30, "3 suggestions")
             suggested = _one(look, ready, study["id"])
-            holder.execute("SELECT id FROM hpo_studies WHERE id = %s FOR UPDATE", (study["id"],))
+            holder.execute(HOLD_STUDY, (study["id"],))
             call = threading.Thread(target=lease)
             call.start()
             waiting = (
