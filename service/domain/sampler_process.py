@@ -77,7 +77,7 @@ class SamplerProcess:
         self.rt.wanted.set()
         if self._process is not None:
             self._process.join(timeout=30)
-        if self._watcher.is_alive():
-            self._watcher.join(timeout=5)
             if self._process.is_alive():
                 self._process.kill()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=5)

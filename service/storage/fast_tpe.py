@@ -12,7 +12,8 @@ same observations in the same order, so the suggestions are the stock sampler's:
 tests compare the two draw by draw on the same seeded histories.
 
 Only single-objective studies without constraints take the fast path; anything else
-(and any surprise while reading a trial) is the stock sampler's. This reimplements
+(several objectives, a constraints function, a gamma of its own, a trial that violates
+a constraint) is the stock sampler's. This reimplements
 ``TPESampler._sample`` of Optuna 5.0: a new Optuna needs the equality tests to pass again.
 """
 
